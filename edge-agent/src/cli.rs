@@ -1,0 +1,49 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Buoy edge agent: samples sensors into a durable on-device journal and
+/// forwards every reading to Kafka, deleting it from the journal only once
+/// Kafka has acknowledged it. Runs with no config file at all (simulated
+/// sensors, Kafka at localhost:9092).
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    /// Config file (TOML). Without this option /etc/buoy/edge-agent.toml is
+    /// read if it exists, else built-in defaults are used.
+    #[arg(short, long, global = true, env = "BUOY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample, journal and forward until SIGTERM or SIGINT (the default).
+    Run,
+    /// Check the config file and environment overrides, print every problem
+    /// with its line number, and exit non-zero if there is any.
+    CheckConfig {
+        /// Also print the effective config (file, defaults and environment
+        /// combined) as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+const AFTER_HELP: &str = "\
+Environment:
+  BUOY_<SECTION>_<KEY>   override a scalar config key, e.g. BUOY_DEVICE_ID=pi-7,
+                         BUOY_KAFKA_BROKERS=a:9092,b:9092, BUOY_JOURNAL_COMMIT_INTERVAL=2s
+  RUST_LOG               log filter (default: info), e.g. RUST_LOG=debug
+  STATE_DIRECTORY        default journal directory (set by systemd's StateDirectory=)
+
+Signals:
+  SIGTERM, SIGINT        stop sampling, wait briefly for Kafka acknowledgements,
+                         commit the journal and exit 0; a second signal exits at once
+
+Exit status:
+  0 clean stop, 1 runtime failure, 2 invalid config";

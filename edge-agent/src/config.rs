@@ -1,0 +1,457 @@
+//! The edge agent's configuration: one typed struct, parsed and validated here.
+//!
+//! The file is TOML (default `/etc/buoy/edge-agent.toml`); every key has a
+//! default, so the agent runs without any file at all: simulated sensors, a
+//! local journal, Kafka at `localhost:9092`. Scalar keys can be overridden by
+//! `BUOY_<SECTION>_<KEY>` environment variables (see `telemetry::config_file`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hardware::SensorKind;
+use serde::{Deserialize, Serialize};
+use telemetry::config_file::{self, ConfigError, Loaded, Problem};
+use telemetry::record::{Format, check_broker_address, check_topic_name};
+use telemetry::units::ByteSize;
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/buoy/edge-agent.toml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BUOY_";
+
+/// The whole edge agent configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This device's id: the Kafka key and the `device_id` tag of every
+    /// reading. Default: the hostname.
+    #[serde(default = "default_device_id")]
+    pub device_id: String,
+    #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// The sensors to sample, as `[[sensor]]` tables. Default: one simulated
+    /// sensor of each kind.
+    #[serde(default = "default_sensors", rename = "sensor")]
+    pub sensors: Vec<SensorConfig>,
+}
+
+/// `[journal]`: the durable store on the device.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// The redb file. Default: `$STATE_DIRECTORY/journal.redb`, else
+    /// `./buoy-data/journal.redb`.
+    pub path: PathBuf,
+    /// Readings are committed (fsync'd) at least this often; at most this
+    /// window of readings is lost on power loss. `0s` commits every reading.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Memory redb may use for its page cache.
+    pub cache_size: ByteSize,
+    /// Most readings written in one commit.
+    pub max_batch: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: default_state_dir().join("journal.redb"),
+            commit_interval: Duration::from_secs(1),
+            cache_size: ByteSize::mib(16),
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// Message compression on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `[kafka]`: where readings go.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic readings are produced to. It must exist: the agent does not
+    /// create topics.
+    pub topic: String,
+    /// Encoding of each record's value: `influx` (line protocol) or `json`
+    /// (Telegraf JSON).
+    pub format: Format,
+    pub compression: Compression,
+    /// How long librdkafka keeps trying one record before handing it back; the
+    /// agent then sends it again from the journal.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka producer properties, passed through as they are
+    /// (security settings, socket tuning). Keys that Buoy sets itself for
+    /// correctness are refused.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["localhost:9092".into()],
+            topic: "telemetry".into(),
+            format: Format::Influx,
+            compression: Compression::Zstd,
+            delivery_timeout: Duration::from_secs(60),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Producer properties the agent owns; each maps to the key to use instead.
+const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+    ("acks", "nothing: Buoy always uses acks=all"),
+    (
+        "request.required.acks",
+        "nothing: Buoy always uses acks=all",
+    ),
+    (
+        "enable.idempotence",
+        "nothing: Buoy always uses the idempotent producer",
+    ),
+    ("compression.type", "kafka.compression"),
+    ("compression.codec", "kafka.compression"),
+    ("message.timeout.ms", "kafka.delivery_timeout"),
+    ("delivery.timeout.ms", "kafka.delivery_timeout"),
+    ("queue.buffering.max.messages", "forward.max_in_flight"),
+];
+
+/// `[forward]`: how the journal is drained into Kafka.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Most readings handed to librdkafka and not yet acknowledged. The
+    /// journal, not memory, is the buffer; this bounds what sits in RAM.
+    pub max_in_flight: usize,
+    /// Longest wait between retries while Kafka is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    /// On shutdown, how long to wait for records already sent to be
+    /// acknowledged. Unacknowledged ones stay in the journal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            max_in_flight: 20_000,
+            max_retry_delay: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[status]`: what the agent reports about itself.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// How often a status line (sampled, journaled, backlog, forwarded, link
+    /// state) is logged. `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub log_interval: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            log_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One `[[sensor]]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Unique name; becomes the `sensor` tag of its readings.
+    pub name: String,
+    /// `simulated_weather`, `simulated_visibility`,
+    /// `simulated_cpu_temperature` or `simulated_fan`.
+    pub kind: SensorKind,
+    /// Time between readings.
+    #[serde(with = "humantime_serde", default = "one_second")]
+    pub interval: Duration,
+    /// Seed for a simulated sensor, for reproducible values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn yes() -> bool {
+    true
+}
+
+fn default_device_id() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("buoy")
+        .to_owned()
+}
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `./buoy-data`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .unwrap_or_else(|| PathBuf::from("buoy-data"))
+}
+
+fn default_sensors() -> Vec<SensorConfig> {
+    let sensor = |name: &str, kind, secs| SensorConfig {
+        name: name.into(),
+        kind,
+        interval: Duration::from_secs(secs),
+        seed: None,
+        enabled: true,
+    };
+    vec![
+        sensor("env", SensorKind::SimulatedWeather, 1),
+        sensor("visibility", SensorKind::SimulatedVisibility, 1),
+        sensor("cpu", SensorKind::SimulatedCpuTemperature, 5),
+        sensor("fan", SensorKind::SimulatedFan, 5),
+    ]
+}
+
+impl AgentConfig {
+    /// Loads the config from a file's text (`None`: no file) and the
+    /// environment, and validates it.
+    pub fn load(
+        source_name: &str,
+        text: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Loaded<AgentConfig>, ConfigError> {
+        config_file::load(source_name, text, env, ENV_PREFIX, AgentConfig::problems)
+    }
+
+    /// The sensors that are enabled.
+    pub fn enabled_sensors(&self) -> impl Iterator<Item = &SensorConfig> {
+        self.sensors.iter().filter(|s| s.enabled)
+    }
+
+    /// Everything semantically wrong with this config.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if let Err(e) = telemetry::reading::check_name("device id", &self.device_id) {
+            p.push(Problem::new("device_id", e.to_string()));
+        } else if let Some(c) = self
+            .device_id
+            .chars()
+            .find(|c| matches!(c, '/' | '+' | '#' | ' '))
+        {
+            p.push(Problem::new(
+                "device_id",
+                format!("must not contain {c:?}: it is part of MQTT topic names"),
+            ));
+        }
+        if self.journal.commit_interval > Duration::from_secs(3600) {
+            p.push(Problem::new(
+                "journal.commit_interval",
+                "must be at most 1h: readings not yet committed are lost on power loss",
+            ));
+        }
+        if self.journal.cache_size < ByteSize::kib(256) {
+            p.push(Problem::new(
+                "journal.cache_size",
+                "must be at least 256KiB",
+            ));
+        }
+        if self.journal.max_batch == 0 {
+            p.push(Problem::new("journal.max_batch", "must be at least 1"));
+        }
+        if self.kafka.brokers.is_empty() {
+            p.push(Problem::new(
+                "kafka.brokers",
+                "needs at least one broker, e.g. [\"localhost:9092\"]",
+            ));
+        }
+        for (i, broker) in self.kafka.brokers.iter().enumerate() {
+            if let Err(e) = check_broker_address(broker) {
+                p.push(Problem::new(format!("kafka.brokers[{i}]"), e));
+            }
+        }
+        if let Err(e) = check_topic_name(&self.kafka.topic) {
+            p.push(Problem::new("kafka.topic", e));
+        }
+        if self.kafka.delivery_timeout < Duration::from_secs(1) {
+            p.push(Problem::new(
+                "kafka.delivery_timeout",
+                "must be at least 1s",
+            ));
+        }
+        for key in self.kafka.properties.keys() {
+            if let Some((_, instead)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
+                p.push(Problem::new(
+                    format!("kafka.properties.{key}"),
+                    format!("is set by Buoy; use {instead}"),
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.forward.max_in_flight) {
+            p.push(Problem::new(
+                "forward.max_in_flight",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.forward.max_retry_delay < Duration::from_millis(100) {
+            p.push(Problem::new(
+                "forward.max_retry_delay",
+                "must be at least 100ms",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.sensors.iter().enumerate() {
+            let at = |key: &str| format!("sensor[{i}].{key}");
+            if let Err(e) = telemetry::reading::check_name("sensor name", &s.name) {
+                p.push(Problem::new(at("name"), e.to_string()));
+            } else if !seen.insert(s.name.as_str()) {
+                p.push(Problem::new(
+                    at("name"),
+                    format!("another sensor is already called {:?}", s.name),
+                ));
+            }
+            if s.interval < Duration::from_millis(1) || s.interval > Duration::from_secs(86_400) {
+                p.push(Problem::new(at("interval"), "must be between 1ms and 24h"));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::load("edge-agent.toml", Some(text), &[]).map(|l| l.config)
+    }
+
+    #[test]
+    fn runs_without_a_file() {
+        let c = AgentConfig::load("none", None, &[]).unwrap().config;
+        assert_eq!(c.kafka.brokers, ["localhost:9092"]);
+        assert_eq!(c.kafka.topic, "telemetry");
+        assert_eq!(c.journal.commit_interval, Duration::from_secs(1));
+        assert_eq!(c.enabled_sensors().count(), 4);
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn reads_the_design_example() {
+        let c = load(
+            r#"
+device_id = "pi-0001"
+[journal]
+path = "/var/lib/buoy/journal.redb"
+commit_interval = "1s"
+[kafka]
+brokers = ["localhost:9092"]
+topic = "telemetry"
+format = "influx"
+[[sensor]]
+name = "env"
+kind = "simulated_weather"
+interval = "1s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.device_id, "pi-0001");
+        assert_eq!(c.sensors.len(), 1);
+        assert_eq!(c.sensors[0].kind, SensorKind::SimulatedWeather);
+    }
+
+    #[test]
+    fn names_each_problem_with_its_line() {
+        let text = r#"device_id = "pi/1"
+[kafka]
+topic = "bad topic"
+brokers = ["nohost"]
+[[sensor]]
+name = "a"
+kind = "simulated_fan"
+[[sensor]]
+name = "a"
+kind = "simulated_fan"
+interval = "0s"
+"#;
+        let err = load(text).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(err.lines(), vec![1, 4, 3, 9, 11], "{shown}");
+        assert!(shown.contains("already called \"a\""), "{shown}");
+        assert!(shown.contains("MQTT"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_sensor_kinds_list_the_known_ones() {
+        let err = load("[[sensor]]\nname = \"x\"\nkind = \"thermometer\"\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("simulated_weather"), "{shown}");
+        assert_eq!(err.lines(), vec![3]);
+    }
+
+    #[test]
+    fn reserved_librdkafka_properties_are_refused() {
+        let err = load("[kafka.properties]\nacks = \"1\"\n").unwrap_err();
+        assert!(err.to_string().contains("acks=all"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = [
+            ("BUOY_DEVICE_ID".to_string(), "pi-9".to_string()),
+            ("BUOY_KAFKA_BROKERS".to_string(), "a:1,b:2".to_string()),
+            (
+                "BUOY_JOURNAL_COMMIT_INTERVAL".to_string(),
+                "250ms".to_string(),
+            ),
+            ("BUOY_JOURNAL_PATH".to_string(), "/tmp/j.redb".to_string()),
+        ];
+        let c = AgentConfig::load("f", Some("device_id = \"x\"\n"), &env)
+            .unwrap()
+            .config;
+        assert_eq!(c.device_id, "pi-9");
+        assert_eq!(c.kafka.brokers, ["a:1", "b:2"]);
+        assert_eq!(c.journal.commit_interval, Duration::from_millis(250));
+        assert_eq!(c.journal.path, PathBuf::from("/tmp/j.redb"));
+    }
+}

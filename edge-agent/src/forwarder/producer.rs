@@ -1,0 +1,143 @@
+//! The Kafka producer: librdkafka configured for no loss, and the callbacks
+//! that feed delivery reports and connection errors back to the forwarder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use telemetry::throttle::Throttle;
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::status::{Link, Status};
+
+/// librdkafka's own queue, in KiB. The journal is the buffer; this only
+/// smooths batching, so it is small and explicit.
+const QUEUE_KBYTES: usize = 16 * 1024;
+
+/// The outcome of one record.
+#[derive(Debug)]
+pub struct Delivery {
+    pub seq: u64,
+    pub result: Result<(), KafkaError>,
+}
+
+/// Receives librdkafka's callbacks.
+pub struct ForwarderContext {
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    status: Arc<Status>,
+    /// One throttle per librdkafka log facility, so a broker that refuses
+    /// connections is logged once a minute, not on every retry.
+    throttles: Mutex<HashMap<String, Throttle>>,
+}
+
+impl ForwarderContext {
+    fn throttled(&self, facility: &str) -> Option<u64> {
+        let mut map = self.throttles.lock().expect("throttle lock");
+        map.entry(facility.to_owned())
+            .or_insert_with(|| Throttle::new(Duration::from_secs(60)))
+            .allow(Instant::now())
+    }
+}
+
+impl ClientContext for ForwarderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let serious = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+                | RDKafkaLogLevel::Warning
+        );
+        // Connection failures also arrive through `error` below, which says
+        // what they mean for the readings; keep librdkafka's version quiet.
+        if !serious || matches!(fac, "FAIL" | "ERROR") {
+            tracing::debug!(target: "librdkafka", facility = fac, "{message}");
+        } else if let Some(held_back) = self.throttled(fac) {
+            tracing::warn!(target: "librdkafka", facility = fac, similar_not_logged = held_back, "{message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let previous = self.status.link_error(format!("{error}: {reason}"));
+        if let Some(held_back) = self.throttled("error") {
+            if previous != Link::Down {
+                tracing::warn!(
+                    error = %error,
+                    reason,
+                    "cannot reach Kafka; readings stay in the journal and are sent when it returns"
+                );
+            } else {
+                tracing::warn!(error = %error, reason, similar_not_logged = held_back, "Kafka still unreachable");
+            }
+        }
+    }
+}
+
+impl ProducerContext for ForwarderContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The forwarder may already have stopped; then the record simply
+        // stays in the journal.
+        let _ = self.deliveries.send(Delivery { seq: *seq, result });
+    }
+}
+
+pub type Producer = ThreadedProducer<ForwarderContext>;
+
+/// The librdkafka settings for the agent's producer.
+pub fn client_config(config: &AgentConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    let kafka = &config.kafka;
+    c.set("bootstrap.servers", kafka.brokers.join(","))
+        .set("client.id", format!("buoy-edge-agent-{}", config.device_id))
+        // No loss, no duplicates from retries, order kept per partition.
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", kafka.compression.as_librdkafka())
+        .set(
+            "message.timeout.ms",
+            kafka.delivery_timeout.as_millis().to_string(),
+        )
+        // Bounded memory: the window never exceeds these.
+        .set(
+            "queue.buffering.max.messages",
+            (config.forward.max_in_flight + 1000).to_string(),
+        )
+        .set("queue.buffering.max.kbytes", QUEUE_KBYTES.to_string())
+        .set("linger.ms", "5")
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "10000")
+        // Notice a topic created after start-up within seconds.
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    for (key, value) in &kafka.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Creates the producer. Fails on settings librdkafka refuses (a bad property
+/// in `kafka.properties`), which `check-config` reports too.
+pub fn create(
+    config: &AgentConfig,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    status: Arc<Status>,
+) -> Result<Producer, KafkaError> {
+    let context = ForwarderContext {
+        deliveries,
+        status,
+        throttles: Mutex::new(HashMap::new()),
+    };
+    client_config(config).create_with_context(context)
+}

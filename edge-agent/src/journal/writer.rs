@@ -1,0 +1,326 @@
+//! The journal writer: the one task that writes to the journal.
+//!
+//! Samplers send readings over a bounded channel; the forwarder sends the
+//! sequence numbers Kafka acknowledged. The writer groups both into one
+//! durable commit at least every `journal.commit_interval` (or sooner when
+//! `journal.max_batch` readings are waiting), then announces its
+//! [`Progress`] on a watch channel, which is what wakes the forwarder.
+//!
+//! When the samplers stop, the readings still waiting are committed at once
+//! and `Progress::sampling_done` is set, so the forwarder can drain the journal
+//! before it stops. The writer itself stops when the forwarder's ack sender is
+//! gone too, after a last commit: nothing handed to it is left uncommitted on a
+//! clean shutdown. A failing commit (disk full, I/O error) is retried with backoff;
+//! the readings stay in memory meanwhile, bounded by `max_batch`, and the
+//! bounded channel pushes back on the samplers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry::Reading;
+use telemetry::backoff::Backoff;
+use telemetry::throttle::Throttle;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{Journal, JournalError};
+use crate::status::Status;
+
+/// Readings that may wait in the channel in front of the writer.
+const CHANNEL_CAPACITY: usize = 16_384;
+/// Attempts at the last commit on shutdown before giving up.
+const FINAL_ATTEMPTS: u32 = 3;
+
+/// The ends of the writer's channels, handed to the other stages.
+pub struct WriterHandles {
+    /// Where samplers send readings.
+    pub readings: mpsc::Sender<Reading>,
+    /// Where the forwarder sends acknowledged sequence numbers. Unbounded,
+    /// but never holds more than the forwarder's in-flight window.
+    pub acks: mpsc::UnboundedSender<Vec<u64>>,
+    /// What has been committed.
+    pub committed: watch::Receiver<Progress>,
+}
+
+/// What the writer has committed so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The highest committed sequence number (0 if none ever).
+    pub last_seq: u64,
+    /// Every sampler has stopped and its last readings are committed: no
+    /// sequence number above `last_seq` will appear.
+    pub sampling_done: bool,
+}
+
+pub struct JournalWriter {
+    journal: Arc<Journal>,
+    readings: mpsc::Receiver<Reading>,
+    acks: mpsc::UnboundedReceiver<Vec<u64>>,
+    committed: watch::Sender<Progress>,
+    commit_interval: Duration,
+    max_batch: usize,
+    status: Arc<Status>,
+}
+
+/// What is waiting to be committed.
+#[derive(Default)]
+struct Pending {
+    readings: Vec<Reading>,
+    acked: Vec<u64>,
+    /// When the oldest of them arrived plus the commit interval.
+    due: Option<Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.readings.is_empty() && self.acked.is_empty()
+    }
+}
+
+impl JournalWriter {
+    pub fn new(
+        journal: Arc<Journal>,
+        commit_interval: Duration,
+        max_batch: usize,
+        status: Arc<Status>,
+    ) -> Result<(JournalWriter, WriterHandles), JournalError> {
+        let last = journal.stats()?.next_seq - 1;
+        let (readings_tx, readings) = mpsc::channel(CHANNEL_CAPACITY);
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        let (committed, committed_rx) = watch::channel(Progress {
+            last_seq: last,
+            sampling_done: false,
+        });
+        let writer = JournalWriter {
+            journal,
+            readings,
+            acks,
+            committed,
+            commit_interval,
+            max_batch: max_batch.max(1),
+            status,
+        };
+        let handles = WriterHandles {
+            readings: readings_tx,
+            acks: acks_tx,
+            committed: committed_rx,
+        };
+        Ok((writer, handles))
+    }
+
+    /// Runs until every reading and ack sender is dropped, then commits what
+    /// is left and returns.
+    pub async fn run(mut self) -> Result<(), JournalError> {
+        let mut pending = Pending::default();
+        let (mut readings_open, mut acks_open) = (true, true);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut throttle = Throttle::new(Duration::from_secs(60));
+        loop {
+            let full = pending.readings.len() >= self.max_batch;
+            let due = pending.due.is_some_and(|d| Instant::now() >= d);
+            if full || due {
+                if let Err(e) = self.commit(&mut pending).await {
+                    if let Some(held_back) = throttle.allow(std::time::Instant::now()) {
+                        tracing::error!(
+                            error = %e,
+                            waiting = pending.readings.len(),
+                            similar_errors_not_logged = held_back,
+                            "journal commit failed; the readings stay in memory and the commit is retried"
+                        );
+                    }
+                    pending.due = Some(Instant::now() + backoff.next_delay(rand_fraction()));
+                } else {
+                    backoff.reset();
+                    throttle.reset();
+                }
+                continue;
+            }
+            if !readings_open && !acks_open {
+                break;
+            }
+            if !readings_open
+                && pending.readings.is_empty()
+                && !self.committed.borrow().sampling_done
+            {
+                self.committed.send_modify(|p| p.sampling_done = true);
+            }
+            let wake = pending
+                .due
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = self.readings.recv(), if readings_open && !full => match r {
+                    Some(r) => {
+                        pending.readings.push(r);
+                        // Take whatever else is already queued without waiting.
+                        while pending.readings.len() < self.max_batch {
+                            match self.readings.try_recv() {
+                                Ok(r) => pending.readings.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        self.arm(&mut pending);
+                    }
+                    None => {
+                        readings_open = false;
+                        // Commit the last readings now, not at the interval,
+                        // so the forwarder can drain them before stopping.
+                        if !pending.readings.is_empty() {
+                            pending.due = Some(Instant::now());
+                        }
+                    }
+                },
+                a = self.acks.recv(), if acks_open => match a {
+                    Some(seqs) => {
+                        pending.acked.extend(seqs);
+                        self.arm(&mut pending);
+                    }
+                    None => acks_open = false,
+                },
+                _ = tokio::time::sleep_until(wake), if pending.due.is_some() => {}
+            }
+        }
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            match self.commit(&mut pending).await {
+                Ok(()) => {}
+                Err(e) if attempt >= FINAL_ATTEMPTS => {
+                    tracing::error!(
+                        error = %e,
+                        lost = pending.readings.len(),
+                        "last journal commit failed; these readings were never journaled"
+                    );
+                    return Err(e);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the commit clock when the first item arrives.
+    fn arm(&self, pending: &mut Pending) {
+        if pending.due.is_none() {
+            pending.due = Some(Instant::now() + self.commit_interval);
+        }
+    }
+
+    /// Commits everything pending, off the async runtime. On failure the
+    /// pending readings and acks are kept for the next attempt.
+    async fn commit(&mut self, pending: &mut Pending) -> Result<(), JournalError> {
+        let readings = std::mem::take(&mut pending.readings);
+        let acked = std::mem::take(&mut pending.acked);
+        let journal = self.journal.clone();
+        let (result, readings, acked) = tokio::task::spawn_blocking(move || {
+            let result = journal.commit(&readings, &acked);
+            (result, readings, acked)
+        })
+        .await
+        .expect("journal commit task panicked");
+        match result {
+            Ok(done) => {
+                let appended = done.seqs.end - done.seqs.start;
+                self.status.journaled(appended, done.deleted);
+                if !done.rejected.is_empty() {
+                    self.status.rejected(done.rejected.len() as u64);
+                    tracing::warn!(
+                        count = done.rejected.len(),
+                        first = %done.rejected[0],
+                        "readings could not be encoded and were not journaled"
+                    );
+                }
+                if appended > 0 {
+                    self.committed
+                        .send_modify(|p| p.last_seq = done.seqs.end - 1);
+                }
+                pending.due = None;
+                Ok(())
+            }
+            Err(e) => {
+                pending.readings = readings;
+                pending.acked = acked;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A random number in `[0, 1)` for backoff jitter.
+pub(crate) fn rand_fraction() -> f64 {
+    rand::random::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(i: i64) -> Reading {
+        Reading::new("weather", 1_700_000_000_000_000_000 + i)
+            .with_tag("device_id", "pi-1")
+            .with_field("pressure_hpa", i as f64)
+    }
+
+    async fn setup(
+        interval: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Journal>,
+        JournalWriter,
+        WriterHandles,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(&dir.path().join("j.redb"), 1 << 20, "b").unwrap());
+        let (writer, handles) =
+            JournalWriter::new(journal.clone(), interval, 100, Arc::new(Status::default()))
+                .unwrap();
+        (dir, journal, writer, handles)
+    }
+
+    #[tokio::test]
+    async fn groups_readings_into_one_commit_per_interval() {
+        let (_dir, journal, writer, handles) = setup(Duration::from_secs(2)).await;
+        let task = tokio::spawn(writer.run());
+        let mut committed = handles.committed.clone();
+        for i in 0..10 {
+            handles.readings.send(reading(i)).await.unwrap();
+        }
+        // Nothing is committed before the interval has passed...
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(committed.borrow().last_seq, 0);
+        // ...then all ten are, in one commit.
+        committed.changed().await.unwrap();
+        assert_eq!(committed.borrow().last_seq, 10);
+        assert_eq!(journal.stats().unwrap().records, 10);
+        drop(handles);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn deletes_acknowledged_readings_and_commits_the_rest_on_shutdown() {
+        let (_dir, journal, writer, handles) = setup(Duration::from_secs(3600)).await;
+        let task = tokio::spawn(writer.run());
+        for i in 0..150 {
+            handles.readings.send(reading(i)).await.unwrap();
+        }
+        // max_batch (100) forces a commit long before the hour is up.
+        let mut committed = handles.committed.clone();
+        committed.changed().await.unwrap();
+        assert!(committed.borrow().last_seq >= 100);
+        handles.acks.send((1..=40).collect()).unwrap();
+        // The samplers stopping commits their last readings at once, not an
+        // hour later, and says so.
+        let WriterHandles { readings, acks, .. } = handles;
+        drop(readings);
+        committed
+            .wait_for(|p| p.sampling_done && p.last_seq == 150)
+            .await
+            .unwrap();
+        // The forwarder stopping too ends the writer after a last commit.
+        drop(acks);
+        task.await.unwrap().unwrap();
+        let stats = journal.stats().unwrap();
+        assert_eq!(stats.records, 110);
+        assert_eq!(stats.first_seq, Some(41));
+        assert_eq!(stats.next_seq, 151);
+    }
+}

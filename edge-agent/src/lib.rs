@@ -1,0 +1,33 @@
+//! # edge-agent: sensors → journal → Kafka, on the device
+//!
+//! The agent samples the configured sensors, writes every reading to a local
+//! durable journal (redb), and forwards journaled readings to Kafka whenever
+//! the link allows. A reading leaves the journal only after Kafka has
+//! acknowledged it, so a link that is down for weeks, a broker that is
+//! missing a topic, or a power cut loses nothing that was committed.
+//!
+//! ## Layout (the path of a reading)
+//! - [`sampler`]: one task per sensor; observations become readings.
+//! - [`journal`]: the redb journal (its module doc is the storage spec) and
+//!   [`journal::writer`], the group-commit task that owns every write.
+//! - [`forwarder`]: journal → Kafka, deleting only what Kafka acknowledged.
+//! - [`status`]: counters, link state and the periodic status line.
+//! - [`config`]: the one typed config, parsed and validated in one place.
+//! - [`agent`]: wires the stages and shuts them down in order.
+//! - [`clock`], [`cli`]: the injected time source and the command line.
+//!
+//! ## Invariants
+//! - Every sampled reading is either committed to the journal, or counted as
+//!   dropped (journal writer queue full, unencodable) and logged.
+//! - A journal record is deleted only after its Kafka delivery report.
+//! - Memory is bounded: the writer's queue, the forwarder's in-flight window,
+//!   librdkafka's queue and redb's cache all have explicit sizes.
+
+pub mod agent;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod forwarder;
+pub mod journal;
+pub mod sampler;
+pub mod status;

@@ -1,0 +1,149 @@
+//! `edge-agent`: see `edge-agent --help`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use edge_agent::cli::{Cli, Command};
+use edge_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
+use telemetry::config_file::Loaded;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let loaded = match load_config(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    for var in &loaded.unknown_env {
+        tracing::warn!(variable = %var, "environment variable matches no edge-agent setting; ignored");
+    }
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { print } => check_config(&loaded, print),
+        Command::Run => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(run(loaded.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    edge_agent::agent::run(config, shutdown).await
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the
+/// second.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now without waiting for the journal");
+    std::process::exit(130);
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<AgentConfig>> {
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    let (name, text) = match path {
+        Some(p) => (
+            p.display().to_string(),
+            Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?,
+            ),
+        ),
+        None if default.exists() => (
+            DEFAULT_CONFIG_PATH.to_owned(),
+            Some(
+                std::fs::read_to_string(default)
+                    .with_context(|| format!("cannot read {DEFAULT_CONFIG_PATH}"))?,
+            ),
+        ),
+        None => ("built-in defaults".to_owned(), None),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Ok(AgentConfig::load(&name, text.as_deref(), &env)?)
+}
+
+fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
+    let c = &loaded.config;
+    // librdkafka validates its own properties when a client is created.
+    if let Err(e) = edge_agent::forwarder::producer::client_config(c)
+        .create::<rdkafka::producer::BaseProducer>()
+    {
+        eprintln!("kafka.properties: librdkafka refuses these settings: {e}");
+        return ExitCode::from(2);
+    }
+    println!("config OK");
+    println!("  device_id  {}", c.device_id);
+    println!(
+        "  journal    {} (commit every {:?})",
+        c.journal.path.display(),
+        c.journal.commit_interval
+    );
+    println!(
+        "  kafka      {} topic {:?} as {:?}",
+        c.kafka.brokers.join(","),
+        c.kafka.topic,
+        c.kafka.format
+    );
+    for s in &c.sensors {
+        let state = if s.enabled { "" } else { " (disabled)" };
+        println!(
+            "  sensor     {} {} every {:?}{state}",
+            s.name,
+            s.kind.name(),
+            s.interval
+        );
+    }
+    for (var, path) in &loaded.overrides {
+        println!("  {path} set by {var}");
+    }
+    if print {
+        println!(
+            "\n{}",
+            toml::to_string_pretty(c).expect("config serialises")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // journald adds its own timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,215 @@
+//! What the agent knows about itself: counters every stage updates, the link
+//! state, and a periodic status line in the log.
+//!
+//! The status line is what an operator (or `scripts/demo`) reads to see the
+//! agent working:
+//!
+//! ```text
+//! INFO status sampled=1200 journaled=1200 backlog=12 forwarded=1188 link="up" ...
+//! ```
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Whether Kafka is taking readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing sent yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Unknown => "unknown",
+            Link::Up => "up",
+            Link::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinkState {
+    link: Link,
+    last_error: Option<String>,
+}
+
+/// Counters since start, shared by every stage.
+#[derive(Debug)]
+pub struct Status {
+    sampled: AtomicU64,
+    sensor_errors: AtomicU64,
+    /// Readings dropped because the journal writer's queue was full.
+    dropped_queue_full: AtomicU64,
+    /// Readings that could not be encoded (NaN from a driver, say).
+    rejected: AtomicU64,
+    journaled: AtomicU64,
+    forwarded: AtomicU64,
+    deleted: AtomicU64,
+    delivery_errors: AtomicU64,
+    /// Journal records that could not be decoded and were skipped.
+    unreadable: AtomicU64,
+    link: Mutex<LinkState>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            sampled: AtomicU64::new(0),
+            sensor_errors: AtomicU64::new(0),
+            dropped_queue_full: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            journaled: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+            delivery_errors: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
+            link: Mutex::new(LinkState {
+                link: Link::Unknown,
+                last_error: None,
+            }),
+        }
+    }
+}
+
+/// A consistent-enough copy of the counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub sampled: u64,
+    pub sensor_errors: u64,
+    pub dropped_queue_full: u64,
+    pub rejected: u64,
+    pub journaled: u64,
+    pub forwarded: u64,
+    pub deleted: u64,
+    pub delivery_errors: u64,
+    pub unreadable: u64,
+    pub link: Link,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    pub fn sampled(&self, n: u64) {
+        self.sampled.fetch_add(n, Relaxed);
+    }
+    pub fn sensor_error(&self) {
+        self.sensor_errors.fetch_add(1, Relaxed);
+    }
+    pub fn dropped_queue_full(&self) {
+        self.dropped_queue_full.fetch_add(1, Relaxed);
+    }
+    pub fn rejected(&self, n: u64) {
+        self.rejected.fetch_add(n, Relaxed);
+    }
+    pub fn journaled(&self, appended: u64, deleted: u64) {
+        self.journaled.fetch_add(appended, Relaxed);
+        self.deleted.fetch_add(deleted, Relaxed);
+    }
+    pub fn forwarded(&self, n: u64) {
+        self.forwarded.fetch_add(n, Relaxed);
+    }
+    pub fn unreadable(&self, n: u64) {
+        self.unreadable.fetch_add(n, Relaxed);
+    }
+
+    /// Records a successful delivery; returns the previous link state.
+    pub fn link_up(&self) -> Link {
+        let mut s = self.link.lock().expect("status lock");
+        std::mem::replace(&mut s.link, Link::Up)
+    }
+
+    /// Records a failure; returns the previous link state.
+    pub fn link_down(&self, error: impl Into<String>) -> Link {
+        self.delivery_errors.fetch_add(1, Relaxed);
+        let mut s = self.link.lock().expect("status lock");
+        s.last_error = Some(error.into());
+        std::mem::replace(&mut s.link, Link::Down)
+    }
+
+    /// Records a client-level error (broker unreachable) that is not tied to
+    /// one record.
+    pub fn link_error(&self, error: impl Into<String>) -> Link {
+        let mut s = self.link.lock().expect("status lock");
+        s.last_error = Some(error.into());
+        std::mem::replace(&mut s.link, Link::Down)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let link = self.link.lock().expect("status lock");
+        Snapshot {
+            sampled: self.sampled.load(Relaxed),
+            sensor_errors: self.sensor_errors.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            journaled: self.journaled.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            deleted: self.deleted.load(Relaxed),
+            delivery_errors: self.delivery_errors.load(Relaxed),
+            unreadable: self.unreadable.load(Relaxed),
+            link: link.link,
+            last_error: link.last_error.clone(),
+        }
+    }
+}
+
+/// Logs one status line.
+pub fn log_status(s: &Snapshot, backlog: Option<u64>) {
+    tracing::info!(
+        sampled = s.sampled,
+        journaled = s.journaled,
+        backlog = backlog.map_or(-1, |b| b as i64),
+        forwarded = s.forwarded,
+        link = s.link.as_str(),
+        sensor_errors = s.sensor_errors,
+        dropped_queue_full = s.dropped_queue_full,
+        rejected = s.rejected,
+        unreadable = s.unreadable,
+        delivery_errors = s.delivery_errors,
+        last_error = s.last_error.as_deref().unwrap_or(""),
+        "status"
+    );
+}
+
+/// Logs a status line every `interval` until shutdown. `backlog` reports how
+/// many readings wait in the journal.
+pub async fn report_periodically(
+    status: std::sync::Arc<Status>,
+    interval: Duration,
+    backlog: impl Fn() -> Option<u64>,
+    shutdown: CancellationToken,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => log_status(&status.snapshot(), backlog()),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_transitions_are_reported() {
+        let s = Status::default();
+        assert_eq!(s.link_down("broker gone"), Link::Unknown);
+        assert_eq!(s.link_down("still gone"), Link::Down);
+        assert_eq!(s.link_up(), Link::Down);
+        let snap = s.snapshot();
+        assert_eq!(snap.link, Link::Up);
+        assert_eq!(snap.delivery_errors, 2);
+        assert_eq!(snap.last_error.as_deref(), Some("still gone"));
+    }
+}

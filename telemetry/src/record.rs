@@ -1,0 +1,124 @@
+//! The Kafka record contract between the edge agent and the uplink.
+//!
+//! | part | value |
+//! |---|---|
+//! | key | the device id, so each device's readings stay ordered in one partition |
+//! | value | one reading, as line protocol or Telegraf JSON |
+//! | headers | `buoy-seq`, `buoy-boot`, `content-type` |
+
+/// Header holding the journal sequence number, in decimal.
+pub const HEADER_SEQ: &str = "buoy-seq";
+/// Header holding the boot id the reading was taken in.
+pub const HEADER_BOOT: &str = "buoy-boot";
+/// Header naming the value's encoding.
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+
+/// The encoding of a record's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Influx line protocol.
+    #[default]
+    Influx,
+    /// Telegraf's JSON metric format, timestamps in nanoseconds.
+    Json,
+}
+
+impl Format {
+    /// The `content-type` header value for this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Influx => "text/plain; format=influx",
+            Format::Json => "application/json",
+        }
+    }
+
+    /// The format a `content-type` header names, if it is one of Buoy's.
+    pub fn from_content_type(value: &str) -> Option<Format> {
+        let value = value.trim();
+        if value.starts_with("application/json") {
+            Some(Format::Json)
+        } else if value.starts_with("text/plain") {
+            Some(Format::Influx)
+        } else {
+            None
+        }
+    }
+
+    /// Encodes one reading in this format.
+    pub fn encode(self, reading: &crate::Reading) -> Result<String, crate::InvalidReading> {
+        match self {
+            Format::Influx => crate::line_protocol::encode(reading),
+            Format::Json => crate::telegraf_json::encode(reading),
+        }
+    }
+}
+
+/// Checks a Kafka topic name: 1 to 249 characters from `[a-zA-Z0-9._-]`, and
+/// not `.` or `..`, as the broker requires.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "topic name {name:?} must be 1 to 249 characters long"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a bootstrap broker address: `host:port`.
+pub fn check_broker_address(address: &str) -> Result<(), String> {
+    let port_ok = address
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .is_some_and(|p| p > 0);
+    if port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "broker address {address:?} must be host:port, e.g. \"localhost:9092\""
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        assert!(check_topic_name("telemetry.dlq-1_a").is_ok());
+        assert!(check_topic_name("").is_err());
+        assert!(check_topic_name("..").is_err());
+        assert!(check_topic_name("a b").unwrap_err().contains("' '"));
+        assert!(check_topic_name(&"x".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn broker_addresses_need_a_port() {
+        assert!(check_broker_address("localhost:9092").is_ok());
+        assert!(check_broker_address("[::1]:9092").is_ok());
+        assert!(check_broker_address("localhost").is_err());
+        assert!(check_broker_address(":9092").is_err());
+        assert!(check_broker_address("h:0").is_err());
+    }
+
+    #[test]
+    fn content_types_round_trip() {
+        for f in [Format::Influx, Format::Json] {
+            assert_eq!(Format::from_content_type(f.content_type()), Some(f));
+        }
+        assert_eq!(Format::from_content_type("application/octet-stream"), None);
+    }
+}

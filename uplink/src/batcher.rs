@@ -1,0 +1,176 @@
+//! # The batcher: lines grouped into one database write
+//!
+//! Pure bookkeeping. Lines are added with the Kafka record they came from;
+//! a batch is ready when it reaches `max_lines` or `max_bytes`, or when its
+//! first line has waited `max_wait`. Records that produced no line (nothing
+//! in them, or sent to the dead-letter topic) are still recorded, because
+//! their offsets may be committed only together with the lines before them.
+//!
+//! Records are consumed and settled in order, one at a time, so within a
+//! batch each partition's offsets are contiguous: committing the highest one
+//! + 1 never skips a record that has not reached the database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One line of line protocol and its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub text: String,
+    pub origin: Origin,
+}
+
+/// A batch ready to write.
+#[derive(Debug, Default, PartialEq)]
+pub struct Batch {
+    pub lines: Vec<Line>,
+    /// Per (topic, partition), the offset to commit once the batch is
+    /// written: the highest offset it settles, plus one.
+    pub commit: BTreeMap<(Arc<str>, i32), i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+}
+
+#[derive(Debug)]
+pub struct Batcher {
+    limits: Limits,
+    batch: Batch,
+    bytes: usize,
+    opened: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(limits: Limits) -> Self {
+        Batcher {
+            limits,
+            batch: Batch::default(),
+            bytes: 0,
+            opened: None,
+        }
+    }
+
+    /// Adds a line from `origin`.
+    pub fn push(&mut self, text: String, origin: Origin, now: Instant) {
+        self.bytes += text.len() + 1;
+        self.settle(&origin, now);
+        self.batch.lines.push(Line { text, origin });
+    }
+
+    /// Records that `origin` is dealt with without a line in this batch.
+    pub fn settle(&mut self, origin: &Origin, now: Instant) {
+        self.opened.get_or_insert(now);
+        let next = origin.offset + 1;
+        let slot = self
+            .batch
+            .commit
+            .entry((origin.topic.clone(), origin.partition))
+            .or_insert(next);
+        *slot = (*slot).max(next);
+    }
+
+    /// The batch is full and should be written now.
+    pub fn is_full(&self) -> bool {
+        self.batch.lines.len() >= self.limits.max_lines || self.bytes >= self.limits.max_bytes
+    }
+
+    /// When the batch must be written at the latest, if it holds anything.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.opened.map(|t| t + self.limits.max_wait)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_none()
+    }
+
+    /// Takes the batch, leaving an empty one.
+    pub fn take(&mut self) -> Batch {
+        self.bytes = 0;
+        self.opened = None;
+        std::mem::take(&mut self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(partition: i32, offset: i64) -> Origin {
+        Origin {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_lines: 3,
+            max_bytes: 1000,
+            max_wait: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn is_full_by_lines_or_bytes() {
+        let now = Instant::now();
+        let mut b = Batcher::new(limits());
+        b.push("a".into(), origin(0, 0), now);
+        b.push("b".into(), origin(0, 1), now);
+        assert!(!b.is_full());
+        b.push("c".into(), origin(0, 2), now);
+        assert!(b.is_full());
+        b.take();
+        b.push("x".repeat(1000), origin(0, 3), now);
+        assert!(b.is_full());
+    }
+
+    #[test]
+    fn the_deadline_runs_from_the_first_line() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(limits());
+        assert_eq!(b.deadline(), None);
+        b.push("a".into(), origin(0, 0), t0);
+        b.push("b".into(), origin(0, 1), t0 + Duration::from_millis(500));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
+        b.take();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn commits_the_highest_settled_offset_plus_one_per_partition() {
+        let now = Instant::now();
+        let mut b = Batcher::new(limits());
+        b.push("a".into(), origin(0, 10), now);
+        b.settle(&origin(0, 11), now); // dead-lettered
+        b.push("b".into(), origin(1, 4), now);
+        let batch = b.take();
+        assert_eq!(batch.lines.len(), 2);
+        assert_eq!(batch.commit[&(Arc::from("t"), 0)], 12);
+        assert_eq!(batch.commit[&(Arc::from("t"), 1)], 5);
+    }
+
+    #[test]
+    fn a_batch_of_only_settled_records_still_commits() {
+        let now = Instant::now();
+        let mut b = Batcher::new(limits());
+        b.settle(&origin(0, 7), now);
+        assert!(!b.is_empty());
+        let batch = b.take();
+        assert!(batch.lines.is_empty());
+        assert_eq!(batch.commit.len(), 1);
+    }
+}

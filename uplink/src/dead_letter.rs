@@ -1,0 +1,178 @@
+//! # The dead-letter topic
+//!
+//! Records that can never be written (not UTF-8, malformed, refused by the
+//! database) are produced here instead of stalling their partition. Each
+//! keeps its key, value and headers, and gains headers saying why and where
+//! it came from:
+//!
+//! | header | value |
+//! |---|---|
+//! | `buoy-error` | what was wrong |
+//! | `buoy-source-topic`, `buoy-source-partition`, `buoy-source-offset` | where it was |
+//! | `buoy-sink` | the database that refused it, if one did |
+//!
+//! A record counts as dealt with only once Kafka has acknowledged its dead
+//! letter; until then its offset is not committed.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use telemetry::backoff::Backoff;
+use telemetry::throttle::Throttle;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::Origin;
+use crate::config::UplinkConfig;
+use crate::consumer::KafkaLog;
+
+pub const HEADER_ERROR: &str = "buoy-error";
+pub const HEADER_SOURCE_TOPIC: &str = "buoy-source-topic";
+pub const HEADER_SOURCE_PARTITION: &str = "buoy-source-partition";
+pub const HEADER_SOURCE_OFFSET: &str = "buoy-source-offset";
+pub const HEADER_SINK: &str = "buoy-sink";
+
+/// One record to dead-letter.
+pub struct DeadLetter<'a> {
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// The original record's headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub error: &'a str,
+    pub origin: &'a Origin,
+    pub sink: Option<&'a str>,
+}
+
+pub struct DeadLetters {
+    topic: String,
+    producer: Option<FutureProducer<KafkaLog>>,
+    retry_max: Duration,
+    log: Throttle,
+}
+
+impl DeadLetters {
+    pub fn new(config: &UplinkConfig) -> Result<Self, KafkaError> {
+        let topic = config.kafka.dead_letter_topic.clone();
+        let producer = if topic.is_empty() {
+            None
+        } else {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", config.kafka.brokers.join(","))
+                .set("client.id", "buoy-uplink-dead-letters")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("message.timeout.ms", "30000");
+            for (key, value) in &config.kafka.properties {
+                // Security settings apply to both clients; consumer-only
+                // properties would be refused by a producer.
+                if key.starts_with("security.")
+                    || key.starts_with("sasl.")
+                    || key.starts_with("ssl.")
+                {
+                    c.set(key, value);
+                }
+            }
+            Some(c.create_with_context(KafkaLog::default())?)
+        };
+        Ok(DeadLetters {
+            topic,
+            producer,
+            retry_max: config.retry.max_delay,
+            log: Throttle::new(Duration::from_secs(60)),
+        })
+    }
+
+    /// Sends `letter` and waits for Kafka's acknowledgement, retrying until it
+    /// succeeds. Returns false if `stop` fired first: the record is then not
+    /// dealt with and must not be committed.
+    pub async fn send(&mut self, letter: DeadLetter<'_>, stop: &CancellationToken) -> bool {
+        let Some(producer) = &self.producer else {
+            tracing::error!(
+                topic = %letter.origin.topic,
+                partition = letter.origin.partition,
+                offset = letter.origin.offset,
+                error = letter.error,
+                "record can never be written and no dead-letter topic is configured; skipping it"
+            );
+            return true;
+        };
+        let partition = letter.origin.partition.to_string();
+        let offset = letter.origin.offset.to_string();
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 5);
+            for (key, value) in &letter.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_slice()),
+                });
+            }
+            headers = headers
+                .insert(Header {
+                    key: HEADER_ERROR,
+                    value: Some(letter.error),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_TOPIC,
+                    value: Some(&*letter.origin.topic),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_PARTITION,
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_OFFSET,
+                    value: Some(offset.as_str()),
+                });
+            if let Some(sink) = letter.sink {
+                headers = headers.insert(Header {
+                    key: HEADER_SINK,
+                    value: Some(sink),
+                });
+            }
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(letter.payload)
+                .headers(headers);
+            if let Some(key) = letter.key {
+                record = record.key(key);
+            }
+            let error = match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    tracing::warn!(
+                        dead_letter_topic = %self.topic,
+                        source_topic = %letter.origin.topic,
+                        partition = letter.origin.partition,
+                        offset = letter.origin.offset,
+                        error = letter.error,
+                        "record sent to the dead-letter topic"
+                    );
+                    self.log.reset();
+                    return true;
+                }
+                Err((e, _)) => e,
+            };
+            if let Some(held_back) = self.log.allow(std::time::Instant::now()) {
+                let hint = match error.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::MessageTimedOut,
+                    ) => " (does the dead-letter topic exist? the uplink does not create topics)",
+                    _ => "",
+                };
+                tracing::error!(
+                    dead_letter_topic = %self.topic,
+                    error = %error,
+                    retries_not_logged = held_back,
+                    "cannot write to the dead-letter topic{hint}; the partition waits and nothing past this record is committed"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+    }
+}
