@@ -1,1 +1,31 @@
-//! placeholder
+//! # buoy-tests: end-to-end tests against real services
+//!
+//! The harness starts real brokers and databases (Tansu, VictoriaMetrics,
+//! InfluxDB 1.x) on free loopback ports, each in its own temporary
+//! directory, runs the real `edge-agent` and `uplink` binaries against them,
+//! and stops everything when the test ends (every process is owned by a
+//! guard that kills it on drop). A required program that is missing fails
+//! the test with the command that installs it; nothing is skipped silently.
+//!
+//! ## Layout
+//! - [`process`]: process guards, free ports, finding programs.
+//! - [`binaries`]: building and running `edge-agent` and `uplink`.
+//! - [`kafka`]: Tansu, topic creation, and the independent kafka-python reader.
+//! - [`victoria`], [`influx`]: the databases and what they hold.
+//! - [`points`]: readings as databases return them, for exact comparisons.
+
+pub mod binaries;
+pub mod influx;
+pub mod kafka;
+pub mod points;
+pub mod process;
+pub mod victoria;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// End-to-end tests run one at a time: each starts several services and a
+/// high-rate agent, and on a two-core machine they would starve each other.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

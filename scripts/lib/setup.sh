@@ -1,0 +1,87 @@
+# Shared by scripts/test and scripts/demo: install what is missing on a
+# Debian or Ubuntu machine. Every step checks first, so a second run is quick
+# and needs no network.
+
+TANSU_VERSION=0.6.0
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "need root to run: $*" >&2
+        return 1
+    fi
+}
+
+# need_debian_packages PKG... : installs the packages that are not installed.
+need_debian_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# The Rust toolchain cannot come from Debian (too old for edition 2024).
+need_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install Rust 1.95 or newer with rustup (https://rustup.rs)" >&2
+        exit 1
+    fi
+}
+
+# The C build dependencies of the librdkafka bundled by the rdkafka crate.
+need_build_dependencies() {
+    need_debian_packages build-essential cmake pkg-config libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev
+}
+
+# kafka-python and zstandard, for independent checks of what is on a topic.
+need_kafka_python() {
+    if python3 -c 'import kafka, zstandard' 2>/dev/null; then
+        return
+    fi
+    need_debian_packages python3 python3-pip
+    say "installing kafka-python and zstandard with pip"
+    python3 -m pip install --quiet kafka-python zstandard 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages kafka-python zstandard
+}
+
+# The Tansu broker, built once into ~/.cargo/bin (about 12 minutes).
+need_tansu() {
+    export PATH="$PATH:$HOME/.cargo/bin"
+    if command -v tansu >/dev/null 2>&1; then
+        return
+    fi
+    need_build_dependencies
+    say "installing the Tansu broker $TANSU_VERSION (cargo install, about 12 minutes the first time)"
+    cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql
+}
+
+# A TCP port nothing listens on.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for_port PORT SECONDS NAME
+wait_for_port() {
+    local port=$1 seconds=$2 name=$3 i
+    for ((i = 0; i < seconds * 10; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$name did not start listening on port $port within ${seconds}s" >&2
+    return 1
+}

@@ -1,0 +1,245 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use buoy_tests::binaries;
+use buoy_tests::kafka::KafkaRecord;
+use buoy_tests::points::{self, Point, PointKey};
+use buoy_tests::process::{Service, wait_for};
+use telemetry::Reading;
+use telemetry::record::Format;
+use telemetry::telegraf_json::{self, JsonPayload, TimestampUnit};
+
+pub const DEVICE: &str = "e2e-device";
+
+/// An agent config sampling `sensors_per_kind` simulated sensors of each
+/// kind every `interval`, with seeds so runs are reproducible.
+pub fn agent_config(
+    dir: &Path,
+    bootstrap: &str,
+    format: Format,
+    sensors_per_kind: usize,
+    interval: &str,
+) -> String {
+    let format = match format {
+        Format::Influx => "influx",
+        Format::Json => "json",
+    };
+    let mut c = format!(
+        r#"device_id = "{DEVICE}"
+[journal]
+path = "{journal}"
+commit_interval = "100ms"
+[kafka]
+brokers = ["{bootstrap}"]
+topic = "telemetry"
+format = "{format}"
+delivery_timeout = "5s"
+[forward]
+max_retry_delay = "2s"
+shutdown_grace = "15s"
+[status]
+log_interval = "500ms"
+"#,
+        journal = dir.join("journal.redb").display()
+    );
+    let kinds = [
+        "simulated_weather",
+        "simulated_visibility",
+        "simulated_cpu_temperature",
+        "simulated_fan",
+    ];
+    for (k, kind) in kinds.iter().enumerate() {
+        for i in 0..sensors_per_kind {
+            c.push_str(&format!(
+                "[[sensor]]\nname = \"s{k}-{i}\"\nkind = \"{kind}\"\ninterval = \"{interval}\"\nseed = {}\n",
+                k * 100 + i
+            ));
+        }
+    }
+    c
+}
+
+pub fn uplink_config(bootstrap: &str, topic: &str, dead_letters: &str, sink: &str) -> String {
+    format!(
+        r#"[kafka]
+brokers = ["{bootstrap}"]
+topics = ["{topic}"]
+group = "e2e"
+dead_letter_topic = "{dead_letters}"
+[batch]
+max_wait = "200ms"
+[retry]
+max_delay = "1s"
+[status]
+log_interval = "1s"
+{sink}
+"#
+    )
+}
+
+/// Waits until the agent's status line reports `key` ≥ `at_least`.
+pub fn wait_for_status(agent: &Service, key: &str, at_least: u64, timeout: Duration) -> u64 {
+    wait_for(
+        &format!("the agent to report {key} >= {at_least}"),
+        timeout,
+        || binaries::status_number(&agent.log(), key).filter(|&n| n >= at_least),
+        || agent.log(),
+    )
+}
+
+/// Stops the agent with SIGTERM, checks it exited cleanly with an empty
+/// journal, and returns how many readings it journaled in all.
+pub fn stop_agent_and_count(agent: &mut Service, journal: &Path) -> u64 {
+    let status = agent.stop(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "agent exited with {status}; log:\n{}",
+        agent.log()
+    );
+    let stats = binaries::journal_stats(journal);
+    eprintln!("agent stopped: journal {stats:?}");
+    assert_eq!(
+        stats.records,
+        0,
+        "the journal should be drained on a clean stop with Kafka up: {stats:?}\n{}",
+        agent.log()
+    );
+    stats.next_seq - 1
+}
+
+/// The readings on the topic, checked against the record contract, keyed by
+/// `buoy-seq`. Fails on any record that breaks the contract.
+pub fn readings_by_seq(records: &[KafkaRecord], format: Format) -> BTreeMap<u64, Reading> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .trim()
+        .to_owned();
+    let mut out = BTreeMap::new();
+    for r in records {
+        assert_eq!(r.key.as_deref(), Some(DEVICE), "key of {r:?}");
+        let seq: u64 = r.headers["buoy-seq"]
+            .parse()
+            .unwrap_or_else(|_| panic!("buoy-seq is not decimal: {r:?}"));
+        assert_eq!(r.headers["buoy-boot"], boot, "buoy-boot of {r:?}");
+        assert_eq!(
+            r.headers["content-type"],
+            format.content_type(),
+            "content-type of {r:?}"
+        );
+        let reading = match format {
+            Format::Influx => {
+                telemetry::line_protocol::parse_line(r.text(), 0).unwrap_or_else(|e| {
+                    panic!(
+                        "record {seq} is not valid line protocol: {e}: {:?}",
+                        r.text()
+                    )
+                })
+            }
+            Format::Json => match telegraf_json::decode(r.text(), TimestampUnit::Nanoseconds, 0) {
+                Ok(JsonPayload::Metrics(mut m)) if m.len() == 1 => m.remove(0),
+                other => panic!("record {seq} is not one Telegraf JSON metric: {other:?}"),
+            },
+        };
+        assert_eq!(reading.tag("device_id"), Some(DEVICE));
+        if let Some(previous) = out.insert(seq, reading.clone()) {
+            // A resend after a timeout: allowed, but it must be the same reading.
+            assert_eq!(
+                previous, reading,
+                "two different readings with buoy-seq {seq}"
+            );
+        }
+    }
+    out
+}
+
+/// Asserts that every sequence number from 1 to `journaled` is present.
+pub fn assert_all_sequence_numbers(readings: &BTreeMap<u64, Reading>, journaled: u64) {
+    let seqs: BTreeSet<u64> = readings.keys().copied().collect();
+    let missing: Vec<u64> = (1..=journaled)
+        .filter(|s| !seqs.contains(s))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "readings missing from the topic: {missing:?}..."
+    );
+    assert_eq!(
+        seqs.len() as u64,
+        journaled,
+        "the topic holds sequence numbers beyond those journaled"
+    );
+}
+
+/// The points the readings should become, keyed in the database's time unit.
+pub fn expected_points(
+    readings: &BTreeMap<u64, Reading>,
+    per_unit: i64,
+) -> BTreeMap<PointKey, Point> {
+    eprintln!("{} distinct readings on the topic", readings.len());
+    let expected: BTreeMap<PointKey, Point> = readings
+        .values()
+        .map(|r| points::from_reading(r, per_unit))
+        .collect();
+    assert_eq!(
+        expected.len(),
+        readings.len(),
+        "two readings share measurement, tags and timestamp; they would be one point"
+    );
+    expected
+}
+
+/// Like `buoy_tests::process::wait_for`, for checks that query a database.
+pub async fn wait_for_async<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    context: impl Fn() -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Polls `count_points` until it holds `expected` points, or until the
+/// number has stopped changing for 15 s (the uplink has caught up), and
+/// returns what it last saw. The caller asserts on it, so a shortfall is
+/// reported as the points that are missing rather than as a timeout.
+pub async fn settled_points<F, Fut>(expected: u64, mut count_points: F) -> BTreeMap<PointKey, Point>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BTreeMap<PointKey, Point>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut last_change = tokio::time::Instant::now();
+    let mut last_len = 0;
+    loop {
+        let held = count_points().await;
+        if held.len() as u64 >= expected || tokio::time::Instant::now() > deadline {
+            return held;
+        }
+        if held.len() != last_len {
+            last_len = held.len();
+            last_change = tokio::time::Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(15) {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

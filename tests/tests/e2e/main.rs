@@ -1,0 +1,17 @@
+//! End-to-end tests: the real binaries against real services on loopback,
+//! asserting exact counts and values.
+//!
+//! - [`pipeline`]: sensors → journal → Tansu → uplink → VictoriaMetrics or
+//!   InfluxDB 1.x; every journaled reading is in the database exactly once,
+//!   with the values sampled, and kafka-python sees the record contract.
+//! - [`offline`]: the agent journals with no broker, then catches up when the
+//!   broker and its topic appear, without a restart.
+//! - [`dead_letters`]: malformed records go to the dead-letter topic with
+//!   their source offsets; good records from any supported format are written.
+//! - [`cli`]: `--help`, and `check-config` reporting problems by line.
+
+mod cli;
+mod common;
+mod dead_letters;
+mod offline;
+mod pipeline;
