@@ -123,7 +123,7 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
                 })
                 .then_some(())
         },
-        || String::new(),
+        String::new,
     );
 }
 
@@ -202,14 +202,20 @@ fn require_kafka_python() {
     );
 }
 
+/// A record to produce: its value and headers.
+pub struct Outgoing<'a> {
+    pub payload: &'a [u8],
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
 /// Produces records as an ordinary client would (no Buoy involved).
-pub async fn produce(bootstrap: &str, topic: &str, records: &[(&[u8], &[(&str, &str)])]) {
+pub async fn produce(bootstrap: &str, topic: &str, records: &[Outgoing<'_>]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .create()
         .expect("producer");
-    for (payload, headers) in records {
+    for Outgoing { payload, headers } in records {
         let mut h = OwnedHeaders::new();
         for (k, v) in *headers {
             h = h.insert(Header {

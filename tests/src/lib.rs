@@ -21,11 +21,13 @@ pub mod points;
 pub mod process;
 pub mod victoria;
 
-use std::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// End-to-end tests run one at a time: each starts several services and a
 /// high-rate agent, and on a two-core machine they would starve each other.
-pub fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// (A tokio mutex: each test has its own runtime, and the guard is held
+/// across awaits.)
+pub async fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
 }

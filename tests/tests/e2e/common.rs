@@ -5,9 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use buoy_tests::binaries;
+use buoy_tests::influx::Influx;
 use buoy_tests::kafka::KafkaRecord;
-use buoy_tests::points::{self, Point, PointKey};
+use buoy_tests::points::{self, Point, PointKey, differences};
 use buoy_tests::process::{Service, wait_for};
+use buoy_tests::victoria::Victoria;
 use telemetry::Reading;
 use telemetry::record::Format;
 use telemetry::telegraf_json::{self, JsonPayload, TimestampUnit};
@@ -60,6 +62,106 @@ log_interval = "500ms"
         }
     }
     c
+}
+
+/// The database a test writes to.
+pub enum Database {
+    Victoria(Victoria),
+    /// InfluxDB 1.x with a database called `buoy`.
+    Influx(Influx),
+}
+
+impl Database {
+    pub fn victoria(dir: &Path) -> Database {
+        Database::Victoria(Victoria::start(dir))
+    }
+
+    pub async fn influx(dir: &Path) -> Database {
+        let influx = Influx::start(dir);
+        influx.create_database("buoy").await;
+        Database::Influx(influx)
+    }
+
+    /// The uplink's `[[sink]]` table for this database.
+    pub fn sink(&self) -> String {
+        match self {
+            Database::Victoria(vm) => format!(
+                "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
+                vm.url()
+            ),
+            Database::Influx(db) => format!(
+                "[[sink]]\nkind = \"influxdb_v1\"\nurl = \"{}\"\ndatabase = \"buoy\"\n",
+                db.url()
+            ),
+        }
+    }
+
+    /// Nanoseconds per unit of the database's timestamps.
+    pub fn time_unit_ns(&self) -> i64 {
+        match self {
+            Database::Victoria(_) => 1_000_000,
+            Database::Influx(_) => 1,
+        }
+    }
+
+    /// Every point the database holds.
+    pub async fn points(&self, measurements: &[&str]) -> BTreeMap<PointKey, Point> {
+        match self {
+            Database::Victoria(vm) => points::from_victoria(&vm.export().await),
+            Database::Influx(db) => {
+                let mut held = BTreeMap::new();
+                for m in measurements {
+                    held.extend(db.points("buoy", m).await);
+                }
+                held
+            }
+        }
+    }
+
+    /// Asserts that the database holds exactly the points these readings
+    /// become: none missing, none extra, none twice, values equal.
+    /// VictoriaMetrics keeps at least 12 significant digits; InfluxDB stores
+    /// float64 and prints it exactly.
+    pub async fn assert_holds_exactly(&self, readings: &BTreeMap<u64, Reading>, uplink: &Service) {
+        let expected = expected_points(readings, self.time_unit_ns());
+        let measurements: BTreeSet<&str> =
+            readings.values().map(|r| r.measurement.as_str()).collect();
+        let measurements: Vec<&str> = measurements.into_iter().collect();
+        let held = settled_points(expected.len() as u64, || self.points(&measurements)).await;
+        let tolerance = match self {
+            Database::Victoria(_) => 1e-11,
+            Database::Influx(_) => 0.0,
+        };
+        let diff = differences(&expected, &held, tolerance);
+        assert_eq!(
+            held.len(),
+            expected.len(),
+            "points in the database != readings journaled; first differences:\n{}\nuplink log:\n{}",
+            diff.join("\n"),
+            uplink.log()
+        );
+        assert!(
+            diff.is_empty(),
+            "the database differs from what was sampled:\n{}",
+            diff.join("\n")
+        );
+    }
+}
+
+/// Starts the uplink consuming `topic` into `db`.
+pub fn start_uplink(dir: &Path, bootstrap: &str, topic: &str, db: &Database) -> Service {
+    let config = uplink_config(bootstrap, topic, &format!("{topic}.dlq"), &db.sink());
+    binaries::start("uplink", dir, &config)
+}
+
+/// Stops the uplink and checks that it exited cleanly.
+pub fn stop_uplink(mut uplink: Service) {
+    let status = uplink.stop(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "uplink exited with {status}:\n{}",
+        uplink.log()
+    );
 }
 
 pub fn uplink_config(bootstrap: &str, topic: &str, dead_letters: &str, sink: &str) -> String {

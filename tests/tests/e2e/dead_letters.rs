@@ -3,20 +3,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use buoy_tests::binaries;
-use buoy_tests::kafka::{Kafka, Storage, produce, read_topic};
-use buoy_tests::points;
-use buoy_tests::victoria::Victoria;
+use buoy_tests::kafka::{Kafka, Outgoing, Storage, produce, read_topic};
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_records_are_dead_lettered_and_good_ones_of_every_format_written() {
-    let _one_at_a_time = buoy_tests::exclusive();
+    let _one_at_a_time = buoy_tests::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
     kafka.create_topics(&["oceanic", "oceanic.dlq"]).await;
-    let vm = Victoria::start(dir.path());
+    let db = Database::victoria(dir.path());
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let ns = now.as_nanos() as i64;
@@ -37,25 +34,35 @@ async fn malformed_records_are_dead_lettered_and_good_ones_of_every_format_writt
         &kafka.bootstrap(),
         "oceanic",
         &[
-            (good_line.as_bytes(), &lp),
-            (not_utf8, &[]),
-            (bad_line.as_bytes(), &[("origin", "test")]),
-            (telegraf.as_bytes(), &[]),
-            (plain.as_bytes(), &[]),
-            (second_line.as_bytes(), &[]),
+            Outgoing {
+                payload: good_line.as_bytes(),
+                headers: &lp,
+            },
+            Outgoing {
+                payload: not_utf8,
+                headers: &[],
+            },
+            Outgoing {
+                payload: bad_line.as_bytes(),
+                headers: &[("origin", "test")],
+            },
+            Outgoing {
+                payload: telegraf.as_bytes(),
+                headers: &[],
+            },
+            Outgoing {
+                payload: plain.as_bytes(),
+                headers: &[],
+            },
+            Outgoing {
+                payload: second_line.as_bytes(),
+                headers: &[],
+            },
         ],
     )
     .await;
 
-    let sink = format!(
-        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
-        vm.url()
-    );
-    let mut uplink = binaries::start(
-        "uplink",
-        dir.path(),
-        &uplink_config(&kafka.bootstrap(), "oceanic", "oceanic.dlq", &sink),
-    );
+    let uplink = start_uplink(dir.path(), &kafka.bootstrap(), "oceanic", &db);
 
     // The two malformed records, as an independent client finds them.
     let dead = read_topic(
@@ -92,7 +99,7 @@ async fn malformed_records_are_dead_lettered_and_good_ones_of_every_format_writt
         "4 points in VictoriaMetrics",
         Duration::from_secs(60),
         || async {
-            let held = points::from_victoria(&vm.export().await);
+            let held = db.points(&[]).await;
             (held.len() >= 4).then_some(held)
         },
         || uplink.log(),
@@ -112,5 +119,5 @@ async fn malformed_records_are_dead_lettered_and_good_ones_of_every_format_writt
         now.as_secs() as i64 * 1000,
         "seconds were read as seconds"
     );
-    assert!(uplink.stop(Duration::from_secs(30)).success());
+    stop_uplink(uplink);
 }

@@ -5,16 +5,14 @@ use std::time::Duration;
 
 use buoy_tests::binaries;
 use buoy_tests::kafka::{Kafka, Storage, read_topic};
-use buoy_tests::points;
 use buoy_tests::process::free_port;
-use buoy_tests::victoria::Victoria;
 use telemetry::record::Format;
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
-    let _one_at_a_time = buoy_tests::exclusive();
+    let _one_at_a_time = buoy_tests::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     // The agent is pointed at a port where nothing listens yet.
     let port = free_port();
@@ -47,16 +45,8 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
     assert!(agent.is_running());
     kafka.create_topics(&["telemetry", "telemetry.dlq"]).await;
 
-    let vm = Victoria::start(dir.path());
-    let sink = format!(
-        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
-        vm.url()
-    );
-    let mut uplink = binaries::start(
-        "uplink",
-        dir.path(),
-        &uplink_config(&kafka.bootstrap(), "telemetry", "telemetry.dlq", &sink),
-    );
+    let db = Database::victoria(dir.path());
+    let uplink = start_uplink(dir.path(), &kafka.bootstrap(), "telemetry", &db);
     // The backlog drains while sampling goes on.
     let journaled_now = binaries::status_number(&agent.log(), "journaled").unwrap();
     wait_for_status(&agent, "forwarded", journaled_now, Duration::from_secs(120));
@@ -71,17 +61,9 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
     );
     let readings = readings_by_seq(&records, Format::Influx);
     assert_all_sequence_numbers(&readings, journaled);
-    let expected = expected_points(&readings, 1_000_000);
-
-    let held = settled_points(journaled, || async {
-        points::from_victoria(&vm.export().await)
-    })
-    .await;
     // Exactly as many points as readings: none lost, none twice.
-    let diff = points::differences(&expected, &held, 1e-11);
-    assert_eq!(held.len() as u64, journaled, "{}", diff.join("\n"));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    assert!(uplink.stop(Duration::from_secs(30)).success());
+    db.assert_holds_exactly(&readings, &uplink).await;
+    stop_uplink(uplink);
 }
 
 fn wait_for_log(service: &buoy_tests::process::Service, text: &str, timeout: Duration) {
