@@ -12,7 +12,7 @@ use std::time::Duration;
 use hardware::SensorKind;
 use serde::{Deserialize, Serialize};
 use telemetry::config_file::{self, ConfigError, Loaded, Problem};
-use telemetry::record::{Format, check_broker_address, check_topic_name};
+use telemetry::record::{Format, broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::units::ByteSize;
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -299,17 +299,7 @@ impl AgentConfig {
         if self.journal.max_batch == 0 {
             p.push(Problem::new("journal.max_batch", "must be at least 1"));
         }
-        if self.kafka.brokers.is_empty() {
-            p.push(Problem::new(
-                "kafka.brokers",
-                "needs at least one broker, e.g. [\"localhost:9092\"]",
-            ));
-        }
-        for (i, broker) in self.kafka.brokers.iter().enumerate() {
-            if let Err(e) = check_broker_address(broker) {
-                p.push(Problem::new(format!("kafka.brokers[{i}]"), e));
-            }
-        }
+        p.extend(broker_problems("kafka.brokers", &self.kafka.brokers));
         if let Err(e) = check_topic_name(&self.kafka.topic) {
             p.push(Problem::new("kafka.topic", e));
         }
@@ -319,14 +309,11 @@ impl AgentConfig {
                 "must be at least 1s",
             ));
         }
-        for key in self.kafka.properties.keys() {
-            if let Some((_, instead)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
-                p.push(Problem::new(
-                    format!("kafka.properties.{key}"),
-                    format!("is set by Buoy; use {instead}"),
-                ));
-            }
-        }
+        p.extend(reserved_property_problems(
+            "kafka.properties",
+            self.kafka.properties.keys(),
+            RESERVED_PROPERTIES,
+        ));
         if !(1..=1_000_000).contains(&self.forward.max_in_flight) {
             p.push(Problem::new(
                 "forward.max_in_flight",

@@ -3,11 +3,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use edge_agent::cli::{Cli, Command};
 use edge_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
-use telemetry::config_file::Loaded;
+use telemetry::config_file::{self, Loaded};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -67,24 +66,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<AgentConfig>> {
-    let default = Path::new(DEFAULT_CONFIG_PATH);
-    let (name, text) = match path {
-        Some(p) => (
-            p.display().to_string(),
-            Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {}", p.display()))?,
-            ),
-        ),
-        None if default.exists() => (
-            DEFAULT_CONFIG_PATH.to_owned(),
-            Some(
-                std::fs::read_to_string(default)
-                    .with_context(|| format!("cannot read {DEFAULT_CONFIG_PATH}"))?,
-            ),
-        ),
-        None => ("built-in defaults".to_owned(), None),
-    };
+    let (name, text) = config_file::read_file(path, Path::new(DEFAULT_CONFIG_PATH))?;
     let env: Vec<(String, String)> = std::env::vars().collect();
     Ok(AgentConfig::load(&name, text.as_deref(), &env)?)
 }

@@ -14,7 +14,8 @@
 //!    path (`sensor[1].interval`), which is traced back to its line in the
 //!    file, or to the environment variable that set it.
 //!
-//! Everything here is pure: the caller passes the file text and environment.
+//! Apart from [`read_file`], everything here is pure: the caller passes the
+//! file text and the environment.
 
 use std::fmt;
 
@@ -117,6 +118,28 @@ impl fmt::Display for ConfigError {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads the config file named on the command line, or else `default` if it
+/// exists. Returns the name to use in messages and the text (`None`: no file,
+/// built-in defaults apply). A file named explicitly must exist.
+pub fn read_file(
+    explicit: Option<&std::path::Path>,
+    default: &std::path::Path,
+) -> std::io::Result<(String, Option<String>)> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot read config file {}: {e}", p.display()),
+            )
+        })
+    };
+    match explicit {
+        Some(p) => Ok((p.display().to_string(), Some(read(p)?))),
+        None if default.exists() => Ok((default.display().to_string(), Some(read(default)?))),
+        None => Ok(("built-in defaults".to_owned(), None)),
     }
 }
 

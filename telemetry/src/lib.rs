@@ -4,7 +4,8 @@
 //! reading in the edge agent's sampler, the journal stores it, Kafka carries it,
 //! and the uplink writes it as a point to a time-series database. This crate
 //! defines that model and its two wire encodings, plus the few pure helpers
-//! both binaries share. It does no I/O and spawns nothing.
+//! both binaries share. It spawns nothing and does no I/O, except reading a
+//! config file ([`config_file::read_file`]).
 //!
 //! ## Layout
 //! - [`reading`]: the model ([`Reading`], [`FieldValue`]) and the rules a reading

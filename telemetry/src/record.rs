@@ -13,6 +13,8 @@ pub const HEADER_BOOT: &str = "buoy-boot";
 /// Header naming the value's encoding.
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
 
+use crate::config_file::Problem;
+
 /// The encoding of a record's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +76,45 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Problems with the bootstrap broker list at `key` (e.g. `kafka.brokers`).
+pub fn broker_problems(key: &str, brokers: &[String]) -> Vec<Problem> {
+    if brokers.is_empty() {
+        return vec![Problem::new(
+            key,
+            "needs at least one broker, e.g. [\"localhost:9092\"]",
+        )];
+    }
+    brokers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            check_broker_address(b)
+                .err()
+                .map(|e| Problem::new(format!("{key}[{i}]"), e))
+        })
+        .collect()
+}
+
+/// Problems with librdkafka properties at `key` that Buoy sets itself for
+/// correctness; `reserved` maps each such property to what to use instead.
+pub fn reserved_property_problems<'a>(
+    key: &str,
+    properties: impl IntoIterator<Item = &'a String>,
+    reserved: &[(&str, &str)],
+) -> Vec<Problem> {
+    properties
+        .into_iter()
+        .filter_map(|p| {
+            reserved.iter().find(|(r, _)| r == p).map(|(_, instead)| {
+                Problem::new(
+                    format!("{key}.{p}"),
+                    format!("is set by Buoy; use {instead}"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Checks a bootstrap broker address: `host:port`.

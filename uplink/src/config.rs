@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use telemetry::config_file::{self, ConfigError, Loaded, Problem};
-use telemetry::record::{check_broker_address, check_topic_name};
+use telemetry::record::{broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::telegraf_json::TimestampUnit;
 use telemetry::units::ByteSize;
 
@@ -240,17 +240,7 @@ impl UplinkConfig {
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let k = &self.kafka;
-        if k.brokers.is_empty() {
-            p.push(Problem::new(
-                "kafka.brokers",
-                "needs at least one broker, e.g. [\"localhost:9092\"]",
-            ));
-        }
-        for (i, b) in k.brokers.iter().enumerate() {
-            if let Err(e) = check_broker_address(b) {
-                p.push(Problem::new(format!("kafka.brokers[{i}]"), e));
-            }
-        }
+        p.extend(broker_problems("kafka.brokers", &k.brokers));
         if k.topics.is_empty() {
             p.push(Problem::new("kafka.topics", "needs at least one topic"));
         }
@@ -278,14 +268,11 @@ impl UplinkConfig {
                 "must be at least 1KiB",
             ));
         }
-        for key in k.properties.keys() {
-            if let Some((_, instead)) = RESERVED_PROPERTIES.iter().find(|(r, _)| r == key) {
-                p.push(Problem::new(
-                    format!("kafka.properties.{key}"),
-                    format!("is set by Buoy; use {instead}"),
-                ));
-            }
-        }
+        p.extend(reserved_property_problems(
+            "kafka.properties",
+            k.properties.keys(),
+            RESERVED_PROPERTIES,
+        ));
         if self.batch.max_lines == 0 {
             p.push(Problem::new("batch.max_lines", "must be at least 1"));
         }

@@ -3,9 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use telemetry::config_file::Loaded;
+use telemetry::config_file::{self, Loaded};
 use tokio_util::sync::CancellationToken;
 use uplink::cli::{Cli, Command};
 use uplink::config::{DEFAULT_CONFIG_PATH, UplinkConfig};
@@ -77,24 +76,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<UplinkConfig>> {
-    let default = Path::new(DEFAULT_CONFIG_PATH);
-    let (name, text) = match path {
-        Some(p) => (
-            p.display().to_string(),
-            Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {}", p.display()))?,
-            ),
-        ),
-        None if default.exists() => (
-            DEFAULT_CONFIG_PATH.to_owned(),
-            Some(
-                std::fs::read_to_string(default)
-                    .with_context(|| format!("cannot read {DEFAULT_CONFIG_PATH}"))?,
-            ),
-        ),
-        None => ("built-in defaults".to_owned(), None),
-    };
+    let (name, text) = config_file::read_file(path, Path::new(DEFAULT_CONFIG_PATH))?;
     let env: Vec<(String, String)> = std::env::vars().collect();
     Ok(UplinkConfig::load(&name, text.as_deref(), &env)?)
 }
