@@ -70,12 +70,14 @@ pub fn start(binary: &str, dir: &Path, config: &str) -> Service {
     Service::spawn(binary, c, &dir.join(format!("{binary}.log")))
 }
 
-/// The agent's most recent status line as key → value.
-pub fn last_status(log: &str) -> Option<HashMap<String, String>> {
+/// The most recent status line that has `key`, as key → value. Both
+/// binaries log `status key=value ...` lines.
+pub fn last_status(log: &str, key: &str) -> Option<HashMap<String, String>> {
+    let needle = format!(" {key}=");
     let line = log
         .lines()
         .rev()
-        .find(|l| l.contains(" status ") && l.contains("sampled="))?;
+        .find(|l| l.contains(" status ") && l.contains(&needle))?;
     let fields = line.split_once(" status ")?.1;
     Some(
         fields
@@ -86,9 +88,9 @@ pub fn last_status(log: &str) -> Option<HashMap<String, String>> {
     )
 }
 
-/// A number from the agent's last status line.
+/// A number from the most recent status line that has `key`.
 pub fn status_number(log: &str, key: &str) -> Option<u64> {
-    last_status(log)?.get(key)?.parse().ok()
+    last_status(log, key)?.get(key)?.parse().ok()
 }
 
 /// What the journal holds, read after the agent has exited.

@@ -154,12 +154,19 @@ pub fn start_uplink(dir: &Path, bootstrap: &str, topic: &str, db: &Database) -> 
     binaries::start("uplink", dir, &config)
 }
 
-/// Stops the uplink and checks that it exited cleanly.
-pub fn stop_uplink(mut uplink: Service) {
+/// Stops the uplink, checks that it exited cleanly and that it sent exactly
+/// `dead_lettered` records to the dead-letter topic.
+pub fn stop_uplink(mut uplink: Service, dead_lettered: u64) {
     let status = uplink.stop(Duration::from_secs(30));
     assert!(
         status.success(),
         "uplink exited with {status}:\n{}",
+        uplink.log()
+    );
+    assert_eq!(
+        binaries::status_number(&uplink.log(), "dead_lettered"),
+        Some(dead_lettered),
+        "{}",
         uplink.log()
     );
 }
@@ -192,8 +199,9 @@ pub fn wait_for_status(agent: &Service, key: &str, at_least: u64, timeout: Durat
     )
 }
 
-/// Stops the agent with SIGTERM, checks it exited cleanly with an empty
-/// journal, and returns how many readings it journaled in all.
+/// Stops the agent with SIGTERM, checks that it exited cleanly with an empty
+/// journal and that every reading it sampled was journaled, and returns how
+/// many readings it journaled in all.
 pub fn stop_agent_and_count(agent: &mut Service, journal: &Path) -> u64 {
     let status = agent.stop(Duration::from_secs(30));
     assert!(
@@ -201,6 +209,19 @@ pub fn stop_agent_and_count(agent: &mut Service, journal: &Path) -> u64 {
         "agent exited with {status}; log:\n{}",
         agent.log()
     );
+    let last = binaries::last_status(&agent.log(), "sampled").expect("a final status line");
+    assert_eq!(
+        last["sampled"], last["journaled"],
+        "every sampled reading is journaled: {last:?}"
+    );
+    for counter in [
+        "dropped_queue_full",
+        "rejected",
+        "unreadable",
+        "sensor_errors",
+    ] {
+        assert_eq!(last[counter], "0", "{counter} in {last:?}");
+    }
     let stats = binaries::journal_stats(journal);
     eprintln!("agent stopped: journal {stats:?}");
     assert_eq!(

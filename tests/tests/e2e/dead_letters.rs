@@ -119,5 +119,5 @@ async fn malformed_records_are_dead_lettered_and_good_ones_of_every_format_writt
         now.as_secs() as i64 * 1000,
         "seconds were read as seconds"
     );
-    stop_uplink(uplink);
+    stop_uplink(uplink, 2);
 }

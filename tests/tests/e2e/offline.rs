@@ -23,7 +23,7 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
         &agent_config(dir.path(), &bootstrap, Format::Influx, 1, "10ms"),
     );
     let offline = wait_for_status(&agent, "journaled", 2_000, Duration::from_secs(60));
-    let status = binaries::last_status(&agent.log()).expect("a status line");
+    let status = binaries::last_status(&agent.log(), "sampled").expect("a status line");
     assert_eq!(
         status["forwarded"], "0",
         "nothing can have been forwarded yet"
@@ -63,7 +63,7 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
     assert_all_sequence_numbers(&readings, journaled);
     // Exactly as many points as readings: none lost, none twice.
     db.assert_holds_exactly(&readings, &uplink).await;
-    stop_uplink(uplink);
+    stop_uplink(uplink, 0);
 }
 
 fn wait_for_log(service: &buoy_tests::process::Service, text: &str, timeout: Duration) {

@@ -54,5 +54,5 @@ async fn whole_pipeline(dir: &std::path::Path, db: Database, format: Format) {
     assert_all_sequence_numbers(&readings, journaled);
 
     db.assert_holds_exactly(&readings, &uplink).await;
-    stop_uplink(uplink);
+    stop_uplink(uplink, 0);
 }
