@@ -36,7 +36,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::journal::writer::rand_fraction;
 use crate::journal::{Journal, JournalRecord, Progress, ReadResult};
 use crate::status::{Link, Status};
 use producer::{Delivery, Producer};
@@ -198,7 +197,7 @@ impl Forwarder {
     /// reading, back off, and tell the operator what is wrong.
     async fn rewind(&self, producer: &Producer, run: &mut Run) {
         let from = run.window.rewind() + 1;
-        let delay = run.backoff.next_delay(rand_fraction());
+        let delay = run.backoff.next_delay(rand::random());
         run.resume_at = Some(Instant::now() + delay);
         let diagnosis = match run.last_failure.take() {
             Some(e) if is_timeout_or_unknown_topic(&e) => self.diagnose(producer).await,
@@ -263,7 +262,7 @@ impl Forwarder {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the journal; retrying");
-                    run.resume_at = Some(Instant::now() + run.backoff.next_delay(rand_fraction()));
+                    run.resume_at = Some(Instant::now() + run.backoff.next_delay(rand::random()));
                     return;
                 }
             };

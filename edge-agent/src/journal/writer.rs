@@ -128,7 +128,7 @@ impl JournalWriter {
                             "journal commit failed; the readings stay in memory and the commit is retried"
                         );
                     }
-                    pending.due = Some(Instant::now() + backoff.next_delay(rand_fraction()));
+                    pending.due = Some(Instant::now() + backoff.next_delay(rand::random()));
                 } else {
                     backoff.reset();
                     throttle.reset();
@@ -243,11 +243,6 @@ impl JournalWriter {
             }
         }
     }
-}
-
-/// A random number in `[0, 1)` for backoff jitter.
-pub(crate) fn rand_fraction() -> f64 {
-    rand::random::<f64>()
 }
 
 #[cfg(test)]
