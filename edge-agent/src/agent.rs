@@ -32,15 +32,30 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let boot_id = journal::current_boot_id();
     let path = config.journal.path.clone();
-    let cache = config.journal.cache_size.bytes() as usize;
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&path, cache, &boot_id))
-        .await?
-        .context("cannot start without a journal")?;
+    let options = config.journal.options();
+    let (journal, opened) =
+        tokio::task::spawn_blocking(move || Journal::open(&path, options, &boot_id))
+            .await?
+            .context("cannot start without a journal")?;
+    if let Some(q) = &opened.quarantined {
+        tracing::error!(
+            damaged = %q.reason,
+            moved_to = %q.moved_to.display(),
+            salvaged = q.salvaged,
+            unparsable = q.unparsable,
+            "the journal was damaged: it was moved aside (not deleted), a fresh journal was started, \
+             and the intact readings found in it were copied over to be forwarded; \
+             readings in damaged parts are lost"
+        );
+    }
     let journal = Arc::new(journal);
     let stats = journal.stats()?;
     tracing::info!(
         path = %journal.path().display(),
         backlog = stats.records,
+        file_bytes = stats.file_bytes,
+        max_bytes = stats.max_bytes,
+        when_full = config.journal.when_full.as_str(),
         next_seq = stats.next_seq,
         device_id = %config.device_id,
         brokers = %config.kafka.brokers.join(","),
@@ -89,7 +104,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let reporter = tokio::spawn(status::report_periodically(
         status.clone(),
         config.status.log_interval,
-        move || reporter_journal.stats().ok().map(|s| s.records),
+        move || reporter_journal.stats().ok(),
         shutdown.clone(),
     ));
 
@@ -122,7 +137,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
     }
     let _ = reporter.await;
-    status::log_status(&status.snapshot(), journal.stats().ok().map(|s| s.records));
+    status::log_status(&status.snapshot(), journal.stats().ok().as_ref());
     match failure {
         Some(e) => Err(e),
         None => {

@@ -32,6 +32,42 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Look into the journal without consuming it. Stop the agent first: the
+    /// journal is opened as the agent opens it (repaired after a crash, moved
+    /// aside and salvaged if damaged).
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Records waiting (readings and aggregates), sequence numbers, oldest
+    /// and newest reading times, file size against journal.max_bytes, and
+    /// how many readings were dropped, refused or aggregated because the
+    /// journal was full, and salvaged from damaged files.
+    Stats {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every waiting reading to stdout, oldest first, one per line;
+    /// nothing is removed. Damaged records are reported on stderr and
+    /// skipped.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Influx)]
+        format: ExportFormat,
+    },
+}
+
+/// `journal export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Influx line protocol, as journaled.
+    Influx,
+    /// Telegraf JSON, one metric per line.
+    Json,
 }
 
 const AFTER_HELP: &str = "\
@@ -46,4 +82,4 @@ Signals:
                          commit the journal and exit 0; a second signal exits at once
 
 Exit status:
-  0 clean stop, 1 runtime failure, 2 invalid config";
+  0 clean stop, 1 runtime failure (or the journal is in use or unreadable), 2 invalid config";

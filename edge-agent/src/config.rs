@@ -15,6 +15,8 @@ use telemetry::config_file::{self, ConfigError, Loaded, Problem};
 use telemetry::record::{Format, broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::units::ByteSize;
 
+use crate::journal::{JournalOptions, WhenFull};
+
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/buoy/edge-agent.toml";
 /// Prefix of environment overrides.
@@ -53,10 +55,25 @@ pub struct JournalConfig {
     /// window of readings is lost on power loss. `0s` commits every reading.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Memory redb may use for its page cache.
+    /// Memory redb may use for its page cache. The journal is written and
+    /// read sequentially, so a small cache costs little.
     pub cache_size: ByteSize,
     /// Most readings written in one commit.
     pub max_batch: usize,
+    /// The journal file never grows past this. The file grows by doubling,
+    /// so it fills at least half of it; `edge-agent journal stats` shows the
+    /// real size.
+    pub max_bytes: ByteSize,
+    /// What happens when the journal is full (the limit, or a full disk):
+    /// `drop_oldest` deletes the oldest readings, `reject_new` refuses new
+    /// ones until Kafka takes some, `downsample` replaces the oldest raw
+    /// readings by per-series aggregates (`<measurement>_agg` with
+    /// `<field>_min`, `_max`, `_mean` and `count`) and drops only when nothing
+    /// raw is left. Every reading dropped, refused or aggregated is counted.
+    pub when_full: WhenFull,
+    /// The window `downsample` aggregates over.
+    #[serde(with = "humantime_serde")]
+    pub downsample_window: Duration,
 }
 
 impl Default for JournalConfig {
@@ -64,8 +81,23 @@ impl Default for JournalConfig {
         JournalConfig {
             path: default_state_dir().join("journal.redb"),
             commit_interval: Duration::from_secs(1),
-            cache_size: ByteSize::mib(16),
+            cache_size: ByteSize::mib(4),
             max_batch: 10_000,
+            max_bytes: ByteSize::mib(256),
+            when_full: WhenFull::DropOldest,
+            downsample_window: Duration::from_secs(300),
+        }
+    }
+}
+
+impl JournalConfig {
+    /// How the journal is opened and bounded.
+    pub fn options(&self) -> JournalOptions {
+        JournalOptions {
+            cache_bytes: usize::try_from(self.cache_size.bytes()).unwrap_or(usize::MAX),
+            max_bytes: self.max_bytes.bytes(),
+            when_full: self.when_full,
+            downsample_window: self.downsample_window,
         }
     }
 }
@@ -299,6 +331,20 @@ impl AgentConfig {
         if self.journal.max_batch == 0 {
             p.push(Problem::new("journal.max_batch", "must be at least 1"));
         }
+        if self.journal.max_bytes < ByteSize::mib(4) {
+            p.push(Problem::new(
+                "journal.max_bytes",
+                "must be at least 4MiB (an empty journal file takes about 1MiB)",
+            ));
+        }
+        if self.journal.downsample_window < Duration::from_secs(1)
+            || self.journal.downsample_window > Duration::from_secs(86_400)
+        {
+            p.push(Problem::new(
+                "journal.downsample_window",
+                "must be between 1s and 24h",
+            ));
+        }
         p.extend(broker_problems("kafka.brokers", &self.kafka.brokers));
         if let Err(e) = check_topic_name(&self.kafka.topic) {
             p.push(Problem::new("kafka.topic", e));
@@ -371,6 +417,8 @@ device_id = "pi-0001"
 [journal]
 path = "/var/lib/buoy/journal.redb"
 commit_interval = "1s"
+max_bytes = "256MiB"
+when_full = "drop_oldest"
 [kafka]
 brokers = ["localhost:9092"]
 topic = "telemetry"
@@ -385,6 +433,24 @@ interval = "1s"
         assert_eq!(c.device_id, "pi-0001");
         assert_eq!(c.sensors.len(), 1);
         assert_eq!(c.sensors[0].kind, SensorKind::SimulatedWeather);
+        assert_eq!(c.journal.max_bytes, ByteSize::mib(256));
+        assert_eq!(c.journal.when_full, WhenFull::DropOldest);
+    }
+
+    #[test]
+    fn journal_limits_and_policies_are_checked() {
+        let c = load("[journal]\nwhen_full = \"downsample\"\ndownsample_window = \"10m\"\nmax_bytes = \"64MiB\"\n")
+            .unwrap();
+        assert_eq!(c.journal.when_full, WhenFull::Downsample);
+        assert_eq!(c.journal.options().max_bytes, 64 << 20);
+        assert_eq!(c.journal.downsample_window, Duration::from_secs(600));
+        let err =
+            load("[journal]\nmax_bytes = \"1MiB\"\nwhen_full = \"drop_newest\"\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("drop_oldest"), "{shown}");
+        let err = load("[journal]\nmax_bytes = \"1MiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("at least 4MiB"), "{err}");
+        assert_eq!(err.lines(), vec![2]);
     }
 
     #[test]

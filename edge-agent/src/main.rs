@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_agent::cli::{Cli, Command};
+use edge_agent::cli::{Cli, Command, ExportFormat, JournalCommand};
 use edge_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use telemetry::config_file::{self, Loaded};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     }
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { print } => check_config(&loaded, print),
+        Command::Journal { command } => journal_command(&loaded.config, command),
         Command::Run => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -83,9 +84,11 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
     println!("config OK");
     println!("  device_id  {}", c.device_id);
     println!(
-        "  journal    {} (commit every {:?})",
+        "  journal    {} (commit every {:?}, at most {}, when full: {})",
         c.journal.path.display(),
-        c.journal.commit_interval
+        c.journal.commit_interval,
+        c.journal.max_bytes,
+        c.journal.when_full.as_str()
     );
     println!(
         "  kafka      {} topic {:?} as {:?}",
@@ -112,6 +115,66 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `edge-agent journal stats|export`.
+fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
+    use edge_agent::journal::{Journal, inspect};
+    let (journal, opened) =
+        match Journal::open_for_inspection(&config.journal.path, config.journal.options()) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    if let Some(q) = opened.quarantined {
+        eprintln!(
+            "the journal was damaged ({}); it was moved to {} and {} intact readings were salvaged into a fresh journal",
+            q.reason,
+            q.moved_to.display(),
+            q.salvaged
+        );
+    }
+    let result = match command {
+        JournalCommand::Stats { json } => inspect::inspect(&journal)
+            .map_err(inspect::InspectError::from)
+            .map(|i| {
+                if json {
+                    println!("{}", serde_json::to_string(&i).expect("stats serialise"));
+                } else {
+                    let now = edge_agent::clock::Clock::now_ns(&edge_agent::clock::SystemClock);
+                    print!("{}", inspect::describe(&i, now));
+                }
+            }),
+        JournalCommand::Export { format } => {
+            let format = match format {
+                ExportFormat::Influx => telemetry::record::Format::Influx,
+                ExportFormat::Json => telemetry::record::Format::Json,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match inspect::export(&journal, format, &mut out) {
+                Ok((written, unreadable)) => {
+                    eprintln!("exported {written} readings ({unreadable} unreadable, skipped)");
+                    Ok(())
+                }
+                // `edge-agent journal export | head` is not a failure.
+                Err(inspect::InspectError::Write(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::{Counters, JournalStats};
+
 /// Whether Kafka is taking readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -54,6 +56,8 @@ pub struct Status {
     delivery_errors: AtomicU64,
     /// Journal records that could not be decoded and were skipped.
     unreadable: AtomicU64,
+    /// What the full-journal policy did since start.
+    journal_policy: Mutex<Counters>,
     link: Mutex<LinkState>,
 }
 
@@ -69,6 +73,7 @@ impl Default for Status {
             deleted: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
+            journal_policy: Mutex::new(Counters::default()),
             link: Mutex::new(LinkState {
                 link: Link::Unknown,
                 last_error: None,
@@ -89,6 +94,9 @@ pub struct Snapshot {
     pub deleted: u64,
     pub delivery_errors: u64,
     pub unreadable: u64,
+    /// What the full-journal policy did since start (the journal's own
+    /// counters, in [`JournalStats`], count since it was created).
+    pub journal_policy: Counters,
     pub link: Link,
     pub last_error: Option<String>,
 }
@@ -115,6 +123,9 @@ impl Status {
     }
     pub fn unreadable(&self, n: u64) {
         self.unreadable.fetch_add(n, Relaxed);
+    }
+    pub fn journal_policy(&self, done: &Counters) {
+        self.journal_policy.lock().expect("status lock").add(done);
     }
 
     /// Records a successful delivery; returns the previous link state.
@@ -151,18 +162,29 @@ impl Status {
             deleted: self.deleted.load(Relaxed),
             delivery_errors: self.delivery_errors.load(Relaxed),
             unreadable: self.unreadable.load(Relaxed),
+            journal_policy: *self.journal_policy.lock().expect("status lock"),
             link: link.link,
             last_error: link.last_error.clone(),
         }
     }
 }
 
-/// Logs one status line.
-pub fn log_status(s: &Snapshot, backlog: Option<u64>) {
+/// Logs one status line. The journal's counters (dropped, refused,
+/// aggregated, quarantined, salvaged) are its persisted totals.
+pub fn log_status(s: &Snapshot, journal: Option<&JournalStats>) {
+    let counters = journal.map(|j| j.counters).unwrap_or_default();
     tracing::info!(
         sampled = s.sampled,
         journaled = s.journaled,
-        backlog = backlog.map_or(-1, |b| b as i64),
+        backlog = journal.map_or(-1, |j| j.records as i64),
+        journal_bytes = journal.map_or(0, |j| j.file_bytes),
+        journal_max_bytes = journal.map_or(0, |j| j.max_bytes),
+        dropped_oldest = counters.dropped_oldest,
+        rejected_new = counters.rejected_new,
+        aggregated = counters.aggregated,
+        aggregates = counters.aggregates,
+        quarantined = counters.quarantined,
+        salvaged = counters.salvaged,
         forwarded = s.forwarded,
         link = s.link.as_str(),
         sensor_errors = s.sensor_errors,
@@ -175,12 +197,12 @@ pub fn log_status(s: &Snapshot, backlog: Option<u64>) {
     );
 }
 
-/// Logs a status line every `interval` until shutdown. `backlog` reports how
-/// many readings wait in the journal.
+/// Logs a status line every `interval` until shutdown. `journal` reports
+/// what the journal holds.
 pub async fn report_periodically(
     status: std::sync::Arc<Status>,
     interval: Duration,
-    backlog: impl Fn() -> Option<u64>,
+    journal: impl Fn() -> Option<JournalStats>,
     shutdown: CancellationToken,
 ) {
     if interval.is_zero() {
@@ -191,7 +213,7 @@ pub async fn report_periodically(
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => log_status(&status.snapshot(), backlog()),
+            _ = ticker.tick() => log_status(&status.snapshot(), journal().as_ref()),
             _ = shutdown.cancelled() => return,
         }
     }

@@ -95,7 +95,14 @@ pub fn status_number(log: &str, key: &str) -> Option<u64> {
 
 /// What the journal holds, read after the agent has exited.
 pub fn journal_stats(path: &Path) -> edge_agent::journal::JournalStats {
-    let journal = edge_agent::journal::Journal::open(path, 1 << 20, "test-inspection")
+    use edge_agent::journal::{Journal, JournalOptions};
+    let (journal, opened) = Journal::open_for_inspection(path, JournalOptions::for_inspection())
         .unwrap_or_else(|e| panic!("cannot open the journal {}: {e}", path.display()));
+    assert_eq!(
+        opened.quarantined,
+        None,
+        "the journal {} was damaged",
+        path.display()
+    );
     journal.stats().expect("journal stats")
 }

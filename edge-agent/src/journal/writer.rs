@@ -6,6 +6,14 @@
 //! `journal.max_batch` readings are waiting), then announces its
 //! [`Progress`] on a watch channel, which is what wakes the forwarder.
 //!
+//! With `journal.commit_interval = 0`, every reading is its own commit: no
+//! reading waits, at the cost of one fsync per reading (flash wear; see
+//! docs/performance.md).
+//!
+//! What the full-journal policy did (dropped, refused, aggregated) is counted
+//! in [`Status`] and logged at most once a minute with the totals since the
+//! last line.
+//!
 //! When the samplers stop, the readings still waiting are committed at once
 //! and `Progress::sampling_done` is set, so the forwarder can drain the journal
 //! before it stops. The writer itself stops when the forwarder's ack sender is
@@ -23,7 +31,7 @@ use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Journal, JournalError};
+use super::{Counters, Journal, JournalError};
 use crate::status::Status;
 
 /// Readings that may wait in the channel in front of the writer.
@@ -60,6 +68,9 @@ pub struct JournalWriter {
     commit_interval: Duration,
     max_batch: usize,
     status: Arc<Status>,
+    policy_log: Throttle,
+    /// Policy actions since the last log line about them.
+    policy_unlogged: Counters,
 }
 
 /// What is waiting to be committed.
@@ -91,14 +102,21 @@ impl JournalWriter {
             last_seq: last,
             sampling_done: false,
         });
+        let max_batch = if commit_interval.is_zero() {
+            1
+        } else {
+            max_batch.max(1)
+        };
         let writer = JournalWriter {
             journal,
             readings,
             acks,
             committed,
             commit_interval,
-            max_batch: max_batch.max(1),
+            max_batch,
             status,
+            policy_log: Throttle::new(Duration::from_secs(60)),
+            policy_unlogged: Counters::default(),
         };
         let handles = WriterHandles {
             readings: readings_tx,
@@ -121,11 +139,16 @@ impl JournalWriter {
             if full || due {
                 if let Err(e) = self.commit(&mut pending).await {
                     if let Some(held_back) = throttle.allow(std::time::Instant::now()) {
+                        let what = if e.is_no_space() {
+                            "the journal has no room (journal.max_bytes or a full disk)"
+                        } else {
+                            "journal commit failed"
+                        };
                         tracing::error!(
                             error = %e,
                             waiting = pending.readings.len(),
                             similar_errors_not_logged = held_back,
-                            "journal commit failed; the readings stay in memory and the commit is retried"
+                            "{what}; the readings stay in memory and the commit is retried"
                         );
                     }
                     pending.due = Some(Instant::now() + backoff.next_delay(rand::random()));
@@ -221,6 +244,9 @@ impl JournalWriter {
             Ok(done) => {
                 let appended = done.seqs.end - done.seqs.start;
                 self.status.journaled(appended, done.deleted);
+                if done.policy != Counters::default() {
+                    self.report_policy(&done.policy);
+                }
                 if !done.rejected.is_empty() {
                     self.status.rejected(done.rejected.len() as u64);
                     tracing::warn!(
@@ -245,6 +271,33 @@ impl JournalWriter {
     }
 }
 
+impl JournalWriter {
+    /// Counts what the full-journal policy did and logs it, at most once a
+    /// minute, with the totals since the last line.
+    fn report_policy(&mut self, done: &Counters) {
+        self.status.journal_policy(done);
+        self.policy_unlogged.add(done);
+        if let Some(held_back) = self.policy_log.allow(std::time::Instant::now()) {
+            let c = std::mem::take(&mut self.policy_unlogged);
+            let policy = self.journal.options().when_full.as_str();
+            tracing::warn!(
+                policy,
+                dropped_oldest = c.dropped_oldest,
+                rejected_new = c.rejected_new,
+                aggregated = c.aggregated,
+                aggregates = c.aggregates,
+                similar_not_logged = held_back,
+                "the journal is full (journal.max_bytes or the disk); readings were {}",
+                match self.journal.options().when_full {
+                    super::WhenFull::DropOldest => "dropped, oldest first",
+                    super::WhenFull::RejectNew => "refused",
+                    super::WhenFull::Downsample => "aggregated, oldest first",
+                }
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +317,13 @@ mod tests {
         WriterHandles,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(Journal::open(&dir.path().join("j.redb"), 1 << 20, "b").unwrap());
+        let (journal, _) = Journal::open(
+            &dir.path().join("j.redb"),
+            super::super::JournalOptions::for_inspection(),
+            "b",
+        )
+        .unwrap();
+        let journal = Arc::new(journal);
         let (writer, handles) =
             JournalWriter::new(journal.clone(), interval, 100, Arc::new(Status::default()))
                 .unwrap();

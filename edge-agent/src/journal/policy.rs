@@ -1,0 +1,332 @@
+//! When the journal is full: measuring its space, and the policies
+//! (`journal.when_full`) that make room.
+//!
+//! What is in use is redb's count of allocated pages, which walks the tree
+//! (about 2 ms per MB), so it is measured only when an estimate (the last
+//! count plus the bytes stored since, times the file-to-data ratio then
+//! seen) says the journal may be full. redb packs appended records densely:
+//! about 1.05 file bytes per stored byte were measured here.
+//!
+//! A refused growth (the limit, or a full disk) leaves redb unusable until it
+//! is reopened (it latches I/O errors), so the journal reopens it and from
+//! then on assumes the file cannot grow until the disk has gained space.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use telemetry::{Reading, line_protocol};
+
+use super::capacity::{Space, WhenFull};
+use super::downsample::{self, is_aggregate_line};
+use super::record;
+use super::store::{
+    META, NEXT_SEQ, OpenFailure, READINGS, STORED_BYTES, add_counters, begin, get, open_db,
+};
+use super::{Counters, Journal, JournalError};
+
+/// Most records one step of the policy removes, so that a step is a
+/// bounded transaction.
+const POLICY_STEP: usize = 50_000;
+/// How long a measurement that found the journal full is trusted before
+/// measuring again (under `reject_new`, every commit asks).
+const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
+
+/// New records a policy step appends (aggregates): Kafka key and line.
+type Appended = Vec<(String, String)>;
+
+/// The last measurement of space, and what changed since.
+#[derive(Debug)]
+pub(super) struct SpaceState {
+    pub(super) measured_used: u64,
+    pub(super) stored_at_measure: u64,
+    /// File bytes per stored byte, as last measured.
+    pub(super) ratio: f64,
+    /// The data stored now (kept exact by every commit).
+    pub(super) stored: u64,
+    pub(super) file_len: u64,
+    pub(super) disk_available: u64,
+    /// A growth was refused; with the disk space available then.
+    pub(super) blocked_at_disk: Option<u64>,
+    /// When a measurement last found the journal full.
+    pub(super) full_since: Option<Instant>,
+}
+
+impl SpaceState {
+    pub(super) fn estimate(&self, limit: u64) -> Space {
+        let delta = self.stored as f64 - self.stored_at_measure as f64;
+        let used = (self.measured_used as f64 + delta * self.ratio).max(0.0) as u64;
+        Space {
+            file_len: self.file_len,
+            used,
+            limit,
+            disk_available: self.disk_available,
+            growth_blocked: self.blocked_at_disk.is_some(),
+        }
+    }
+}
+
+impl Journal {
+    /// Whether `batch` more bytes may not fit: first by the estimate, then,
+    /// if that says full, by a measurement.
+    pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
+        let (estimate, full_since, ratio) = {
+            let s = self.space.lock().expect("space lock");
+            (s.estimate(self.options.max_bytes), s.full_since, s.ratio)
+        };
+        let batch = (batch as f64 * ratio) as u64;
+        if !estimate.is_full(batch) {
+            return Ok(false);
+        }
+        if full_since.is_some_and(|t| t.elapsed() < FULL_MEASUREMENT_TTL) {
+            return Ok(true);
+        }
+        let measured = self.measure()?;
+        let full = measured.is_full(batch);
+        self.space.lock().expect("space lock").full_since = full.then(Instant::now);
+        Ok(full)
+    }
+
+    /// Counts the pages in use, the file's size and the disk's free space.
+    pub fn measure(&self) -> Result<Space, JournalError> {
+        let (used, stored) = self.with_db(|db| {
+            let tx = db.begin_write()?;
+            let stats = tx.stats()?;
+            let stored = {
+                let meta = tx.open_table(META)?;
+                get(&meta, STORED_BYTES)?
+            };
+            tx.abort()?;
+            Ok((stats.allocated_pages() * stats.page_size() as u64, stored))
+        })?;
+        let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let disk_available = disk_available(&self.path);
+        let mut s = self.space.lock().expect("space lock");
+        s.measured_used = used;
+        s.stored_at_measure = stored;
+        s.stored = stored;
+        if stored > 1 << 20 {
+            s.ratio = (used as f64 / stored as f64).clamp(1.0, 4.0);
+        }
+        s.file_len = file_len;
+        if s.blocked_at_disk.is_some_and(|d| disk_available > d) {
+            s.blocked_at_disk = None;
+        }
+        s.disk_available = disk_available;
+        Ok(s.estimate(self.options.max_bytes))
+    }
+
+    /// After redb hit a refused growth: reopen it (it answers nothing else
+    /// until then) and assume the file cannot grow until the disk gains space.
+    pub(super) fn after_refused_growth(&self) -> Result<(), JournalError> {
+        {
+            let mut guard = self.db.write().expect("journal lock");
+            drop(guard.take());
+            let db = open_db(&self.path, &self.options, &self.growth).map_err(|f| match f {
+                OpenFailure::Other(e) => e,
+                OpenFailure::Damaged(reason) => JournalError::Full {
+                    path: self.path.clone(),
+                    reason: format!("reopening after a refused growth failed: {reason}"),
+                },
+            })?;
+            *guard = Some(db);
+        }
+        let disk = disk_available(&self.path);
+        self.space.lock().expect("space lock").blocked_at_disk = Some(disk);
+        self.measure()?;
+        Ok(())
+    }
+
+    /// Applies the full-journal policy until `batch` fits with headroom.
+    pub(super) fn make_room(&self, batch: u64) -> Result<Counters, JournalError> {
+        let mut done = Counters::default();
+        loop {
+            let space = self.measure()?;
+            let to_free = space.to_free(batch);
+            if to_free == 0 {
+                self.space.lock().expect("space lock").full_since = None;
+                return Ok(done);
+            }
+            let ratio = self.space.lock().expect("space lock").ratio;
+            let stored_to_free = (to_free as f64 / ratio) as u64 + 1;
+            let step = match self.options.when_full {
+                WhenFull::Downsample => self.downsample_step(stored_to_free)?,
+                _ => None,
+            };
+            let step = match step {
+                Some(step) => step,
+                None => self.drop_step(stored_to_free)?,
+            };
+            if step == Counters::default() {
+                return Err(JournalError::Full {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "nothing left to remove; {} of {} bytes in use",
+                        space.used,
+                        space.capacity()
+                    ),
+                });
+            }
+            self.counters.lock().expect("counters lock").add(&step);
+            done.add(&step);
+        }
+    }
+
+    /// Deletes the oldest records holding at least `stored_to_free` bytes.
+    fn drop_step(&self, stored_to_free: u64) -> Result<Counters, JournalError> {
+        self.policy_tx(|tx| {
+            let mut table = tx.open_table(READINGS)?;
+            let (mut freed, mut dropped) = (0, 0);
+            while freed < stored_to_free && dropped < POLICY_STEP as u64 {
+                let Some((_, value)) = table.pop_first()? else {
+                    break;
+                };
+                freed += value.value().len() as u64;
+                dropped += 1;
+            }
+            let done = Counters {
+                dropped_oldest: dropped,
+                ..Counters::default()
+            };
+            Ok((freed, Vec::new(), done))
+        })
+    }
+
+    /// Replaces the oldest raw readings holding at least `stored_to_free`
+    /// bytes by aggregates. `None` when there is nothing raw to aggregate, or
+    /// when aggregating would not save at least half the bytes (one reading
+    /// per series and window): then the caller drops instead.
+    fn downsample_step(&self, stored_to_free: u64) -> Result<Option<Counters>, JournalError> {
+        let window = self
+            .options
+            .downsample_window
+            .as_nanos()
+            .min(i64::MAX as u128) as i64;
+        // Find the oldest raw readings (aggregates are passed over).
+        let picked = self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(READINGS)?;
+            let (mut seqs, mut readings, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+            for entry in table.iter()? {
+                let (seq, value) = entry?;
+                let value = value.value();
+                let Ok(r) = record::decode_reading(value) else {
+                    continue;
+                };
+                if is_aggregate_line(r.line) {
+                    continue;
+                }
+                let Ok(reading) = line_protocol::parse_line(r.line, 0) else {
+                    continue;
+                };
+                seqs.push(seq.value());
+                readings.push((r.key.to_owned(), reading));
+                bytes += value.len() as u64;
+                if (bytes >= stored_to_free * 2 && seqs.len() >= 1000) || seqs.len() >= POLICY_STEP
+                {
+                    break;
+                }
+            }
+            Ok((seqs, readings, bytes))
+        })?;
+        let (seqs, readings, raw_bytes) = picked;
+        if seqs.is_empty() {
+            return Ok(None);
+        }
+        // One device per journal in practice, but keep keys apart anyway.
+        let mut by_key: HashMap<String, Vec<Reading>> = HashMap::new();
+        for (key, reading) in readings {
+            by_key.entry(key).or_default().push(reading);
+        }
+        let mut aggregates = Vec::new();
+        for (key, readings) in by_key {
+            for agg in downsample::aggregate(readings, window) {
+                if let Ok(line) = line_protocol::encode(&agg) {
+                    aggregates.push((key.clone(), line));
+                }
+            }
+        }
+        let agg_bytes: u64 = aggregates
+            .iter()
+            .map(|(k, l)| record::reading_len(k, l) as u64)
+            .sum();
+        if agg_bytes * 2 > raw_bytes {
+            return Ok(None);
+        }
+        let replaced = seqs.len() as u64;
+        self.policy_tx(|tx| {
+            let mut table = tx.open_table(READINGS)?;
+            let mut freed = 0;
+            for seq in &seqs {
+                if let Some(old) = table.remove(*seq)? {
+                    freed += old.value().len() as u64;
+                }
+            }
+            let done = Counters {
+                aggregated: replaced,
+                aggregates: aggregates.len() as u64,
+                ..Counters::default()
+            };
+            Ok((freed, std::mem::take(&mut aggregates), done))
+        })
+        .map(Some)
+    }
+
+    /// One transaction of the full-journal policy: `f` removes what it
+    /// removes and returns (stored bytes freed, new records to append with
+    /// fresh sequence numbers, counters); the stored-bytes total and the
+    /// counters are updated in the same transaction.
+    fn policy_tx(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(u64, Appended, Counters), redb::Error>,
+    ) -> Result<Counters, JournalError> {
+        let result = self.with_db(|db| {
+            let tx = begin(db)?;
+            let (freed, append, done) = f(&tx)?;
+            {
+                let mut table = tx.open_table(READINGS)?;
+                let mut meta = tx.open_table(META)?;
+                let mut stored = get(&meta, STORED_BYTES)?.saturating_sub(freed);
+                let mut next = get(&meta, NEXT_SEQ)?.max(1);
+                let mut value = Vec::new();
+                for (key, line) in &append {
+                    value.clear();
+                    record::encode_reading(&mut value, next, self.boot_index, key, line);
+                    table.insert(next, value.as_slice())?;
+                    stored += value.len() as u64;
+                    next += 1;
+                }
+                meta.insert(NEXT_SEQ, next)?;
+                meta.insert(STORED_BYTES, stored)?;
+                add_counters(&mut meta, &done)?;
+            }
+            tx.commit()?;
+            Ok(done)
+        });
+        if let Err(e) = &result
+            && e.is_no_space()
+        {
+            self.after_refused_growth()?;
+        }
+        result
+    }
+}
+
+/// Bytes the filesystem holding `path` can still give an unprivileged
+/// process (so the root reserve stays for the system).
+pub(super) fn disk_available(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return u64::MAX;
+    };
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return u64::MAX;
+    }
+    (s.f_bavail as u64).saturating_mul(s.f_frsize as u64)
+}

@@ -1,0 +1,260 @@
+//! Recovery from a damaged journal file: move it aside, never delete it, and
+//! copy whatever is still intact into the fresh journal.
+//!
+//! Salvage does not trust redb's structure, which is what is damaged: it
+//! scans the file's raw bytes for checksummed frames ([`record::scan`]), in
+//! 4 MiB windows so memory stays bounded. Every intact reading frame is
+//! imported with its own sequence number, so it is forwarded like any other
+//! journaled reading, and the fresh journal numbers new readings after the
+//! highest one found.
+//!
+//! A redb file also holds stale copies of records in pages it has freed, so
+//! salvage may find readings Kafka already acknowledged. They are sent again:
+//! a reading's series and timestamp make a resent one the same point, so the
+//! database does not change.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use redb::ReadableTable;
+
+use super::capacity::WhenFull;
+use super::record::{self, Frame};
+use super::store::{BOOTS, META, NEXT_SEQ, READINGS, STORED_BYTES, add_counters, begin, get};
+use super::{Counters, Journal, JournalError};
+
+/// The scan window.
+const CHUNK: usize = 4 << 20;
+/// Bytes carried over between windows: a frame longer than this that
+/// straddles two windows is not found.
+const OVERLAP: usize = 64 << 10;
+/// Readings imported per transaction.
+const IMPORT_BATCH: usize = 5_000;
+
+/// What happened to a damaged journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Where the damaged file is now.
+    pub moved_to: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+    /// Intact readings copied into the fresh journal.
+    pub salvaged: u64,
+    /// Frames that looked like readings but did not parse as line protocol.
+    pub unparsable: u64,
+}
+
+/// Renames `path` to `<path>.corrupt-<UTC time>` (with a suffix if that
+/// exists) and makes the rename durable.
+pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let target = (0..)
+        .map(|i| {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("-{i}")
+            };
+            path.with_file_name(format!("{name}.corrupt-{stamp}{suffix}"))
+        })
+        .find(|p| !p.exists())
+        .expect("a free name");
+    std::fs::rename(path, &target)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()?;
+    Ok(target)
+}
+
+/// Copies every intact reading of the damaged file at `moved_to` into
+/// `journal`, and counts the quarantine and what was saved in the journal's
+/// counters.
+pub fn salvage(
+    journal: &Journal,
+    moved_to: PathBuf,
+    reason: String,
+) -> Result<Report, JournalError> {
+    let io_err = |source: io::Error| JournalError::Quarantine {
+        path: moved_to.clone(),
+        source,
+    };
+    // Pass 1: the boot ids, so readings keep the boot they were taken in.
+    let mut boots: HashMap<u32, u32> = HashMap::new();
+    scan_file(&moved_to, |frame| {
+        if let Frame::Boot { index, id } = frame
+            && !boots.contains_key(&index)
+        {
+            boots.insert(index, journal.import_boot(id)?);
+        }
+        Ok(())
+    })
+    .map_err(|e| e.into_journal(&io_err))?;
+    let unknown_boot = journal.import_boot("unknown (salvaged)")?;
+    // Pass 2: the readings.
+    let before = journal.stats()?.records;
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut unparsable = 0;
+    let dropped_before = journal.counters().dropped_oldest;
+    scan_file(&moved_to, |frame| {
+        if let Frame::Reading(r) = frame {
+            if telemetry::line_protocol::parse_line(r.line, 0).is_err() {
+                unparsable += 1;
+                return Ok(());
+            }
+            let boot = boots.get(&r.boot).copied().unwrap_or(unknown_boot);
+            batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned()));
+            if batch.len() >= IMPORT_BATCH {
+                journal.import(&batch, Counters::default())?;
+                batch.clear();
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.into_journal(&io_err))?;
+    journal.import(&batch, Counters::default())?;
+    let dropped = journal.counters().dropped_oldest - dropped_before;
+    let salvaged = journal.stats()?.records - before + dropped;
+    journal.import(
+        &[],
+        Counters {
+            quarantined: 1,
+            salvaged,
+            ..Counters::default()
+        },
+    )?;
+    Ok(Report {
+        moved_to,
+        reason,
+        salvaged,
+        unparsable,
+    })
+}
+
+impl Journal {
+    /// Inserts salvaged readings with their own sequence numbers (keeping
+    /// `next_seq` above all of them), making room first as the policy says.
+    pub(super) fn import(
+        &self,
+        records: &[(u64, u32, String, String)],
+        counters: Counters,
+    ) -> Result<(), JournalError> {
+        let batch: u64 = records
+            .iter()
+            .map(|(_, _, k, l)| record::reading_len(k, l) as u64)
+            .sum();
+        if self.may_be_full(batch)? && self.options.when_full != WhenFull::RejectNew {
+            self.make_room(batch)?;
+        }
+        let stored = self.with_db(|db| {
+            let tx = begin(db)?;
+            let stored = {
+                let mut table = tx.open_table(READINGS)?;
+                let mut meta = tx.open_table(META)?;
+                let mut stored = get(&meta, STORED_BYTES)?;
+                let mut next = get(&meta, NEXT_SEQ)?.max(1);
+                let mut value = Vec::new();
+                for (seq, boot, key, line) in records {
+                    value.clear();
+                    record::encode_reading(&mut value, *seq, *boot, key, line);
+                    if let Some(old) = table.insert(*seq, value.as_slice())? {
+                        stored -= old.value().len() as u64;
+                    }
+                    stored += value.len() as u64;
+                    next = next.max(seq + 1);
+                }
+                meta.insert(NEXT_SEQ, next)?;
+                meta.insert(STORED_BYTES, stored)?;
+                add_counters(&mut meta, &counters)?;
+                stored
+            };
+            tx.commit()?;
+            Ok(stored)
+        })?;
+        self.space.lock().expect("space lock").stored = stored;
+        self.counters.lock().expect("counters lock").add(&counters);
+        Ok(())
+    }
+
+    /// Adds a boot id found in a damaged journal; returns its index here.
+    pub(super) fn import_boot(&self, boot_id: &str) -> Result<u32, JournalError> {
+        if let Some((&i, _)) = self.boots.iter().find(|(_, v)| &***v == boot_id) {
+            return Ok(i);
+        }
+        self.with_db(|db| {
+            let tx = begin(db)?;
+            let index = {
+                let mut table = tx.open_table(BOOTS)?;
+                let index = table.last()?.map_or(0, |(k, _)| k.value() + 1);
+                let mut value = Vec::new();
+                record::encode_boot(&mut value, index, boot_id);
+                table.insert(index, value.as_slice())?;
+                index
+            };
+            tx.commit()?;
+            Ok(index)
+        })
+    }
+}
+
+enum ScanError {
+    Io(io::Error),
+    Journal(JournalError),
+}
+
+impl From<JournalError> for ScanError {
+    fn from(e: JournalError) -> Self {
+        ScanError::Journal(e)
+    }
+}
+
+impl ScanError {
+    fn into_journal(self, io_err: &impl Fn(io::Error) -> JournalError) -> JournalError {
+        match self {
+            ScanError::Io(e) => io_err(e),
+            ScanError::Journal(e) => e,
+        }
+    }
+}
+
+/// Calls `f` on every intact frame of the file, in windows of [`CHUNK`].
+fn scan_file(
+    path: &Path,
+    mut f: impl FnMut(Frame<'_>) -> Result<(), JournalError>,
+) -> Result<(), ScanError> {
+    let mut file = File::open(path).map_err(ScanError::Io)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + OVERLAP);
+    loop {
+        let start = buf.len();
+        buf.resize(start + CHUNK, 0);
+        let mut filled = start;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ScanError::Io(e)),
+            }
+        }
+        let eof = filled < buf.len();
+        buf.truncate(filled);
+        let limit = if eof { buf.len() } else { buf.len() - OVERLAP };
+        for (at, frame) in record::scan(&buf) {
+            if at >= limit {
+                break;
+            }
+            f(frame)?;
+        }
+        if eof {
+            return Ok(());
+        }
+        buf.drain(..limit);
+    }
+}

@@ -1,0 +1,581 @@
+//! [`Journal`]: the redb file and everything done to it.
+//!
+//! - Open: the file is checked page by page (redb's integrity check); a
+//!   damaged file is quarantined and salvaged ([`super::salvage`]).
+//! - Commit: appends and acknowledged deletes in one durable transaction,
+//!   after the full-journal policy has made room ([`Journal::commit`]).
+//! - Space and the full-journal policy: [`super::policy`].
+//! - Salvaged readings come in through [`super::salvage`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageError, TableDefinition, WriteTransaction,
+};
+use telemetry::{Reading, line_protocol};
+
+use super::capacity::WhenFull;
+use super::file::{self, Growth, LimitedFile};
+use super::policy::SpaceState;
+use super::record::{self, RecordRef};
+use super::salvage;
+use super::{
+    Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
+};
+
+pub(crate) const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
+pub(crate) const BOOTS: TableDefinition<u32, &[u8]> = TableDefinition::new("boots");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const NEXT_SEQ: &str = "next_seq";
+/// Sum of the stored values' lengths: the data, without redb's overhead.
+pub(super) const STORED_BYTES: &str = "stored_bytes";
+
+/// How the journal is opened and bounded (from `[journal]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalOptions {
+    /// redb's page cache.
+    pub cache_bytes: usize,
+    /// The most the file may grow to.
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    /// The aggregation window of `downsample`.
+    pub downsample_window: Duration,
+}
+
+impl JournalOptions {
+    /// Small and unbounded enough for tests and tools that only read.
+    pub fn for_inspection() -> JournalOptions {
+        JournalOptions {
+            cache_bytes: 1 << 20,
+            max_bytes: u64::MAX,
+            when_full: WhenFull::DropOldest,
+            downsample_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The file was damaged: where it went and what was saved from it.
+    pub quarantined: Option<salvage::Report>,
+}
+
+/// The journal file, opened for this boot.
+pub struct Journal {
+    pub(super) path: PathBuf,
+    pub(super) options: JournalOptions,
+    pub(super) growth: Arc<Growth>,
+    /// `None` only while being reopened.
+    pub(super) db: RwLock<Option<Database>>,
+    pub(super) boot_index: u32,
+    pub(super) boots: HashMap<u32, Arc<str>>,
+    pub(super) space: Mutex<SpaceState>,
+    pub(super) counters: Mutex<Counters>,
+}
+
+/// Why the file could not be opened.
+pub(super) enum OpenFailure {
+    /// The file is damaged: quarantine it.
+    Damaged(String),
+    Other(JournalError),
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path` and records `boot_id` as the
+    /// current boot. A damaged file is quarantined and salvaged; [`Opened`]
+    /// says so.
+    pub fn open(
+        path: &Path,
+        options: JournalOptions,
+        boot_id: &str,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_as(path, options, Some(boot_id))
+    }
+
+    /// Opens the journal for `edge-agent journal stats` and `export`: as the
+    /// agent does (repairing it after a crash, quarantining it if damaged),
+    /// but without recording a boot.
+    pub fn open_for_inspection(
+        path: &Path,
+        options: JournalOptions,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_as(path, options, None)
+    }
+
+    fn open_as(
+        path: &Path,
+        options: JournalOptions,
+        boot_id: Option<&str>,
+    ) -> Result<(Journal, Opened), JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let growth = Arc::new(Growth::default());
+        let (db, damaged) = match open_db(path, &options, &growth) {
+            Ok(db) => (db, None),
+            Err(OpenFailure::Other(e)) => return Err(e),
+            Err(OpenFailure::Damaged(reason)) => {
+                let moved_to =
+                    salvage::move_aside(path).map_err(|source| JournalError::Quarantine {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                match open_db(path, &options, &growth) {
+                    Ok(db) => (db, Some((moved_to, reason))),
+                    Err(OpenFailure::Other(e)) => return Err(e),
+                    Err(OpenFailure::Damaged(r)) => {
+                        return Err(JournalError::Quarantine {
+                            path: path.to_owned(),
+                            source: std::io::Error::other(format!(
+                                "a fresh journal cannot be created: {r}"
+                            )),
+                        });
+                    }
+                }
+            }
+        };
+        let open_err = |source: redb::Error| JournalError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let Registered {
+            boot_index,
+            boots,
+            counters,
+            stored,
+        } = register_boot(&db, boot_id).map_err(open_err)?;
+        let journal = Journal {
+            path: path.to_owned(),
+            options,
+            growth,
+            db: RwLock::new(Some(db)),
+            boot_index,
+            boots,
+            space: Mutex::new(SpaceState {
+                measured_used: 0,
+                stored_at_measure: 0,
+                ratio: 1.1,
+                stored,
+                file_len: 0,
+                disk_available: 0,
+                blocked_at_disk: None,
+                full_since: None,
+            }),
+            counters: Mutex::new(counters),
+        };
+        journal.measure()?;
+        let quarantined = match damaged {
+            None => None,
+            Some((moved_to, reason)) => Some(salvage::salvage(&journal, moved_to, reason)?),
+        };
+        Ok((journal, Opened { quarantined }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn options(&self) -> &JournalOptions {
+        &self.options
+    }
+
+    fn storage_err(&self) -> impl Fn(redb::Error) -> JournalError + '_ {
+        |source| JournalError::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Runs `f` with the open database.
+    pub(super) fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, JournalError> {
+        let guard = self.db.read().expect("journal lock");
+        let db = guard.as_ref().ok_or_else(|| JournalError::Storage {
+            path: self.path.clone(),
+            source: redb::Error::DatabaseClosed,
+        })?;
+        f(db).map_err(self.storage_err())
+    }
+
+    /// The persisted counters, as of the last commit.
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().expect("counters lock")
+    }
+
+    /// Appends `readings` and deletes the acknowledged sequence numbers in
+    /// `delete`, in one durable transaction, after making room as
+    /// `journal.when_full` says. Readings that cannot be encoded are left out
+    /// and returned in [`Committed::rejected`]; readings refused because the
+    /// journal is full (`reject_new`) are counted in [`Committed::policy`].
+    pub fn commit(&self, readings: &[Reading], delete: &[u64]) -> Result<Committed, JournalError> {
+        let mut committed = Committed::default();
+        let mut lines = Vec::with_capacity(readings.len());
+        for reading in readings {
+            match line_protocol::encode(reading) {
+                Ok(line) => lines.push((reading.tag("device_id").unwrap_or_default(), line)),
+                Err(e) => committed.rejected.push(e),
+            }
+        }
+        let batch: u64 = lines
+            .iter()
+            .map(|(key, line)| record::reading_len(key, line) as u64)
+            .sum();
+        if !lines.is_empty() && self.may_be_full(batch)? {
+            match self.options.when_full {
+                WhenFull::RejectNew => {
+                    committed.policy.rejected_new = lines.len() as u64;
+                    lines.clear();
+                }
+                WhenFull::DropOldest | WhenFull::Downsample => {
+                    committed.policy.add(&self.make_room(batch)?);
+                }
+            }
+        }
+        let result = self.with_db(|db| {
+            let tx = begin(db)?;
+            let done = Counters {
+                rejected_new: committed.policy.rejected_new,
+                ..Counters::default()
+            };
+            let (seqs, deleted, stored) = {
+                let mut table = tx.open_table(READINGS)?;
+                let mut meta = tx.open_table(META)?;
+                let first = get(&meta, NEXT_SEQ)?.max(1);
+                let mut stored = get(&meta, STORED_BYTES)?;
+                let mut next = first;
+                let mut value = Vec::with_capacity(256);
+                for (key, line) in &lines {
+                    value.clear();
+                    record::encode_reading(&mut value, next, self.boot_index, key, line);
+                    table.insert(next, value.as_slice())?;
+                    stored += value.len() as u64;
+                    next += 1;
+                }
+                if next != first {
+                    meta.insert(NEXT_SEQ, next)?;
+                }
+                let mut deleted = 0;
+                for &seq in delete {
+                    if let Some(old) = table.remove(seq)? {
+                        stored -= old.value().len() as u64;
+                        deleted += 1;
+                    }
+                }
+                meta.insert(STORED_BYTES, stored)?;
+                add_counters(&mut meta, &done)?;
+                (first..next, deleted, stored)
+            };
+            tx.commit()?;
+            Ok((seqs, deleted, stored))
+        });
+        match result {
+            Ok((seqs, deleted, stored)) => {
+                committed.seqs = seqs;
+                committed.deleted = deleted;
+                self.counters.lock().expect("counters lock").add(&Counters {
+                    rejected_new: committed.policy.rejected_new,
+                    ..Counters::default()
+                });
+                self.space.lock().expect("space lock").stored = stored;
+                Ok(committed)
+            }
+            Err(e) => {
+                if e.is_no_space() {
+                    self.after_refused_growth()?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads up to `limit` records with sequence numbers above `after`, in
+    /// order. A record that cannot be decoded comes back as an error in its
+    /// place, so the caller can report and skip it.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<ReadResult>, JournalError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(READINGS)?;
+            let boots = self.boots_of(&tx)?;
+            let mut out = Vec::new();
+            for entry in table.range(after.saturating_add(1)..)?.take(limit) {
+                let (seq, value) = entry?;
+                out.push(to_record(seq.value(), value.value(), &boots));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The boot table, re-read only if a boot was imported since opening.
+    fn boots_of(
+        &self,
+        tx: &redb::ReadTransaction,
+    ) -> Result<std::borrow::Cow<'_, HashMap<u32, Arc<str>>>, redb::Error> {
+        let table = tx.open_table(BOOTS)?;
+        if table.len()? as usize == self.boots.len() {
+            return Ok(std::borrow::Cow::Borrowed(&self.boots));
+        }
+        Ok(std::borrow::Cow::Owned(read_boots(&table)?))
+    }
+
+    /// Counts and bounds of what the journal holds.
+    pub fn stats(&self) -> Result<JournalStats, JournalError> {
+        let (records, first_seq, last_seq, next_seq) = self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(READINGS)?;
+            let meta = tx.open_table(META)?;
+            Ok((
+                t.len()?,
+                t.first()?.map(|(k, _)| k.value()),
+                t.last()?.map(|(k, _)| k.value()),
+                get(&meta, NEXT_SEQ)?.max(1),
+            ))
+        })?;
+        Ok(JournalStats {
+            records,
+            first_seq,
+            last_seq,
+            next_seq,
+            file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            max_bytes: self.options.max_bytes,
+            counters: self.counters(),
+        })
+    }
+
+    /// Calls `f` on every record in order, in windows of `window` records, so
+    /// the backlog is never all in memory. Stops at the first error `f`
+    /// returns.
+    pub fn for_each<E: From<JournalError>>(
+        &self,
+        window: usize,
+        mut f: impl FnMut(ReadResult) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut after = 0;
+        loop {
+            let batch = self.read_after(after, window)?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = match last {
+                Ok(r) => r.seq,
+                Err(u) => u.seq,
+            };
+            for item in batch {
+                f(item)?;
+            }
+        }
+    }
+}
+
+fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResult {
+    match record::decode_reading(value) {
+        Ok(RecordRef {
+            seq: stored,
+            boot,
+            key,
+            line,
+        }) if stored == seq => Ok(JournalRecord {
+            seq,
+            boot_id: boots
+                .get(&boot)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("unknown")),
+            key: key.to_owned(),
+            line: line.to_owned(),
+        }),
+        Ok(r) => Err(Unreadable {
+            seq,
+            reason: format!("the record stored under {seq} says it is {}", r.seq),
+        }),
+        Err(reason) => Err(Unreadable { seq, reason }),
+    }
+}
+
+/// A durable write transaction.
+pub(super) fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    Ok(tx)
+}
+
+pub(super) fn get(
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<u64, redb::Error> {
+    Ok(meta.get(key)?.map_or(0, |v| v.value()))
+}
+
+pub(super) fn add_counters(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    add: &Counters,
+) -> Result<(), redb::Error> {
+    for (key, n) in Counters::KEYS.iter().zip(add.values()) {
+        if n > 0 {
+            let now = get(meta, key)?;
+            meta.insert(*key, now + n)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a redb error is a lack of space.
+pub(crate) fn is_no_space(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Io(io) => file::is_no_space(io),
+        _ => false,
+    }
+}
+
+/// Opens the file with redb's integrity check. Anything that says the bytes
+/// are not a sound journal (redb's checks, a panic inside redb, tables of the
+/// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
+/// an I/O error is not.
+pub(super) fn open_db(
+    path: &Path,
+    options: &JournalOptions,
+    growth: &Arc<Growth>,
+) -> Result<Database, OpenFailure> {
+    let io_err = |e: std::io::Error| {
+        OpenFailure::Other(JournalError::Open {
+            path: path.to_owned(),
+            source: redb::Error::Io(e),
+        })
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err)?;
+    let backend = LimitedFile::new(file, options.max_bytes, growth.clone()).map_err(io_err)?;
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .set_check_integrity_on_open(true)
+            .create_with_backend(backend)
+    }));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(OpenFailure::Other(JournalError::InUse {
+                path: path.to_owned(),
+            }));
+        }
+        Ok(Err(DatabaseError::Storage(StorageError::Corrupted(reason)))) => {
+            return Err(OpenFailure::Damaged(reason));
+        }
+        Ok(Err(DatabaseError::Storage(StorageError::Io(e))))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            return Err(OpenFailure::Damaged(e.to_string()));
+        }
+        Ok(Err(e)) => {
+            return Err(OpenFailure::Other(JournalError::Open {
+                path: path.to_owned(),
+                source: e.into(),
+            }));
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return Err(OpenFailure::Damaged(format!(
+                "redb could not read it ({what})"
+            )));
+        }
+    };
+    // Our own tables must open with the right types and their first and
+    // last records decode.
+    let check = (|| -> Result<(), String> {
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let table = tx.open_table(READINGS).map_err(|e| e.to_string())?;
+            tx.open_table(BOOTS).map_err(|e| e.to_string())?;
+            tx.open_table(META).map_err(|e| e.to_string())?;
+            for end in [table.first(), table.last()] {
+                if let Some((_, v)) = end.map_err(|e| e.to_string())? {
+                    record::decode_reading(v.value())?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    })();
+    match check {
+        Ok(()) => Ok(db),
+        Err(reason) => Err(OpenFailure::Damaged(reason)),
+    }
+}
+
+/// Finds or adds `boot_id` (if any) in the `boots` table; returns its index, the whole
+/// table (one entry per boot the journal has seen, a handful), the persisted
+/// counters and the stored-bytes total.
+fn register_boot(db: &Database, boot_id: Option<&str>) -> Result<Registered, redb::Error> {
+    let tx = begin(db)?;
+    let (index, boots, counters, stored);
+    {
+        let mut table = tx.open_table(BOOTS)?;
+        let mut known = read_boots(&table)?;
+        index = match boot_id.map(|b| (b, known.iter().find(|(_, v)| &***v == b))) {
+            None => u32::MAX,
+            Some((_, Some((&i, _)))) => i,
+            Some((boot_id, None)) => {
+                let i = known.keys().max().map_or(0, |m| m + 1);
+                let mut value = Vec::new();
+                record::encode_boot(&mut value, i, boot_id);
+                table.insert(i, value.as_slice())?;
+                known.insert(i, Arc::from(boot_id));
+                i
+            }
+        };
+        boots = known;
+        let meta = tx.open_table(META)?;
+        let mut values = [0; 6];
+        for (v, key) in values.iter_mut().zip(Counters::KEYS) {
+            *v = get(&meta, key)?;
+        }
+        counters = Counters::from_values(values);
+        stored = get(&meta, STORED_BYTES)?;
+    }
+    tx.commit()?;
+    Ok(Registered {
+        boot_index: index,
+        boots,
+        counters,
+        stored,
+    })
+}
+
+/// What [`register_boot`] found.
+struct Registered {
+    boot_index: u32,
+    boots: HashMap<u32, Arc<str>>,
+    counters: Counters,
+    stored: u64,
+}
+
+fn read_boots(
+    table: &impl ReadableTable<u32, &'static [u8]>,
+) -> Result<HashMap<u32, Arc<str>>, redb::Error> {
+    let mut boots = HashMap::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let id = record::decode_boot(v.value()).map_or("unknown", |(_, id)| id);
+        boots.insert(k.value(), Arc::<str>::from(id));
+    }
+    Ok(boots)
+}
