@@ -25,6 +25,7 @@ fn options(max_bytes: u64, when_full: WhenFull) -> JournalOptions {
         max_bytes,
         when_full,
         downsample_window: Duration::from_secs(60),
+        file_limit: None,
     }
 }
 
@@ -236,6 +237,40 @@ fn downsample_replaces_the_oldest_raw_readings_by_aggregates_that_account_for_th
     );
     let mean = first.fields["pressure_hpa_mean"].as_f64().unwrap();
     assert!((mean - p.iter().sum::<f64>() / p.len() as f64).abs() < 1e-9);
+}
+
+// Invariant 5, when the disk fills between two checks: a growth that the
+// space arithmetic allowed is refused. The journal reopens redb (which
+// refuses everything after an I/O error), applies the policy, and goes on.
+#[test]
+fn a_refused_growth_is_survived_and_the_policy_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.redb");
+    let mut opts = options(64 * MIB, WhenFull::DropOldest);
+    opts.file_limit = Some(3 * MIB);
+    let j = open(&path, opts, "b");
+    let mut appended = 0u64;
+    let mut failures = 0;
+    for i in 0..100 {
+        let readings: Vec<Reading> = (i * 500..(i + 1) * 500).map(reading).collect();
+        match j.commit(&readings, &[]) {
+            Ok(done) => appended += (done.seqs.end - done.seqs.start),
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                failures += 1;
+                // The writer keeps the readings and retries: so does this.
+                let done = j.commit(&readings, &[]).unwrap();
+                appended += done.seqs.end - done.seqs.start;
+            }
+        }
+        assert!(file_len(&path) <= 3 * MIB);
+    }
+    assert!(failures >= 1, "the file layer never refused a growth");
+    let stats = j.stats().unwrap();
+    assert_eq!(appended, 50_000);
+    assert!(stats.counters.dropped_oldest > 0);
+    assert_eq!(stats.records + stats.counters.dropped_oldest, appended);
+    assert_eq!(stats.first_seq, Some(stats.counters.dropped_oldest + 1));
 }
 
 /// Damages `path` with `damage`, reopens it, and checks that it was moved

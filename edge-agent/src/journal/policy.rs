@@ -71,11 +71,23 @@ impl Journal {
     /// Whether `batch` more bytes may not fit: first by the estimate, then,
     /// if that says full, by a measurement.
     pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
-        let (estimate, full_since, ratio) = {
+        let (mut estimate, full_since, ratio) = {
             let s = self.space.lock().expect("space lock");
             (s.estimate(self.options.max_bytes), s.full_since, s.ratio)
         };
         let batch = (batch as f64 * ratio) as u64;
+        if estimate.used + estimate.headroom(batch) > estimate.file_len {
+            // The file may have to grow for this commit. A growth that fails
+            // leaves no free page to free space with, so check now, cheaply,
+            // that the disk can take it: the policy then acts while there is
+            // still headroom.
+            let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+            let disk = disk_available(&self.path);
+            let mut s = self.space.lock().expect("space lock");
+            s.file_len = file_len;
+            s.disk_available = disk;
+            estimate = s.estimate(self.options.max_bytes);
+        }
         if !estimate.is_full(batch) {
             return Ok(false);
         }

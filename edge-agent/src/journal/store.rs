@@ -44,6 +44,11 @@ pub struct JournalOptions {
     pub when_full: WhenFull,
     /// The aggregation window of `downsample`.
     pub downsample_window: Duration,
+    /// A lower limit for the file layer alone, so that a growth the space
+    /// arithmetic allowed is refused, as a disk filling up between two
+    /// checks would: tests use it to exercise the recovery from that.
+    #[doc(hidden)]
+    pub file_limit: Option<u64>,
 }
 
 impl JournalOptions {
@@ -54,6 +59,7 @@ impl JournalOptions {
             max_bytes: u64::MAX,
             when_full: WhenFull::DropOldest,
             downsample_window: Duration::from_secs(300),
+            file_limit: None,
         }
     }
 }
@@ -457,7 +463,8 @@ pub(super) fn open_db(
         .truncate(false)
         .open(path)
         .map_err(io_err)?;
-    let backend = LimitedFile::new(file, options.max_bytes, growth.clone()).map_err(io_err)?;
+    let limit = options.file_limit.unwrap_or(options.max_bytes);
+    let backend = LimitedFile::new(file, limit, growth.clone()).map_err(io_err)?;
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         redb::Builder::new()
             .set_cache_size(options.cache_bytes)

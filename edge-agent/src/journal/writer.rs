@@ -256,6 +256,13 @@ impl JournalWriter {
                     );
                 }
                 if appended > 0 {
+                    // After the commit returned: the crash test reads this.
+                    tracing::debug!(
+                        last_seq = done.seqs.end - 1,
+                        appended,
+                        deleted = done.deleted,
+                        "journal committed"
+                    );
                     self.committed
                         .send_modify(|p| p.last_seq = done.seqs.end - 1);
                 }
