@@ -254,7 +254,7 @@ fn a_refused_growth_is_survived_and_the_policy_applied() {
     for i in 0..100 {
         let readings: Vec<Reading> = (i * 500..(i + 1) * 500).map(reading).collect();
         match j.commit(&readings, &[]) {
-            Ok(done) => appended += (done.seqs.end - done.seqs.start),
+            Ok(done) => appended += done.seqs.end - done.seqs.start,
             Err(e) => {
                 assert!(e.is_no_space(), "{e}");
                 failures += 1;

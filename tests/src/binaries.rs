@@ -63,11 +63,50 @@ pub fn command(binary: &str) -> Command {
 
 /// Writes `config` to `<dir>/<name>.toml` and starts `binary` with it.
 pub fn start(binary: &str, dir: &Path, config: &str) -> Service {
+    start_with(binary, dir, config, &format!("{binary}.log"), &[])
+}
+
+/// Like [`start`], logging to `<dir>/<log>` with extra environment `env`
+/// (e.g. a `RUST_LOG` that shows more).
+pub fn start_with(
+    binary: &str,
+    dir: &Path,
+    config: &str,
+    log: &str,
+    env: &[(&str, &str)],
+) -> Service {
     let config_path = dir.join(format!("{binary}.toml"));
     std::fs::write(&config_path, config).expect("write config");
     let mut c = command(binary);
     c.arg("--config").arg(&config_path).arg("run");
-    Service::spawn(binary, c, &dir.join(format!("{binary}.log")))
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Service::spawn(binary, c, &dir.join(log))
+}
+
+/// Runs `edge-agent journal <args>` with the agent config last written to
+/// `dir` by [`start`]; returns (success, stdout, stderr).
+pub fn journal_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = command("edge-agent")
+        .arg("--config")
+        .arg(dir.join("edge-agent.toml"))
+        .arg("journal")
+        .args(args)
+        .output()
+        .expect("run edge-agent journal");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `edge-agent journal stats --json`, parsed.
+pub fn journal_stats_json(dir: &Path) -> serde_json::Value {
+    let (ok, out, err) = journal_command(dir, &["stats", "--json"]);
+    assert!(ok, "edge-agent journal stats failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 /// The most recent status line that has `key`, as key → value. Both

@@ -12,9 +12,11 @@
 //! - [`binaries`]: building and running `edge-agent` and `uplink`.
 //! - [`kafka`]: Tansu, topic creation, and the independent kafka-python reader.
 //! - [`victoria`], [`influx`]: the databases and what they hold.
+//! - [`fs`]: a size-limited tmpfs for full-disk tests.
 //! - [`points`]: readings as databases return them, for exact comparisons.
 
 pub mod binaries;
+pub mod fs;
 pub mod influx;
 pub mod kafka;
 pub mod points;

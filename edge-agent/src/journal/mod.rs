@@ -47,7 +47,7 @@
 //! |---|---|---|
 //! | `readings` | sequence number `u64` | a reading frame ([`record`]): seq, boot index, Kafka key, line protocol, CRC |
 //! | `boots` | boot index `u32` | a boot frame: the boot id (`/proc/sys/kernel/random/boot_id`) |
-//! | `meta` | name | `u64`: `next_seq`, `stored_bytes`, and the [`Counters`] |
+//! | `meta` | name | a meta frame: `next_seq`, `stored_bytes` and the [`Counters`] |
 //!
 //! ## Layout
 //! - [`store`]: [`Journal`]: open (with quarantine), commit, read.

@@ -22,7 +22,7 @@ use super::capacity::{Space, WhenFull};
 use super::downsample::{self, is_aggregate_line};
 use super::record;
 use super::store::{
-    META, NEXT_SEQ, OpenFailure, READINGS, STORED_BYTES, add_counters, begin, get, open_db,
+    META, NEXT_SEQ, OpenFailure, READINGS, STORED_BYTES, add_counters, begin, get, open_db, put,
 };
 use super::{Counters, Journal, JournalError};
 
@@ -309,8 +309,8 @@ impl Journal {
                     stored += value.len() as u64;
                     next += 1;
                 }
-                meta.insert(NEXT_SEQ, next)?;
-                meta.insert(STORED_BYTES, stored)?;
+                put(&mut meta, NEXT_SEQ, next)?;
+                put(&mut meta, STORED_BYTES, stored)?;
                 add_counters(&mut meta, &done)?;
             }
             tx.commit()?;

@@ -5,13 +5,16 @@
 //! ```text
 //! offset size
 //!  0     2    magic 0xB5 0x4A (0xB5 cannot start a UTF-8 character)
-//!  2     1    kind: 1 = reading, 2 = boot
+//!  2     1    kind: 1 = reading, 2 = boot, 3 = meta value
 //!  3     4    payload length, u32 LE
 //!  7     4    CRC-32 (IEEE) of bytes 2..7 and the payload
 //! 11     n    payload
 //! ```
 //! Reading payload: `[seq u64 LE][boot index u32 LE][key length u16 LE][key][line protocol]`.
 //! Boot payload: `[boot index u32 LE][boot id, UTF-8]`.
+//! Meta payload: `[value u64 LE][name, UTF-8]`: `next_seq` (the journal's
+//! high-water mark, so salvage never numbers a new reading like an old one)
+//! and the counters, so they survive a damaged file too.
 //!
 //! The sequence number is stored in the frame as well as in the redb key, so a
 //! salvaged frame keeps its identity.
@@ -20,6 +23,7 @@ const MAGIC: [u8; 2] = [0xB5, 0x4A];
 const HEADER: usize = 2 + 1 + 4 + 4;
 const KIND_READING: u8 = 1;
 const KIND_BOOT: u8 = 2;
+const KIND_META: u8 = 3;
 
 /// A decoded reading frame, borrowing from the stored bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,7 @@ pub struct RecordRef<'a> {
 pub enum Frame<'a> {
     Reading(RecordRef<'a>),
     Boot { index: u32, id: &'a str },
+    Meta { name: &'a str, value: u64 },
 }
 
 /// The bytes a reading frame takes for this key and line.
@@ -63,6 +68,22 @@ pub fn encode_boot(out: &mut Vec<u8>, index: u32, id: &str) {
     });
 }
 
+/// Appends a meta value frame to `out`.
+pub fn encode_meta(out: &mut Vec<u8>, name: &str, value: u64) {
+    frame(out, KIND_META, |p| {
+        p.extend_from_slice(&value.to_le_bytes());
+        p.extend_from_slice(name.as_bytes());
+    });
+}
+
+/// Decodes a stored meta value.
+pub fn decode_meta(bytes: &[u8]) -> Result<(&str, u64), String> {
+    match decode(bytes)? {
+        (Frame::Meta { name, value }, _) => Ok((name, value)),
+        _ => Err("not a meta frame".into()),
+    }
+}
+
 fn frame(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
@@ -87,7 +108,7 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 pub fn decode_reading(bytes: &[u8]) -> Result<RecordRef<'_>, String> {
     match decode(bytes)? {
         (Frame::Reading(r), _) => Ok(r),
-        (Frame::Boot { .. }, _) => Err("a boot frame where a reading was expected".into()),
+        _ => Err("another kind of frame where a reading was expected".into()),
     }
 }
 
@@ -95,7 +116,7 @@ pub fn decode_reading(bytes: &[u8]) -> Result<RecordRef<'_>, String> {
 pub fn decode_boot(bytes: &[u8]) -> Result<(u32, &str), String> {
     match decode(bytes)? {
         (Frame::Boot { index, id }, _) => Ok((index, id)),
-        (Frame::Reading(_), _) => Err("a reading frame where a boot was expected".into()),
+        _ => Err("another kind of frame where a boot was expected".into()),
     }
 }
 
@@ -133,6 +154,15 @@ fn decode(bytes: &[u8]) -> Result<(Frame<'_>, usize), String> {
             let id = std::str::from_utf8(&payload[4..])
                 .map_err(|e| format!("boot id is not UTF-8: {e}"))?;
             Frame::Boot { index, id }
+        }
+        KIND_META => {
+            if payload.len() < 8 {
+                return Err("meta record is too short".into());
+            }
+            let value = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+            let name = std::str::from_utf8(&payload[8..])
+                .map_err(|e| format!("meta name is not UTF-8: {e}"))?;
+            Frame::Meta { name, value }
         }
         other => return Err(format!("unknown record kind {other}")),
     };
@@ -255,19 +285,24 @@ mod tests {
         encode_boot(&mut boot, 0, "boot-a");
         file.extend(&boot);
         file.extend(reading(3));
+        encode_meta(&mut file, "next_seq", 9);
         file.extend(&reading(4)[..20]); // truncated at the end of the file
         let found: Vec<Frame<'_>> = scan(&file).map(|(_, f)| f).collect();
         let seqs: Vec<u64> = found
             .iter()
             .filter_map(|f| match f {
                 Frame::Reading(r) => Some(r.seq),
-                Frame::Boot { .. } => None,
+                _ => None,
             })
             .collect();
         assert_eq!(seqs, [1, 3]);
         assert!(found.contains(&Frame::Boot {
             index: 0,
             id: "boot-a"
+        }));
+        assert!(found.contains(&Frame::Meta {
+            name: "next_seq",
+            value: 9
         }));
     }
 }

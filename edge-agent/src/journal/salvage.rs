@@ -6,7 +6,10 @@
 //! 4 MiB windows so memory stays bounded. Every intact reading frame is
 //! imported with its own sequence number, so it is forwarded like any other
 //! journaled reading, and the fresh journal numbers new readings after the
-//! highest one found.
+//! highest sequence number found (the journal's own high-water mark is a
+//! frame too, rewritten by every commit). The damaged journal's counters
+//! (dropped, aggregated, quarantined, ...) are recovered the same way and
+//! carry over.
 //!
 //! A redb file also holds stale copies of records in pages it has freed, so
 //! salvage may find readings Kafka already acknowledged. They are sent again:
@@ -23,7 +26,7 @@ use redb::ReadableTable;
 
 use super::capacity::WhenFull;
 use super::record::{self, Frame};
-use super::store::{BOOTS, META, NEXT_SEQ, READINGS, STORED_BYTES, add_counters, begin, get};
+use super::store::{BOOTS, META, NEXT_SEQ, READINGS, STORED_BYTES, add_counters, begin, get, put};
 use super::{Counters, Journal, JournalError};
 
 /// The scan window.
@@ -88,11 +91,18 @@ pub fn salvage(
     };
     // Pass 1: the boot ids, so readings keep the boot they were taken in.
     let mut boots: HashMap<u32, u32> = HashMap::new();
+    // Meta values only grow, so the largest copy of each is the latest.
+    let mut meta: HashMap<String, u64> = HashMap::new();
     scan_file(&moved_to, |frame| {
-        if let Frame::Boot { index, id } = frame
-            && !boots.contains_key(&index)
-        {
-            boots.insert(index, journal.import_boot(id)?);
+        match frame {
+            Frame::Boot { index, id } if !boots.contains_key(&index) => {
+                boots.insert(index, journal.import_boot(id)?);
+            }
+            Frame::Meta { name, value } => {
+                let v = meta.entry(name.to_owned()).or_default();
+                *v = (*v).max(value);
+            }
+            _ => {}
         }
         Ok(())
     })
@@ -122,14 +132,16 @@ pub fn salvage(
     journal.import(&batch, Counters::default())?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
-    journal.import(
-        &[],
-        Counters {
-            quarantined: 1,
-            salvaged,
-            ..Counters::default()
-        },
-    )?;
+    journal.raise_next_seq(meta.get(NEXT_SEQ).copied().unwrap_or(0))?;
+    // The damaged journal's counters carry over, plus this quarantine.
+    let mut carried =
+        Counters::from_values(Counters::KEYS.map(|k| meta.get(k).copied().unwrap_or(0)));
+    carried.add(&Counters {
+        quarantined: 1,
+        salvaged,
+        ..Counters::default()
+    });
+    journal.import(&[], carried)?;
     Ok(Report {
         moved_to,
         reason,
@@ -170,8 +182,8 @@ impl Journal {
                     stored += value.len() as u64;
                     next = next.max(seq + 1);
                 }
-                meta.insert(NEXT_SEQ, next)?;
-                meta.insert(STORED_BYTES, stored)?;
+                put(&mut meta, NEXT_SEQ, next)?;
+                put(&mut meta, STORED_BYTES, stored)?;
                 add_counters(&mut meta, &counters)?;
                 stored
             };
@@ -181,6 +193,22 @@ impl Journal {
         self.space.lock().expect("space lock").stored = stored;
         self.counters.lock().expect("counters lock").add(&counters);
         Ok(())
+    }
+
+    /// Makes sure new readings are numbered from at least `next_seq`.
+    fn raise_next_seq(&self, next_seq: u64) -> Result<(), JournalError> {
+        self.with_db(|db| {
+            let tx = begin(db)?;
+            {
+                let mut meta = tx.open_table(META)?;
+                let now = get(&meta, NEXT_SEQ)?;
+                if next_seq > now {
+                    put(&mut meta, NEXT_SEQ, next_seq)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Adds a boot id found in a damaged journal; returns its index here.

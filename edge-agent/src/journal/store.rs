@@ -29,7 +29,7 @@ use super::{
 
 pub(crate) const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
 pub(crate) const BOOTS: TableDefinition<u32, &[u8]> = TableDefinition::new("boots");
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(super) const NEXT_SEQ: &str = "next_seq";
 /// Sum of the stored values' lengths: the data, without redb's overhead.
 pub(super) const STORED_BYTES: &str = "stored_bytes";
@@ -268,7 +268,7 @@ impl Journal {
                     next += 1;
                 }
                 if next != first {
-                    meta.insert(NEXT_SEQ, next)?;
+                    put(&mut meta, NEXT_SEQ, next)?;
                 }
                 let mut deleted = 0;
                 for &seq in delete {
@@ -277,7 +277,7 @@ impl Journal {
                         deleted += 1;
                     }
                 }
-                meta.insert(STORED_BYTES, stored)?;
+                put(&mut meta, STORED_BYTES, stored)?;
                 add_counters(&mut meta, &done)?;
                 (first..next, deleted, stored)
             };
@@ -413,21 +413,42 @@ pub(super) fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
     Ok(tx)
 }
 
+/// A meta value. Stored as a checksummed frame naming itself, so that
+/// salvage finds `next_seq` and the counters in a damaged file.
 pub(super) fn get(
-    meta: &impl ReadableTable<&'static str, u64>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<u64, redb::Error> {
-    Ok(meta.get(key)?.map_or(0, |v| v.value()))
+    let Some(v) = meta.get(key)? else {
+        return Ok(0);
+    };
+    match record::decode_meta(v.value()) {
+        Ok((name, value)) if name == key => Ok(value),
+        _ => Err(redb::Error::Corrupted(format!(
+            "the journal's {key} value is damaged"
+        ))),
+    }
+}
+
+pub(super) fn put(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: u64,
+) -> Result<(), redb::Error> {
+    let mut frame = Vec::with_capacity(32);
+    record::encode_meta(&mut frame, key, value);
+    meta.insert(key, frame.as_slice())?;
+    Ok(())
 }
 
 pub(super) fn add_counters(
-    meta: &mut redb::Table<'_, &'static str, u64>,
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
     add: &Counters,
 ) -> Result<(), redb::Error> {
     for (key, n) in Counters::KEYS.iter().zip(add.values()) {
         if n > 0 {
             let now = get(meta, key)?;
-            meta.insert(*key, now + n)?;
+            put(meta, key, now + n)?;
         }
     }
     Ok(())
