@@ -51,6 +51,8 @@ pub struct Status {
     /// Readings that could not be encoded (NaN from a driver, say).
     rejected: AtomicU64,
     journaled: AtomicU64,
+    /// Journal commits (each one an fsync).
+    commits: AtomicU64,
     forwarded: AtomicU64,
     deleted: AtomicU64,
     delivery_errors: AtomicU64,
@@ -69,6 +71,7 @@ impl Default for Status {
             dropped_queue_full: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             journaled: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
@@ -90,6 +93,7 @@ pub struct Snapshot {
     pub dropped_queue_full: u64,
     pub rejected: u64,
     pub journaled: u64,
+    pub commits: u64,
     pub forwarded: u64,
     pub deleted: u64,
     pub delivery_errors: u64,
@@ -114,7 +118,9 @@ impl Status {
     pub fn rejected(&self, n: u64) {
         self.rejected.fetch_add(n, Relaxed);
     }
+    /// One journal commit appended and deleted these many readings.
     pub fn journaled(&self, appended: u64, deleted: u64) {
+        self.commits.fetch_add(1, Relaxed);
         self.journaled.fetch_add(appended, Relaxed);
         self.deleted.fetch_add(deleted, Relaxed);
     }
@@ -158,6 +164,7 @@ impl Status {
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             journaled: self.journaled.load(Relaxed),
+            commits: self.commits.load(Relaxed),
             forwarded: self.forwarded.load(Relaxed),
             deleted: self.deleted.load(Relaxed),
             delivery_errors: self.delivery_errors.load(Relaxed),
@@ -176,6 +183,7 @@ pub fn log_status(s: &Snapshot, journal: Option<&JournalStats>) {
     tracing::info!(
         sampled = s.sampled,
         journaled = s.journaled,
+        commits = s.commits,
         backlog = journal.map_or(-1, |j| j.records as i64),
         journal_bytes = journal.map_or(0, |j| j.file_bytes),
         journal_max_bytes = journal.map_or(0, |j| j.max_bytes),

@@ -22,7 +22,7 @@ use super::capacity::{Space, WhenFull};
 use super::downsample::{self, is_aggregate_line};
 use super::record;
 use super::store::{
-    META, NEXT_SEQ, OpenFailure, READINGS, STORED_BYTES, add_counters, begin, get, open_db, put,
+    META, OpenFailure, READINGS, add_counters, append, begin, keep_next_seq, next_seq, open_db,
 };
 use super::{Counters, Journal, JournalError};
 
@@ -36,15 +36,16 @@ const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 /// New records a policy step appends (aggregates): Kafka key and line.
 type Appended = Vec<(String, String)>;
 
+/// File bytes per stored byte: redb packs appended records densely (1.05
+/// measured here); a little more, to err towards measuring.
+const RATIO: f64 = 1.1;
+
 /// The last measurement of space, and what changed since.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct SpaceState {
     pub(super) measured_used: u64,
-    pub(super) stored_at_measure: u64,
-    /// File bytes per stored byte, as last measured.
-    pub(super) ratio: f64,
-    /// The data stored now (kept exact by every commit).
-    pub(super) stored: u64,
+    /// Stored bytes appended minus deleted since the measurement.
+    pub(super) changed: i64,
     pub(super) file_len: u64,
     pub(super) disk_available: u64,
     /// A growth was refused; with the disk space available then.
@@ -55,8 +56,7 @@ pub(super) struct SpaceState {
 
 impl SpaceState {
     pub(super) fn estimate(&self, limit: u64) -> Space {
-        let delta = self.stored as f64 - self.stored_at_measure as f64;
-        let used = (self.measured_used as f64 + delta * self.ratio).max(0.0) as u64;
+        let used = (self.measured_used as f64 + self.changed as f64 * RATIO).max(0.0) as u64;
         Space {
             file_len: self.file_len,
             used,
@@ -71,11 +71,11 @@ impl Journal {
     /// Whether `batch` more bytes may not fit: first by the estimate, then,
     /// if that says full, by a measurement.
     pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
-        let (mut estimate, full_since, ratio) = {
+        let (mut estimate, full_since) = {
             let s = self.space.lock().expect("space lock");
-            (s.estimate(self.options.max_bytes), s.full_since, s.ratio)
+            (s.estimate(self.options.max_bytes), s.full_since)
         };
-        let batch = (batch as f64 * ratio) as u64;
+        let batch = (batch as f64 * RATIO) as u64;
         if estimate.used + estimate.headroom(batch) > estimate.file_len {
             // The file may have to grow for this commit. A growth that fails
             // leaves no free page to free space with, so check now, cheaply,
@@ -102,25 +102,17 @@ impl Journal {
 
     /// Counts the pages in use, the file's size and the disk's free space.
     pub fn measure(&self) -> Result<Space, JournalError> {
-        let (used, stored) = self.with_db(|db| {
+        let used = self.with_db(|db| {
             let tx = db.begin_write()?;
             let stats = tx.stats()?;
-            let stored = {
-                let meta = tx.open_table(META)?;
-                get(&meta, STORED_BYTES)?
-            };
             tx.abort()?;
-            Ok((stats.allocated_pages() * stats.page_size() as u64, stored))
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
         })?;
         let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let disk_available = disk_available(&self.path);
         let mut s = self.space.lock().expect("space lock");
         s.measured_used = used;
-        s.stored_at_measure = stored;
-        s.stored = stored;
-        if stored > 1 << 20 {
-            s.ratio = (used as f64 / stored as f64).clamp(1.0, 4.0);
-        }
+        s.changed = 0;
         s.file_len = file_len;
         if s.blocked_at_disk.is_some_and(|d| disk_available > d) {
             s.blocked_at_disk = None;
@@ -160,8 +152,7 @@ impl Journal {
                 self.space.lock().expect("space lock").full_since = None;
                 return Ok(done);
             }
-            let ratio = self.space.lock().expect("space lock").ratio;
-            let stored_to_free = (to_free as f64 / ratio) as u64 + 1;
+            let stored_to_free = (to_free as f64 / RATIO) as u64 + 1;
             let step = match self.options.when_full {
                 WhenFull::Downsample => self.downsample_step(stored_to_free)?,
                 _ => None,
@@ -286,42 +277,46 @@ impl Journal {
     }
 
     /// One transaction of the full-journal policy: `f` removes what it
-    /// removes and returns (stored bytes freed, new records to append with
-    /// fresh sequence numbers, counters); the stored-bytes total and the
-    /// counters are updated in the same transaction.
+    /// removes and returns (stored bytes freed, aggregates to append with
+    /// fresh sequence numbers, counters); the counters are updated in the
+    /// same transaction.
     fn policy_tx(
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<(u64, Appended, Counters), redb::Error>,
     ) -> Result<Counters, JournalError> {
         let result = self.with_db(|db| {
             let tx = begin(db)?;
-            let (freed, append, done) = f(&tx)?;
-            {
+            let (freed, aggregates, done) = f(&tx)?;
+            let change = {
                 let mut table = tx.open_table(READINGS)?;
                 let mut meta = tx.open_table(META)?;
-                let mut stored = get(&meta, STORED_BYTES)?.saturating_sub(freed);
-                let mut next = get(&meta, NEXT_SEQ)?.max(1);
-                let mut value = Vec::new();
-                for (key, line) in &append {
-                    value.clear();
-                    record::encode_reading(&mut value, next, self.boot_index, key, line);
-                    table.insert(next, value.as_slice())?;
-                    stored += value.len() as u64;
-                    next += 1;
-                }
-                put(&mut meta, NEXT_SEQ, next)?;
-                put(&mut meta, STORED_BYTES, stored)?;
+                let first = next_seq(&table, &meta)?;
+                let (seqs, added) = append(&mut table, self.boot_index, first, &aggregates)?;
+                keep_next_seq(&table, &mut meta, seqs.end)?;
                 add_counters(&mut meta, &done)?;
-            }
+                added - freed as i64
+            };
             tx.commit()?;
-            Ok(done)
+            Ok((done, change))
         });
-        if let Err(e) = &result
-            && e.is_no_space()
-        {
-            self.after_refused_growth()?;
+        match result {
+            Ok((done, change)) => {
+                self.stored_changed(change);
+                Ok(done)
+            }
+            Err(e) => {
+                if e.is_no_space() {
+                    self.after_refused_growth()?;
+                }
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Notes stored bytes appended (positive) or deleted since the last
+    /// measurement.
+    pub(super) fn stored_changed(&self, change: i64) {
+        self.space.lock().expect("space lock").changed += change;
     }
 }
 

@@ -26,7 +26,9 @@ use redb::ReadableTable;
 
 use super::capacity::WhenFull;
 use super::record::{self, Frame};
-use super::store::{BOOTS, META, NEXT_SEQ, READINGS, STORED_BYTES, add_counters, begin, get, put};
+use super::store::{
+    BOOTS, META, NEXT_SEQ, READINGS, add_counters, begin, get, keep_next_seq, next_seq, put,
+};
 use super::{Counters, Journal, JournalError};
 
 /// The scan window.
@@ -165,32 +167,31 @@ impl Journal {
         if self.may_be_full(batch)? && self.options.when_full != WhenFull::RejectNew {
             self.make_room(batch)?;
         }
-        let stored = self.with_db(|db| {
+        let change = self.with_db(|db| {
             let tx = begin(db)?;
-            let stored = {
+            let change = {
                 let mut table = tx.open_table(READINGS)?;
                 let mut meta = tx.open_table(META)?;
-                let mut stored = get(&meta, STORED_BYTES)?;
-                let mut next = get(&meta, NEXT_SEQ)?.max(1);
+                let mut change = 0;
+                let mut next = next_seq(&table, &meta)?;
                 let mut value = Vec::new();
                 for (seq, boot, key, line) in records {
                     value.clear();
                     record::encode_reading(&mut value, *seq, *boot, key, line);
                     if let Some(old) = table.insert(*seq, value.as_slice())? {
-                        stored -= old.value().len() as u64;
+                        change -= old.value().len() as i64;
                     }
-                    stored += value.len() as u64;
+                    change += value.len() as i64;
                     next = next.max(seq + 1);
                 }
-                put(&mut meta, NEXT_SEQ, next)?;
-                put(&mut meta, STORED_BYTES, stored)?;
+                keep_next_seq(&table, &mut meta, next)?;
                 add_counters(&mut meta, &counters)?;
-                stored
+                change
             };
             tx.commit()?;
-            Ok(stored)
+            Ok(change)
         })?;
-        self.space.lock().expect("space lock").stored = stored;
+        self.stored_changed(change);
         self.counters.lock().expect("counters lock").add(&counters);
         Ok(())
     }
