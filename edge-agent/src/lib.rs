@@ -18,10 +18,15 @@
 //!
 //! ## Invariants
 //! - Every sampled reading is either committed to the journal, or counted as
-//!   dropped (journal writer queue full, unencodable) and logged.
+//!   dropped (journal writer queue full, unencodable, refused by a full
+//!   journal) and logged; a journaled reading leaves it only acknowledged by
+//!   Kafka, or counted as dropped or aggregated by the full-journal policy.
+//! - The journal file never grows past `journal.max_bytes`, and a damaged one
+//!   is moved aside and salvaged, never deleted.
 //! - A journal record is deleted only after its Kafka delivery report.
 //! - Memory is bounded: the writer's queue, the forwarder's in-flight window,
-//!   librdkafka's queue and redb's cache all have explicit sizes.
+//!   librdkafka's queue and redb's cache all have explicit sizes; RSS does
+//!   not grow with the backlog (docs/performance.md).
 
 pub mod agent;
 pub mod cli;

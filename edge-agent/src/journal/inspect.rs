@@ -188,7 +188,7 @@ pub fn describe(i: &Inspection, now_ns: i64) -> String {
          oldest       {}\n\
          newest       {}\n\
          file size    {} bytes{limit}\n\
-         in use       {} bytes of a capacity of {} (the file grows by doubling)\n\
+         in use       {} bytes; the file can grow to about {} (it grows by doubling)\n\
          dropped      {} oldest readings deleted to make room\n\
          rejected     {} new readings refused while full\n\
          aggregated   {} readings replaced by {} aggregates\n\

@@ -88,3 +88,59 @@ fn a_config_with_unknown_keys_stops_the_agent_before_it_starts() {
         "{err}"
     );
 }
+
+#[test]
+fn journal_stats_and_export_show_the_backlog_and_refuse_a_journal_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("127.0.0.1:{}", buoy_tests::process::free_port());
+    let config = crate::common::agent_config(
+        dir.path(),
+        &nobody,
+        telemetry::record::Format::Influx,
+        1,
+        "10ms",
+    )
+    .replace("shutdown_grace = \"15s\"", "shutdown_grace = \"1s\"");
+    let mut agent = binaries::start("edge-agent", dir.path(), &config);
+    crate::common::wait_for_status(&agent, "journaled", 200, std::time::Duration::from_secs(60));
+    // The agent holds the journal: the commands say so instead of waiting.
+    let (ok, _, err) = binaries::journal_command(dir.path(), &["stats"]);
+    assert!(!ok);
+    assert!(err.contains("in use"), "{err}");
+    assert!(agent.stop(std::time::Duration::from_secs(30)).success());
+
+    let (ok, text, err) = binaries::journal_command(dir.path(), &["stats"]);
+    assert!(ok, "{err}");
+    for expected in [
+        "waiting",
+        "oldest",
+        "newest",
+        "journal.max_bytes",
+        "dropped",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    let stats = binaries::journal_stats_json(dir.path());
+    let waiting = stats["records"].as_u64().unwrap();
+    assert!(waiting >= 200, "{stats}");
+    assert!(stats["oldest_ns"].as_i64() <= stats["newest_ns"].as_i64());
+
+    // Export streams every waiting reading, oldest first, and consumes none.
+    for format in ["influx", "json"] {
+        let (ok, out, err) = binaries::journal_command(dir.path(), &["export", "--format", format]);
+        assert!(ok, "{err}");
+        assert_eq!(out.lines().count() as u64, waiting, "{format}");
+        let first = out.lines().next().unwrap();
+        match format {
+            "influx" => {
+                telemetry::line_protocol::parse_line(first, 0).unwrap();
+            }
+            _ => assert!(first.starts_with('{'), "{first}"),
+        }
+    }
+    let again = binaries::journal_stats_json(dir.path());
+    assert_eq!(
+        again["records"], stats["records"],
+        "export consumed nothing"
+    );
+}
