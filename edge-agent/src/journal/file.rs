@@ -16,8 +16,6 @@ use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
@@ -38,13 +36,6 @@ pub fn is_no_space(e: &io::Error) -> bool {
     ) || e.get_ref().is_some_and(|inner| inner.is::<LimitReached>())
 }
 
-/// What the file layer has seen, shared with the journal.
-#[derive(Debug, Default)]
-pub struct Growth {
-    /// The size of the last growth that was refused (0: none).
-    pub refused_at: AtomicU64,
-}
-
 /// redb's [`FileBackend`] with a size limit and preallocated growth.
 #[derive(Debug)]
 pub struct LimitedFile {
@@ -52,24 +43,17 @@ pub struct LimitedFile {
     /// The same open file, for `fstat` and `fallocate`.
     file: File,
     limit: u64,
-    growth: Arc<Growth>,
 }
 
 impl LimitedFile {
-    pub fn new(file: File, limit: u64, growth: Arc<Growth>) -> io::Result<LimitedFile> {
+    pub fn new(file: File, limit: u64) -> io::Result<LimitedFile> {
         let same = file.try_clone()?;
         let inner = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(LimitedFile {
             inner,
             file: same,
             limit,
-            growth,
         })
-    }
-
-    fn refuse(&self, wanted: u64, error: io::Error) -> io::Error {
-        self.growth.refused_at.store(wanted, Ordering::Relaxed);
-        error
     }
 }
 
@@ -88,15 +72,12 @@ impl StorageBackend for LimitedFile {
             return self.inner.set_len(len);
         }
         if len > self.limit {
-            return Err(self.refuse(
-                len,
-                io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    LimitReached {
-                        wanted: len,
-                        limit: self.limit,
-                    },
-                ),
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                LimitReached {
+                    wanted: len,
+                    limit: self.limit,
+                },
             ));
         }
         // Reserve the blocks now; mode 0 also extends the file.
@@ -111,7 +92,7 @@ impl StorageBackend for LimitedFile {
                 } else {
                     // Leave the file as it was, whatever part was reserved.
                     let _ = self.file.set_len(current);
-                    Err(self.refuse(len, e))
+                    Err(e)
                 }
             }
         }

@@ -127,7 +127,7 @@ impl Journal {
         {
             let mut guard = self.db.write().expect("journal lock");
             drop(guard.take());
-            let db = open_db(&self.path, &self.options, &self.growth).map_err(|f| match f {
+            let db = open_db(&self.path, &self.options).map_err(|f| match f {
                 OpenFailure::Other(e) => e,
                 OpenFailure::Damaged(reason) => JournalError::Full {
                     path: self.path.clone(),

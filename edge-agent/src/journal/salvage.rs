@@ -154,18 +154,25 @@ pub fn salvage(
 
 impl Journal {
     /// Inserts salvaged readings with their own sequence numbers (keeping
-    /// `next_seq` above all of them), making room first as the policy says.
+    /// `next_seq` above all of them), making room first as the policy says;
+    /// under `reject_new` a full journal refuses them, counted.
     pub(super) fn import(
         &self,
-        records: &[(u64, u32, String, String)],
-        counters: Counters,
+        mut records: &[(u64, u32, String, String)],
+        mut counters: Counters,
     ) -> Result<(), JournalError> {
         let batch: u64 = records
             .iter()
             .map(|(_, _, k, l)| record::reading_len(k, l) as u64)
             .sum();
-        if self.may_be_full(batch)? && self.options.when_full != WhenFull::RejectNew {
-            self.make_room(batch)?;
+        if self.may_be_full(batch)? {
+            if self.options.when_full == WhenFull::RejectNew {
+                // Full: what is journaled stays, the rest is refused.
+                counters.rejected_new += records.len() as u64;
+                records = &[];
+            } else {
+                self.make_room(batch)?;
+            }
         }
         let change = self.with_db(|db| {
             let tx = begin(db)?;

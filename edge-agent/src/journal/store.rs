@@ -19,7 +19,7 @@ use redb::{
 use telemetry::{Reading, line_protocol};
 
 use super::capacity::WhenFull;
-use super::file::{self, Growth, LimitedFile};
+use super::file::{self, LimitedFile};
 use super::policy::SpaceState;
 use super::record::{self, RecordRef};
 use super::salvage;
@@ -73,7 +73,6 @@ pub struct Opened {
 pub struct Journal {
     pub(super) path: PathBuf,
     pub(super) options: JournalOptions,
-    pub(super) growth: Arc<Growth>,
     /// `None` only while being reopened.
     pub(super) db: RwLock<Option<Database>>,
     pub(super) boot_index: u32,
@@ -122,8 +121,7 @@ impl Journal {
                 source,
             })?;
         }
-        let growth = Arc::new(Growth::default());
-        let (db, damaged) = match open_db(path, &options, &growth) {
+        let (db, damaged) = match open_db(path, &options) {
             Ok(db) => (db, None),
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(reason)) => {
@@ -132,7 +130,7 @@ impl Journal {
                         path: path.to_owned(),
                         source,
                     })?;
-                match open_db(path, &options, &growth) {
+                match open_db(path, &options) {
                     Ok(db) => (db, Some((moved_to, reason))),
                     Err(OpenFailure::Other(e)) => return Err(e),
                     Err(OpenFailure::Damaged(r)) => {
@@ -158,7 +156,6 @@ impl Journal {
         let journal = Journal {
             path: path.to_owned(),
             options,
-            growth,
             db: RwLock::new(Some(db)),
             boot_index,
             boots,
@@ -488,11 +485,7 @@ pub(crate) fn is_no_space(e: &redb::Error) -> bool {
 /// are not a sound journal (redb's checks, a panic inside redb, tables of the
 /// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
 /// an I/O error is not.
-pub(super) fn open_db(
-    path: &Path,
-    options: &JournalOptions,
-    growth: &Arc<Growth>,
-) -> Result<Database, OpenFailure> {
+pub(super) fn open_db(path: &Path, options: &JournalOptions) -> Result<Database, OpenFailure> {
     let io_err = |e: std::io::Error| {
         OpenFailure::Other(JournalError::Open {
             path: path.to_owned(),
@@ -507,7 +500,7 @@ pub(super) fn open_db(
         .open(path)
         .map_err(io_err)?;
     let limit = options.file_limit.unwrap_or(options.max_bytes);
-    let backend = LimitedFile::new(file, limit, growth.clone()).map_err(io_err)?;
+    let backend = LimitedFile::new(file, limit).map_err(io_err)?;
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         redb::Builder::new()
             .set_cache_size(options.cache_bytes)
