@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use buoy_tests::binaries;
 use buoy_tests::influx::Influx;
-use buoy_tests::kafka::KafkaRecord;
+use buoy_tests::kafka::{KafkaRecord, read_topic};
 use buoy_tests::points::{self, Point, PointKey, differences};
 use buoy_tests::process::{Service, wait_for};
 use buoy_tests::victoria::Victoria;
@@ -276,6 +276,25 @@ pub fn readings_by_seq(records: &[KafkaRecord], format: Format) -> BTreeMap<u64,
         }
     }
     out
+}
+
+/// Reads the whole topic with kafka-python, checks every record against the
+/// contract, and asserts that sequence numbers 1 to `journaled` are all there
+/// and no others; returns the readings by sequence number.
+pub fn every_reading_on_topic(
+    bootstrap: &str,
+    format: Format,
+    journaled: u64,
+) -> BTreeMap<u64, Reading> {
+    let records = read_topic(
+        bootstrap,
+        "telemetry",
+        Duration::from_secs(10),
+        Some(journaled as usize),
+    );
+    let readings = readings_by_seq(&records, format);
+    assert_all_sequence_numbers(&readings, journaled);
+    readings
 }
 
 /// Asserts that every sequence number from 1 to `journaled` is present.

@@ -98,16 +98,9 @@ async fn no_committed_reading_is_lost_when_the_agent_is_killed_50_times() {
         "no journal was quarantined"
     );
 
-    let records = read_topic(
-        &kafka.bootstrap(),
-        "telemetry",
-        Duration::from_secs(10),
-        Some(journaled as usize),
-    );
-    let readings = readings_by_seq(&records, Format::Influx);
     // Every sequence number ever given is on the topic: contiguous, none
     // reused for a different reading, and every committed one present.
-    assert_all_sequence_numbers(&readings, journaled);
+    every_reading_on_topic(&kafka.bootstrap(), Format::Influx, journaled);
 }
 
 /// Where the journal of a full-disk test lives: on a small tmpfs if this
@@ -181,6 +174,27 @@ fn run_until_full(
     (last, acted)
 }
 
+/// Runs an agent with `policy` on a 6 MiB journal until `counter` shows the
+/// policy acting; returns the directory, the journal, the agent's last status
+/// line and `journal stats --json`.
+fn fill_a_small_journal(
+    policy: &str,
+    counter: &str,
+) -> (
+    tempfile::TempDir,
+    SmallJournal,
+    std::collections::HashMap<String, String>,
+    serde_json::Value,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let small = small_journal(dir.path(), 6 * MIB);
+    let config = full_journal_config(dir.path(), &small, policy);
+    let mut agent = binaries::start("edge-agent", dir.path(), &config);
+    let (last, _) = run_until_full(&mut agent, counter);
+    let stats = binaries::journal_stats_json(dir.path());
+    (dir, small, last, stats)
+}
+
 fn n(map: &std::collections::HashMap<String, String>, key: &str) -> u64 {
     map[key]
         .parse()
@@ -243,12 +257,7 @@ async fn drop_oldest_on_a_full_disk_drops_exactly_the_oldest_and_recovers_when_s
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_new_on_a_full_disk_keeps_the_oldest_and_counts_every_refused_reading() {
     let _one_at_a_time = buoy_tests::exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let small = small_journal(dir.path(), 6 * MIB);
-    let config = full_journal_config(dir.path(), &small, "reject_new");
-    let mut agent = binaries::start("edge-agent", dir.path(), &config);
-    let (last, _) = run_until_full(&mut agent, "rejected_new");
-    let stats = binaries::journal_stats_json(dir.path());
+    let (_dir, small, last, stats) = fill_a_small_journal("reject_new", "rejected_new");
     let journaled = j(&stats, "next_seq") - 1;
     let rejected = j(&stats, "rejected_new");
     assert!(j(&stats, "file_bytes") <= small.limit);
@@ -269,12 +278,7 @@ async fn reject_new_on_a_full_disk_keeps_the_oldest_and_counts_every_refused_rea
 #[tokio::test(flavor = "multi_thread")]
 async fn downsample_on_a_full_disk_accounts_for_every_reading_in_its_aggregates() {
     let _one_at_a_time = buoy_tests::exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let small = small_journal(dir.path(), 6 * MIB);
-    let config = full_journal_config(dir.path(), &small, "downsample");
-    let mut agent = binaries::start("edge-agent", dir.path(), &config);
-    let (last, _) = run_until_full(&mut agent, "aggregated");
-    let stats = binaries::journal_stats_json(dir.path());
+    let (dir, small, last, stats) = fill_a_small_journal("downsample", "aggregated");
     let aggregated = j(&stats, "aggregated");
     let aggregates = j(&stats, "aggregates_written");
     assert_eq!(j(&stats, "dropped_oldest"), 0, "aggregating made room");

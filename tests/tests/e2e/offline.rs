@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use buoy_tests::binaries;
-use buoy_tests::kafka::{Kafka, Storage, read_topic};
+use buoy_tests::kafka::{Kafka, Storage};
 use buoy_tests::process::free_port;
 use telemetry::record::Format;
 
@@ -53,14 +53,7 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
     let journaled = stop_agent_and_count(&mut agent, &dir.path().join("journal.redb"));
     assert!(journaled > offline);
 
-    let records = read_topic(
-        &kafka.bootstrap(),
-        "telemetry",
-        Duration::from_secs(10),
-        Some(journaled as usize),
-    );
-    let readings = readings_by_seq(&records, Format::Influx);
-    assert_all_sequence_numbers(&readings, journaled);
+    let readings = every_reading_on_topic(&kafka.bootstrap(), Format::Influx, journaled);
     // Exactly as many points as readings: none lost, none twice.
     db.assert_holds_exactly(&readings, &uplink).await;
     stop_uplink(uplink, 0);

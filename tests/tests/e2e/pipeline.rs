@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use buoy_tests::binaries;
-use buoy_tests::kafka::{Kafka, Storage, read_topic};
+use buoy_tests::kafka::{Kafka, Storage};
 use telemetry::record::Format;
 
 use crate::common::*;
@@ -44,14 +44,7 @@ async fn whole_pipeline(dir: &std::path::Path, db: Database, format: Format) {
 
     // What an independent client finds on the topic: the record contract, and
     // every journaled reading.
-    let records = read_topic(
-        &kafka.bootstrap(),
-        "telemetry",
-        Duration::from_secs(10),
-        Some(journaled as usize),
-    );
-    let readings = readings_by_seq(&records, format);
-    assert_all_sequence_numbers(&readings, journaled);
+    let readings = every_reading_on_topic(&kafka.bootstrap(), format, journaled);
 
     db.assert_holds_exactly(&readings, &uplink).await;
     stop_uplink(uplink, 0);
