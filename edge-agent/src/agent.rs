@@ -43,9 +43,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             moved_to = %q.moved_to.display(),
             salvaged = q.salvaged,
             unparsable = q.unparsable,
+            missing = q.missing,
             "the journal was damaged: it was moved aside (not deleted), a fresh journal was started, \
              and the intact readings found in it were copied over to be forwarded; \
-             readings in damaged parts are lost"
+             readings in damaged parts are lost (at most `missing`: sequence numbers absent \
+             between the oldest and newest salvaged)"
         );
     }
     let journal = Arc::new(journal);

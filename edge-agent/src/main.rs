@@ -130,10 +130,11 @@ fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
         };
     if let Some(q) = opened.quarantined {
         eprintln!(
-            "the journal was damaged ({}); it was moved to {} and {} intact readings were salvaged into a fresh journal",
+            "the journal was damaged ({}); it was moved to {} and {} intact readings were salvaged into a fresh journal; at most {} were lost",
             q.reason,
             q.moved_to.display(),
-            q.salvaged
+            q.salvaged,
+            q.missing
         );
     }
     let result = match command {

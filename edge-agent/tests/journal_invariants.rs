@@ -307,6 +307,9 @@ fn damaged_file_is_quarantined_and_salvaged(damage: impl FnOnce(&mut Vec<u8>)) -
     );
     let salvaged = all(&j);
     assert_eq!(salvaged.len() as u64, q.salvaged);
+    // The loss reported covers what is really missing of the range found.
+    let (lo, hi) = (salvaged[0].seq, salvaged.last().unwrap().seq);
+    assert_eq!(q.missing, hi - lo + 1 - q.salvaged);
     for r in &salvaged {
         assert_eq!(r.reading().unwrap(), readings[r.seq as usize - 1]);
         assert_eq!(&*r.boot_id, "boot-a");

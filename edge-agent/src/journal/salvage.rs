@@ -50,6 +50,10 @@ pub struct Report {
     pub salvaged: u64,
     /// Frames that looked like readings but did not parse as line protocol.
     pub unparsable: u64,
+    /// Sequence numbers missing between the oldest and newest salvaged: at
+    /// most this many readings were lost in the damage (some may have been
+    /// delivered and deleted before it).
+    pub missing: u64,
 }
 
 /// Renames `path` to `<path>.corrupt-<UTC time>` (with a suffix if that
@@ -115,8 +119,11 @@ pub fn salvage(
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let mut unparsable = 0;
     let dropped_before = journal.counters().dropped_oldest;
+    let (mut lowest, mut highest) = (u64::MAX, 0);
     scan_file(&moved_to, |frame| {
         if let Frame::Reading(r) = frame {
+            lowest = lowest.min(r.seq);
+            highest = highest.max(r.seq);
             if telemetry::line_protocol::parse_line(r.line, 0).is_err() {
                 unparsable += 1;
                 return Ok(());
@@ -144,11 +151,17 @@ pub fn salvage(
         ..Counters::default()
     });
     journal.import(&[], carried)?;
+    let missing = if highest >= lowest {
+        (highest - lowest + 1).saturating_sub(salvaged)
+    } else {
+        0
+    };
     Ok(Report {
         moved_to,
         reason,
         salvaged,
         unparsable,
+        missing,
     })
 }
 

@@ -359,6 +359,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commit_interval_zero_commits_every_reading_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(
+            &dir.path().join("j.redb"),
+            super::super::JournalOptions::for_inspection(),
+            "b",
+        )
+        .unwrap();
+        let status = Arc::new(Status::default());
+        let (writer, handles) =
+            JournalWriter::new(Arc::new(journal), Duration::ZERO, 100, status.clone()).unwrap();
+        let task = tokio::spawn(writer.run());
+        // All five are queued before the writer wakes: still five commits.
+        for i in 0..5 {
+            handles.readings.send(reading(i)).await.unwrap();
+        }
+        let mut committed = handles.committed.clone();
+        committed.wait_for(|p| p.last_seq == 5).await.unwrap();
+        assert_eq!(status.snapshot().commits, 5);
+        drop((handles, committed));
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn deletes_acknowledged_readings_and_commits_the_rest_on_shutdown() {
         let (_dir, journal, writer, handles) = setup(Duration::from_secs(3600)).await;
         let task = tokio::spawn(writer.run());
