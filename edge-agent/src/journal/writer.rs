@@ -317,14 +317,16 @@ mod tests {
             .with_field("pressure_hpa", i as f64)
     }
 
-    async fn setup(
-        interval: Duration,
-    ) -> (
-        tempfile::TempDir,
-        Arc<Journal>,
-        JournalWriter,
-        WriterHandles,
-    ) {
+    /// A writer on a fresh journal, committing at most 100 readings at a time.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        status: Arc<Status>,
+        writer: JournalWriter,
+        handles: WriterHandles,
+    }
+
+    fn setup(interval: Duration) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(
             &dir.path().join("j.redb"),
@@ -333,15 +335,27 @@ mod tests {
         )
         .unwrap();
         let journal = Arc::new(journal);
+        let status = Arc::new(Status::default());
         let (writer, handles) =
-            JournalWriter::new(journal.clone(), interval, 100, Arc::new(Status::default()))
-                .unwrap();
-        (dir, journal, writer, handles)
+            JournalWriter::new(journal.clone(), interval, 100, status.clone()).unwrap();
+        Setup {
+            _dir: dir,
+            journal,
+            status,
+            writer,
+            handles,
+        }
     }
 
     #[tokio::test]
     async fn groups_readings_into_one_commit_per_interval() {
-        let (_dir, journal, writer, handles) = setup(Duration::from_secs(2)).await;
+        let Setup {
+            _dir,
+            journal,
+            writer,
+            handles,
+            ..
+        } = setup(Duration::from_secs(2));
         let task = tokio::spawn(writer.run());
         let mut committed = handles.committed.clone();
         for i in 0..10 {
@@ -360,16 +374,13 @@ mod tests {
 
     #[tokio::test]
     async fn commit_interval_zero_commits_every_reading_on_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(
-            &dir.path().join("j.redb"),
-            super::super::JournalOptions::for_inspection(),
-            "b",
-        )
-        .unwrap();
-        let status = Arc::new(Status::default());
-        let (writer, handles) =
-            JournalWriter::new(Arc::new(journal), Duration::ZERO, 100, status.clone()).unwrap();
+        let Setup {
+            _dir,
+            status,
+            writer,
+            handles,
+            ..
+        } = setup(Duration::ZERO);
         let task = tokio::spawn(writer.run());
         // All five are queued before the writer wakes: still five commits.
         for i in 0..5 {
@@ -384,7 +395,13 @@ mod tests {
 
     #[tokio::test]
     async fn deletes_acknowledged_readings_and_commits_the_rest_on_shutdown() {
-        let (_dir, journal, writer, handles) = setup(Duration::from_secs(3600)).await;
+        let Setup {
+            _dir,
+            journal,
+            writer,
+            handles,
+            ..
+        } = setup(Duration::from_secs(3600));
         let task = tokio::spawn(writer.run());
         for i in 0..150 {
             handles.readings.send(reading(i)).await.unwrap();
