@@ -26,8 +26,16 @@ use crate::status::{self, Status};
 
 /// Runs the agent until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_status(config, shutdown, Arc::new(Status::default())).await
+}
+
+/// [`run`], updating `status` as it goes (what the status line reports).
+pub async fn run_with_status(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let status = Arc::new(Status::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let boot_id = journal::current_boot_id();

@@ -15,6 +15,8 @@ use telemetry::config_file::{self, ConfigError, Loaded, Problem};
 use telemetry::record::{Format, broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::units::ByteSize;
 
+use crate::forwarder::schedule::SendWindow;
+use crate::forwarder::security::{self, KafkaSecurity};
 use crate::journal::{JournalOptions, WhenFull};
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -146,8 +148,11 @@ pub struct KafkaConfig {
     pub delivery_timeout: Duration,
     /// Extra librdkafka producer properties, passed through as they are
     /// (security settings, socket tuning). Keys that Buoy sets itself for
-    /// correctness are refused.
+    /// correctness are refused, and so are security settings, which go in
+    /// `[kafka.security]`.
     pub properties: BTreeMap<String, String>,
+    /// TLS and SASL; secrets are read from files.
+    pub security: KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -159,6 +164,7 @@ impl Default for KafkaConfig {
             compression: Compression::Zstd,
             delivery_timeout: Duration::from_secs(60),
             properties: BTreeMap::new(),
+            security: KafkaSecurity::default(),
         }
     }
 }
@@ -183,10 +189,40 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "forward.max_in_flight"),
 ];
 
+/// The order in which journaled readings are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Fresh readings first; the backlog drains behind them.
+    LiveFirst,
+    /// Strictly in sampling order.
+    Fifo,
+}
+
 /// `[forward]`: how the journal is drained into Kafka.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
+    /// `live_first`: readings are sent as soon as they are committed, and the
+    /// backlog (readings taken while the link was down, or before a restart)
+    /// drains behind them with the capacity left. `fifo`: strictly in
+    /// sampling order, the backlog first. Within each, one device's readings
+    /// keep their order.
+    pub order: Order,
+    /// In `live_first` order, a reading not sent this long after it was
+    /// committed is left to the backlog, so live readings stay fresh.
+    #[serde(with = "humantime_serde")]
+    pub live_horizon: Duration,
+    /// Bandwidth budget in bytes per second on the wire (after compression,
+    /// with protocol overhead, as librdkafka counts them). `0`: unlimited.
+    pub max_bytes_per_sec: ByteSize,
+    /// Local times of day when readings may be sent, e.g. `["01:00-05:00"]`
+    /// for a cheap night tariff. Empty: always.
+    pub send_windows: Vec<SendWindow>,
+    /// In `live_first` order, live readings ignore `max_bytes_per_sec` and
+    /// `send_windows` (their bytes still count against the budget, so the
+    /// backlog gets what they leave).
+    pub live_exempt: bool,
     /// Most readings handed to librdkafka and not yet acknowledged. The
     /// journal, not memory, is the buffer; this bounds what sits in RAM.
     pub max_in_flight: usize,
@@ -202,6 +238,11 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
+            order: Order::LiveFirst,
+            live_horizon: Duration::from_secs(5),
+            max_bytes_per_sec: ByteSize(0),
+            send_windows: Vec::new(),
+            live_exempt: false,
             max_in_flight: 20_000,
             max_retry_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -361,6 +402,33 @@ impl AgentConfig {
             self.kafka.properties.keys(),
             RESERVED_PROPERTIES,
         ));
+        p.extend(reserved_property_problems(
+            "kafka.properties",
+            self.kafka.properties.keys(),
+            security::RESERVED_PROPERTIES,
+        ));
+        p.extend(self.kafka.security.problems("kafka.security"));
+        if self.forward.live_exempt && self.forward.order != Order::LiveFirst {
+            p.push(Problem::new(
+                "forward.live_exempt",
+                "only applies to order = \"live_first\" (fifo has no live readings apart from the backlog)",
+            ));
+        }
+        if self.forward.live_horizon < Duration::from_millis(100)
+            || self.forward.live_horizon > Duration::from_secs(3600)
+        {
+            p.push(Problem::new(
+                "forward.live_horizon",
+                "must be between 100ms and 1h",
+            ));
+        }
+        let budget = self.forward.max_bytes_per_sec.bytes();
+        if budget != 0 && budget < 100 {
+            p.push(Problem::new(
+                "forward.max_bytes_per_sec",
+                "must be 0 (unlimited) or at least 100 bytes per second",
+            ));
+        }
         if !(1..=1_000_000).contains(&self.forward.max_in_flight) {
             p.push(Problem::new(
                 "forward.max_in_flight",

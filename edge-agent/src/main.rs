@@ -75,10 +75,15 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<AgentConfig>> {
 fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
     let c = &loaded.config;
     // librdkafka validates its own properties when a client is created.
-    if let Err(e) = edge_agent::forwarder::producer::client_config(c)
-        .create::<rdkafka::producer::BaseProducer>()
-    {
-        eprintln!("kafka.properties: librdkafka refuses these settings: {e}");
+    let kafka = match edge_agent::forwarder::producer::client_config(c) {
+        Ok(kafka) => kafka,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = kafka.create::<rdkafka::producer::BaseProducer>() {
+        eprintln!("kafka: librdkafka refuses these settings: {e}");
         return ExitCode::from(2);
     }
     println!("config OK");
@@ -95,6 +100,27 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         c.kafka.brokers.join(","),
         c.kafka.topic,
         c.kafka.format
+    );
+    let f = &c.forward;
+    println!(
+        "  forward    {:?}, {}{}{}",
+        f.order,
+        if f.max_bytes_per_sec.bytes() == 0 {
+            "no bandwidth limit".to_owned()
+        } else {
+            format!("at most {}/s on the wire", f.max_bytes_per_sec)
+        },
+        if f.send_windows.is_empty() {
+            String::new()
+        } else {
+            let w: Vec<String> = f.send_windows.iter().map(|w| w.to_string()).collect();
+            format!(", only during {} local time", w.join(", "))
+        },
+        if f.live_exempt {
+            " (live readings exempt)"
+        } else {
+            ""
+        }
     );
     for s in &c.sensors {
         let state = if s.enabled { "" } else { " (disabled)" };

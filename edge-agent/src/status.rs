@@ -56,6 +56,8 @@ pub struct Status {
     forwarded: AtomicU64,
     deleted: AtomicU64,
     delivery_errors: AtomicU64,
+    /// Bytes the producer put on the wire (known when a budget is set).
+    wire_bytes: AtomicU64,
     /// Journal records that could not be decoded and were skipped.
     unreadable: AtomicU64,
     /// What the full-journal policy did since start.
@@ -75,6 +77,7 @@ impl Default for Status {
             forwarded: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
             journal_policy: Mutex::new(Counters::default()),
             link: Mutex::new(LinkState {
@@ -97,6 +100,7 @@ pub struct Snapshot {
     pub forwarded: u64,
     pub deleted: u64,
     pub delivery_errors: u64,
+    pub wire_bytes: u64,
     pub unreadable: u64,
     /// What the full-journal policy did since start (the journal's own
     /// counters, in [`JournalStats`], count since it was created).
@@ -126,6 +130,10 @@ impl Status {
     }
     pub fn forwarded(&self, n: u64) {
         self.forwarded.fetch_add(n, Relaxed);
+    }
+    /// Bytes on the wire since start, as librdkafka counts them.
+    pub fn wire_bytes(&self, total: u64) {
+        self.wire_bytes.store(total, Relaxed);
     }
     pub fn unreadable(&self, n: u64) {
         self.unreadable.fetch_add(n, Relaxed);
@@ -168,6 +176,7 @@ impl Status {
             forwarded: self.forwarded.load(Relaxed),
             deleted: self.deleted.load(Relaxed),
             delivery_errors: self.delivery_errors.load(Relaxed),
+            wire_bytes: self.wire_bytes.load(Relaxed),
             unreadable: self.unreadable.load(Relaxed),
             journal_policy: *self.journal_policy.lock().expect("status lock"),
             link: link.link,
@@ -179,7 +188,26 @@ impl Status {
 /// Logs one status line. The journal's counters (dropped, refused,
 /// aggregated, quarantined, salvaged) are its persisted totals.
 pub fn log_status(s: &Snapshot, journal: Option<&JournalStats>) {
+    log_status_with_rate(s, journal, None);
+}
+
+/// How long ago the oldest reading still in the journal was sampled: how far
+/// behind Kafka is.
+pub fn oldest_unsent_age(journal: &JournalStats, now_ns: i64) -> Option<Duration> {
+    let oldest = journal.oldest_timestamp_ns?;
+    Some(Duration::from_nanos(
+        now_ns.saturating_sub(oldest).max(0) as u64
+    ))
+}
+
+fn log_status_with_rate(s: &Snapshot, journal: Option<&JournalStats>, send_rate: Option<f64>) {
     let counters = journal.map(|j| j.counters).unwrap_or_default();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let oldest_unsent_age_s = journal
+        .and_then(|j| oldest_unsent_age(j, now_ns))
+        .map_or(0.0, |d| (d.as_secs_f64() * 10.0).round() / 10.0);
     tracing::info!(
         sampled = s.sampled,
         journaled = s.journaled,
@@ -193,7 +221,10 @@ pub fn log_status(s: &Snapshot, journal: Option<&JournalStats>) {
         aggregates = counters.aggregates,
         quarantined = counters.quarantined,
         salvaged = counters.salvaged,
+        oldest_unsent_age_s,
         forwarded = s.forwarded,
+        send_rate = send_rate.map_or(0.0, |r| r.round()),
+        wire_bytes = s.wire_bytes,
         link = s.link.as_str(),
         sensor_errors = s.sensor_errors,
         dropped_queue_full = s.dropped_queue_full,
@@ -219,9 +250,17 @@ pub async fn report_periodically(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    let mut last = (tokio::time::Instant::now(), status.snapshot().forwarded);
     loop {
         tokio::select! {
-            _ = ticker.tick() => log_status(&status.snapshot(), journal().as_ref()),
+            _ = ticker.tick() => {
+                let snapshot = status.snapshot();
+                let now = tokio::time::Instant::now();
+                let elapsed = now.duration_since(last.0).as_secs_f64().max(1e-3);
+                let rate = (snapshot.forwarded - last.1) as f64 / elapsed;
+                last = (now, snapshot.forwarded);
+                log_status_with_rate(&snapshot, journal().as_ref(), Some(rate));
+            }
             _ = shutdown.cancelled() => return,
         }
     }

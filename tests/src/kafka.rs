@@ -28,6 +28,7 @@ pub enum Storage {
 
 pub struct Kafka {
     pub service: Service,
+    /// The port clients bootstrap from (the advertised one).
     pub port: u16,
 }
 
@@ -40,9 +41,16 @@ impl Kafka {
     /// Starts a broker on `port` in `dir` (a later broker on the same port
     /// and directory with `Storage::Sqlite` finds the earlier one's data).
     pub fn start_on(port: u16, dir: &Path, storage: Storage) -> Kafka {
+        Kafka::start_advertising(port, port, dir, storage)
+    }
+
+    /// Starts a broker listening on `port` that tells clients to connect to
+    /// `advertised` (where a [`crate::proxy::Proxy`] forwards to `port`).
+    pub fn start_advertising(port: u16, advertised: u16, dir: &Path, storage: Storage) -> Kafka {
         let tansu = require("tansu", TANSU_INSTALL);
         std::fs::create_dir_all(dir).expect("broker dir");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let engine = match storage {
             Storage::Memory => "memory://tansu/".to_owned(),
             Storage::Sqlite => "sqlite://broker.db".to_owned(),
@@ -54,7 +62,7 @@ impl Kafka {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", &engine])
             .env_remove("LISTENER_URL")
@@ -65,7 +73,10 @@ impl Kafka {
         let log = unique_log(dir, "tansu");
         let service = Service::spawn("tansu", c, &log);
         wait_for_port(port, Duration::from_secs(30), &service);
-        Kafka { service, port }
+        Kafka {
+            service,
+            port: advertised,
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -77,6 +88,31 @@ impl Kafka {
     pub async fn create_topics(&self, topics: &[&str]) {
         create_topics(&self.bootstrap(), topics).await;
     }
+}
+
+/// Indexes the header table of a stopped Tansu's `sqlite://broker.db` in
+/// `dir`. Tansu 0.6 has no index there, so it scans every header of the
+/// partition for each record it fetches: fetching is quadratic, and a
+/// consumer's first fetch of some 50,000 records with headers never finishes
+/// (pitfalls.md). Only the broker's speed changes, not what it returns.
+pub fn index_tansu_headers(dir: &Path) {
+    let db = dir.join("broker.db");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute('create index if not exists buoy_header_by_record on header (topition, offset_id)'); \
+             c.commit()",
+        )
+        .arg(&db)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "cannot index {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn unique_log(dir: &Path, name: &str) -> PathBuf {

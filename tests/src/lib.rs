@@ -13,6 +13,7 @@
 //! - [`kafka`]: Tansu, topic creation, and the independent kafka-python reader.
 //! - [`victoria`], [`influx`]: the databases and what they hold.
 //! - [`fs`]: a size-limited tmpfs for full-disk tests.
+//! - [`proxy`]: a TCP proxy that counts the bytes a client sends.
 //! - [`points`]: readings as databases return them, for exact comparisons.
 
 pub mod binaries;
@@ -21,6 +22,7 @@ pub mod influx;
 pub mod kafka;
 pub mod points;
 pub mod process;
+pub mod proxy;
 pub mod victoria;
 
 use tokio::sync::{Mutex, MutexGuard};

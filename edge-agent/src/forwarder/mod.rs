@@ -1,23 +1,42 @@
 //! # The forwarder: journal → Kafka
 //!
-//! Reads the journal in sequence order, in bounded windows, and hands each
-//! reading to librdkafka (`acks=all`, idempotent). Only when a delivery report
-//! says Kafka has a reading is its sequence number passed to the journal
-//! writer for deletion.
+//! Reads the journal in bounded windows and hands each reading to librdkafka
+//! (`acks=all`, idempotent). Only when a delivery report says Kafka has a
+//! reading is its sequence number passed to the journal writer for deletion.
+//!
+//! Order: in `live_first` (the default), readings are sent as soon as they
+//! are committed, and what the link could not carry (the backlog from before
+//! a restart or an outage) drains behind them in lanes, oldest first, with
+//! the capacity left (see [`lanes`]). The backlog's share of librdkafka's
+//! queue is held to about a second of deliveries, so a live reading never
+//! waits behind much of it. In `fifo`, everything goes in sampling order.
 //!
 //! While Kafka is unreachable, or the topic does not exist, deliveries fail;
-//! the forwarder stops sending newer readings, waits for the outstanding ones
-//! to resolve, backs off (exponentially, with jitter), and resumes from the
-//! oldest unacknowledged reading. Nothing is ever dropped: a reading that
-//! times out inside librdkafka is simply read from the journal again. The
-//! producer reconnects by itself, so the agent catches up without a restart.
+//! the forwarder stops sending, waits for the outstanding ones to resolve,
+//! backs off (exponentially, with jitter), and resumes from the oldest
+//! unacknowledged reading of each lane. Nothing is ever dropped: a reading
+//! that times out inside librdkafka is simply read from the journal again.
+//! The producer reconnects by itself, so the agent catches up without a
+//! restart.
+//!
+//! A bandwidth budget ([`budget`]) and send windows ([`schedule`]) gate what
+//! is handed over; live readings may be exempted from both.
 //!
 //! ## Layout
-//! - [`window`]: the in-flight bookkeeping, pure and unit-tested.
+//! - [`lanes`]: the in-flight bookkeeping and drain order, pure and
+//!   unit-tested.
+//! - [`budget`]: the token bucket over bytes on the wire.
+//! - [`schedule`]: send windows by local time of day.
 //! - [`producer`]: librdkafka's configuration and callbacks.
+//! - `state`: what one run of the forwarder keeps track of.
+//! - [`security`]: TLS and SASL settings, secrets read from files.
 
+pub mod budget;
+pub mod lanes;
 pub mod producer;
-pub mod window;
+pub mod schedule;
+pub mod security;
+mod state;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -25,30 +44,32 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use telemetry::backoff::Backoff;
 use telemetry::record::{Format, HEADER_BOOT, HEADER_CONTENT_TYPE, HEADER_SEQ};
 use telemetry::telegraf_json;
-use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Order};
 use crate::journal::{Journal, JournalRecord, Progress, ReadResult};
 use crate::status::{Link, Status};
-use producer::{Delivery, Producer};
-use window::Window;
+use lanes::{Allowed, LaneKind};
+use producer::{Event, Producer};
+use state::Run;
 
 /// Most journal records read in one go.
 const READ_CHUNK: usize = 2_000;
+/// Bytes a record's headers and framing add to its value and key, for the
+/// budget's estimate before compression.
+const RECORD_OVERHEAD: usize = 80;
 
 /// Why the forwarder could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
     #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[from] KafkaError),
+    Producer(#[from] producer::CreateError),
 }
 
 pub struct Forwarder {
@@ -69,21 +90,6 @@ enum SendError {
     Encode(String),
     /// librdkafka refused it for another reason.
     Kafka(KafkaError),
-}
-
-/// The state of one run, kept apart from the task's inputs.
-struct Run {
-    window: Window,
-    backoff: Backoff,
-    /// No new sends before this instant (backing off after a failure).
-    resume_at: Option<Instant>,
-    /// librdkafka reported a fatal error: replace the producer.
-    fatal: bool,
-    /// The most recent delivery error since the last rewind.
-    last_failure: Option<KafkaError>,
-    /// The last diagnosis logged, to log again at once when it changes.
-    last_diagnosis: String,
-    failure_log: Throttle,
 }
 
 impl Forwarder {
@@ -112,62 +118,60 @@ impl Forwarder {
         let (deliveries_tx, mut deliveries) = mpsc::unbounded_channel();
         let mut producer =
             producer::create(&self.config, deliveries_tx.clone(), self.status.clone())?;
-        let mut run = Run {
-            window: Window::new(self.config.forward.max_in_flight),
-            backoff: Backoff::new(
-                Duration::from_millis(250),
-                self.config.forward.max_retry_delay,
-            ),
-            resume_at: None,
-            fatal: false,
-            last_failure: None,
-            last_diagnosis: String::new(),
-            failure_log: Throttle::new(Duration::from_secs(60)),
-        };
+        let head = self.committed.borrow().last_seq;
+        let now = Instant::now();
+        let mut run = Run::new(&self.config.forward, head, now);
         let mut stopping: Option<Instant> = None;
         let mut committed_open = true;
         loop {
-            if run.resume_at.is_none_or(|t| Instant::now() >= t) {
+            let now = Instant::now();
+            if let Some(budget) = &mut run.budget {
+                let sent = producer.context().wire_bytes();
+                budget.observe_wire(sent, now.into_std());
+                self.status.wire_bytes(run.wire_base + sent);
+            }
+            if run.lanes.ready_to_rewind() {
+                self.rewind(&producer, &mut run).await;
+            }
+            if run.renew_producer && run.lanes.in_flight() == 0 {
+                run.wire_base += producer.context().wire_bytes();
+                producer = self
+                    .replace_producer(producer, deliveries_tx.clone())
+                    .await?;
+                run.renew_producer = false;
+            }
+            if !run.renew_producer && run.resume_at.is_none_or(|t| now >= t) {
                 run.resume_at = None;
+                run.wake_at = None;
                 self.fill(&producer, &mut run).await;
             }
-            let acked = run.window.take_acked();
+            let acked = run.lanes.take_acked();
             if !acked.is_empty() {
                 let _ = self.acks.send(acked);
             }
-            if run.window.ready_to_rewind() {
-                self.rewind(&producer, &mut run).await;
-                if run.fatal {
-                    producer = self
-                        .replace_producer(producer, deliveries_tx.clone())
-                        .await?;
-                    run.fatal = false;
-                }
-            }
             if let Some(deadline) = stopping {
                 let progress = *self.committed.borrow();
-                let drained = progress.sampling_done
-                    && run.window.cursor() >= progress.last_seq
-                    && run.window.in_flight() == 0
-                    && !run.window.ready_to_rewind();
+                let drained = progress.sampling_done && run.lanes.drained(progress.last_seq);
                 if drained || Instant::now() >= deadline {
                     break;
                 }
             }
-            let wake = [run.resume_at, stopping]
+            let wake = [run.resume_at, run.wake_at, stopping]
                 .into_iter()
                 .flatten()
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                Some(d) = deliveries.recv() => {
-                    self.handle(d, &producer, &mut run);
-                    while let Ok(d) = deliveries.try_recv() {
-                        self.handle(d, &producer, &mut run);
+                Some(event) = deliveries.recv() => {
+                    self.handle(event, &producer, &mut run);
+                    while let Ok(event) = deliveries.try_recv() {
+                        self.handle(event, &producer, &mut run);
                     }
                 }
                 changed = self.committed.changed(), if committed_open => {
                     committed_open = changed.is_ok();
+                    let head = self.committed.borrow().last_seq;
+                    run.saw_head(head, Instant::now());
                 }
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.cancelled(), if stopping.is_none() => {
@@ -175,16 +179,15 @@ impl Forwarder {
                 }
             }
         }
-        let outstanding = *self.committed.borrow();
-        let unsent = outstanding.last_seq.saturating_sub(run.window.cursor())
-            + run.window.in_flight() as u64;
+        let outstanding = self.committed.borrow().last_seq;
+        let unsent = run.lanes.unsent(outstanding);
         if unsent > 0 {
             tracing::info!(
                 unsent,
                 "stopping with readings not yet acknowledged by Kafka; they stay in the journal"
             );
         }
-        let acked = run.window.take_acked();
+        let acked = run.lanes.take_acked();
         if !acked.is_empty() {
             let _ = self.acks.send(acked);
         }
@@ -194,9 +197,14 @@ impl Forwarder {
     }
 
     /// After a failure has fully resolved: go back to the oldest failed
-    /// reading, back off, and tell the operator what is wrong.
+    /// reading of each lane, back off, and tell the operator what is wrong.
     async fn rewind(&self, producer: &Producer, run: &mut Run) {
-        let from = run.window.rewind() + 1;
+        let from = run.lanes.rewind();
+        if self.config.forward.order == Order::LiveFirst {
+            // Whatever the outage held back is backlog now; readings taken
+            // from here on go first.
+            run.lanes.jump_live(self.committed.borrow().last_seq);
+        }
         let delay = run.backoff.next_delay(rand::random());
         run.resume_at = Some(Instant::now() + delay);
         let diagnosis = match run.last_failure.take() {
@@ -250,15 +258,68 @@ impl Forwarder {
         .unwrap_or_else(|e| format!("cannot diagnose the delivery failure: {e}"))
     }
 
-    /// Hands committed records to librdkafka while the window has room.
+    /// Which lanes the send windows let through now.
+    fn allowed(&self, run: &mut Run, now: Instant) -> Allowed {
+        let forward = &self.config.forward;
+        let open = schedule::open_at(&forward.send_windows, schedule::local_minute_of_day());
+        if open == run.window_closed {
+            run.window_closed = !open;
+            if !forward.send_windows.is_empty() {
+                tracing::info!(
+                    open,
+                    live_exempt = forward.live_exempt,
+                    "send window {}",
+                    if open { "open" } else { "closed" }
+                );
+            }
+        }
+        if !open {
+            // Windows are whole minutes: look again within one.
+            run.wake_no_later_than(now + Duration::from_secs(10));
+        }
+        let exempt = forward.live_exempt;
+        Allowed {
+            live: open || exempt,
+            backlog: open,
+            backlog_in_flight: run.backlog_in_flight(),
+        }
+    }
+
+    /// Hands committed records to librdkafka while the lanes, the budget and
+    /// librdkafka's queue have room.
     async fn fill(&mut self, producer: &Producer, run: &mut Run) {
+        let live_first = self.config.forward.order == Order::LiveFirst;
         loop {
             let committed = self.committed.borrow().last_seq;
-            let room = run.window.room();
-            if room == 0 || run.window.cursor() >= committed {
-                return;
+            let now = Instant::now();
+            if live_first
+                && !run.lanes.failure_pending()
+                && run.lanes.live_pending(committed) > 0
+                && run.live_lag(now) > self.config.forward.live_horizon
+            {
+                tracing::debug!(
+                    from = run.lanes.live_cursor(),
+                    to = committed,
+                    "live readings fell behind; they join the backlog"
+                );
+                run.lanes.jump_live(committed);
             }
-            let batch = match self.read(run.window.cursor(), room.min(READ_CHUNK)).await {
+            let allowed = self.allowed(run, now);
+            let Some(next) = run.lanes.next(committed, allowed) else {
+                return;
+            };
+            let budgeted = !(next.lane == LaneKind::Live && self.config.forward.live_exempt);
+            let mut limit = next.limit.min(READ_CHUNK);
+            if let (Some(budget), true) = (&mut run.budget, budgeted) {
+                limit =
+                    limit.min(budget.records_allowed(run.record_bytes as usize, now.into_std()));
+                if limit == 0 {
+                    let wait = budget.wait(now.into_std());
+                    run.wake_no_later_than(now + wait);
+                    return;
+                }
+            }
+            let batch = match self.read(next.after, next.up_to, limit).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the journal; retrying");
@@ -267,10 +328,10 @@ impl Forwarder {
                 }
             };
             if batch.is_empty() {
-                // Everything up to `committed` was acknowledged and deleted
+                // Everything up to `up_to` was acknowledged and deleted
                 // (possible after a rewind).
-                run.window.skipped_to(committed);
-                return;
+                run.lanes.skipped_to(next.up_to);
+                continue;
             }
             for item in batch {
                 let record = match item {
@@ -278,12 +339,24 @@ impl Forwarder {
                     Err(bad) => {
                         self.status.unreadable(1);
                         tracing::error!(seq = bad.seq, reason = %bad.reason, "journal record is unreadable; skipping it");
-                        run.window.skipped(bad.seq);
+                        run.lanes.skipped(bad.seq);
                         continue;
                     }
                 };
+                if budgeted
+                    && let Some(budget) = &mut run.budget
+                    && !budget.allows(Instant::now().into_std())
+                {
+                    return;
+                }
                 match self.send(producer, &record) {
-                    Ok(()) => run.window.sent(record.seq),
+                    Ok(raw) => {
+                        run.lanes.sent(record.seq);
+                        run.record_bytes = 0.9 * run.record_bytes + 0.1 * raw as f64;
+                        if let Some(budget) = &mut run.budget {
+                            budget.charge(raw);
+                        }
+                    }
                     Err(SendError::QueueFull) => return,
                     Err(SendError::Encode(reason)) => {
                         self.status.unreadable(1);
@@ -292,10 +365,10 @@ impl Forwarder {
                             reason,
                             "journal record cannot be encoded; skipping it"
                         );
-                        run.window.skipped(record.seq);
+                        run.lanes.skipped(record.seq);
                     }
                     Err(SendError::Kafka(e)) => {
-                        run.window.sent(record.seq);
+                        run.lanes.sent(record.seq);
                         self.failed(record.seq, &e, producer, run);
                         return;
                     }
@@ -307,15 +380,18 @@ impl Forwarder {
     async fn read(
         &self,
         after: u64,
+        up_to: u64,
         limit: usize,
     ) -> Result<Vec<ReadResult>, crate::journal::JournalError> {
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.read_after(after, limit))
+        tokio::task::spawn_blocking(move || journal.read_range(after, up_to, limit))
             .await
             .expect("journal read task panicked")
     }
 
-    fn send(&self, producer: &Producer, record: &JournalRecord) -> Result<(), SendError> {
+    /// Hands one record to librdkafka; returns its raw size (value, key and
+    /// headers), what the budget is charged before compression.
+    fn send(&self, producer: &Producer, record: &JournalRecord) -> Result<usize, SendError> {
         let format = self.config.kafka.format;
         let value: Cow<'_, str> = match format {
             Format::Influx => Cow::Borrowed(&record.line),
@@ -329,6 +405,7 @@ impl Forwarder {
                 )
             }
         };
+        let raw = value.len() + record.key.len() + RECORD_OVERHEAD;
         let seq = record.seq.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
@@ -350,20 +427,43 @@ impl Forwarder {
             .key(record.key.as_str())
             .payload(value.as_ref())
             .headers(headers);
-        producer.send(message).map_err(|(e, _)| match e {
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-            e => SendError::Kafka(e),
-        })
+        producer
+            .send(message)
+            .map(|()| raw)
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
+                e => SendError::Kafka(e),
+            })
     }
 
-    fn handle(&self, delivery: Delivery, producer: &Producer, run: &mut Run) {
+    fn handle(&self, event: Event, producer: &Producer, run: &mut Run) {
+        let delivery = match event {
+            Event::Delivery(delivery) => delivery,
+            Event::BrokerLost => {
+                if !run.renew_producer && run.lanes.in_flight() > 0 && !run.told_lost {
+                    run.told_lost = true;
+                    tracing::info!(
+                        in_flight = run.lanes.in_flight(),
+                        "lost the connection to Kafka: the readings in flight go back to the journal, \
+                         and a fresh producer session starts"
+                    );
+                }
+                run.renew_producer = true;
+                // What was queued comes back as failed deliveries, to be read
+                // from the journal again.
+                producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
+                return;
+            }
+        };
         match delivery.result {
             Ok(()) => {
-                run.window.delivered(delivery.seq);
+                run.lanes.delivered(delivery.seq);
+                run.delivered(Instant::now());
                 self.status.forwarded(1);
                 if self.status.link_up() != Link::Up {
                     run.backoff.reset();
                     run.failure_log.reset();
+                    run.told_lost = false;
                     run.last_diagnosis.clear();
                     tracing::info!(
                         topic = %self.config.kafka.topic,
@@ -377,7 +477,7 @@ impl Forwarder {
 
     fn failed(&self, seq: u64, error: &KafkaError, producer: &Producer, run: &mut Run) {
         tracing::debug!(seq, %error, "delivery failed");
-        run.window.failed(seq);
+        run.lanes.failed(seq);
         self.status.link_down(error.to_string());
         run.last_failure = Some(error.clone());
         if let Some((code, reason)) = producer.client().fatal_error() {
@@ -386,7 +486,7 @@ impl Forwarder {
                 reason,
                 "the Kafka producer hit a fatal error; it will be recreated"
             );
-            run.fatal = true;
+            run.renew_producer = true;
         }
     }
 
@@ -394,7 +494,7 @@ impl Forwarder {
     async fn replace_producer(
         &self,
         old: Producer,
-        deliveries: mpsc::UnboundedSender<Delivery>,
+        deliveries: mpsc::UnboundedSender<Event>,
     ) -> Result<Producer, ForwarderError> {
         let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         Ok(producer::create(
@@ -412,6 +512,8 @@ fn is_timeout_or_unknown_topic(error: &KafkaError) -> bool {
         error.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
                 | RDKafkaErrorCode::UnknownTopicOrPartition
                 | RDKafkaErrorCode::UnknownTopic
         )

@@ -2,16 +2,20 @@
 //! that feed delivery reports and connection errors back to the forwarder.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use telemetry::throttle::Throttle;
 use tokio::sync::mpsc;
 
+use super::security::SecretFileError;
 use crate::config::AgentConfig;
 use crate::status::{Link, Status};
 
@@ -26,16 +30,33 @@ pub struct Delivery {
     pub result: Result<(), KafkaError>,
 }
 
+/// What librdkafka tells the forwarder.
+#[derive(Debug)]
+pub enum Event {
+    Delivery(Delivery),
+    /// A broker connection failed or was lost.
+    BrokerLost,
+}
+
 /// Receives librdkafka's callbacks.
 pub struct ForwarderContext {
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    deliveries: mpsc::UnboundedSender<Event>,
     status: Arc<Status>,
     /// One throttle per librdkafka log facility, so a broker that refuses
     /// connections is logged once a minute, not on every retry.
     throttles: Mutex<HashMap<String, Throttle>>,
+    /// Bytes this producer has put on the wire, from librdkafka's statistics
+    /// (only collected when a bandwidth budget is set).
+    wire_bytes: AtomicU64,
 }
 
 impl ForwarderContext {
+    /// Bytes sent to all brokers since this producer was created, as of
+    /// librdkafka's last statistics.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Relaxed)
+    }
+
     fn throttled(&self, facility: &str) -> Option<u64> {
         let mut map = self.throttles.lock().expect("throttle lock");
         map.entry(facility.to_owned())
@@ -63,7 +84,18 @@ impl ClientContext for ForwarderContext {
         }
     }
 
+    fn stats(&self, statistics: Statistics) {
+        let sent: u64 = statistics.brokers.values().map(|b| b.txbytes).sum();
+        self.wire_bytes.store(sent, Relaxed);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            let _ = self.deliveries.send(Event::BrokerLost);
+        }
         let previous = self.status.link_error(format!("{error}: {reason}"));
         if let Some(held_back) = self.throttled("error") {
             if previous != Link::Down {
@@ -89,14 +121,20 @@ impl ProducerContext for ForwarderContext {
         };
         // The forwarder may already have stopped; then the record simply
         // stays in the journal.
-        let _ = self.deliveries.send(Delivery { seq: *seq, result });
+        let _ = self
+            .deliveries
+            .send(Event::Delivery(Delivery { seq: *seq, result }));
     }
 }
 
 pub type Producer = ThreadedProducer<ForwarderContext>;
 
-/// The librdkafka settings for the agent's producer.
-pub fn client_config(config: &AgentConfig) -> ClientConfig {
+/// How often librdkafka reports the bytes it sent, when a budget is set.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The librdkafka settings for the agent's producer, with the security
+/// secrets read from their files. Never log the result: it holds them.
+pub fn client_config(config: &AgentConfig) -> Result<ClientConfig, SecretFileError> {
     let mut c = ClientConfig::new();
     let kafka = &config.kafka;
     c.set("bootstrap.servers", kafka.brokers.join(","))
@@ -121,23 +159,41 @@ pub fn client_config(config: &AgentConfig) -> ClientConfig {
         .set("reconnect.backoff.max.ms", "10000")
         // Notice a topic created after start-up within seconds.
         .set("topic.metadata.refresh.interval.ms", "10000");
+    if config.forward.max_bytes_per_sec.bytes() > 0 {
+        c.set(
+            "statistics.interval.ms",
+            STATS_INTERVAL.as_millis().to_string(),
+        );
+    }
     for (key, value) in &kafka.properties {
         c.set(key, value);
     }
-    c
+    kafka.security.apply(&mut c)?;
+    Ok(c)
+}
+
+/// Why a producer cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
+    #[error("librdkafka refused the producer settings: {0}")]
+    Kafka(#[from] KafkaError),
 }
 
 /// Creates the producer. Fails on settings librdkafka refuses (a bad property
-/// in `kafka.properties`), which `check-config` reports too.
+/// in `kafka.properties`) or a secret file that cannot be read, which
+/// `check-config` reports too.
 pub fn create(
     config: &AgentConfig,
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    deliveries: mpsc::UnboundedSender<Event>,
     status: Arc<Status>,
-) -> Result<Producer, KafkaError> {
+) -> Result<Producer, CreateError> {
     let context = ForwarderContext {
         deliveries,
         status,
         throttles: Mutex::new(HashMap::new()),
+        wire_bytes: AtomicU64::new(0),
     };
-    client_config(config).create_with_context(context)
+    Ok(client_config(config)?.create_with_context(context)?)
 }

@@ -212,6 +212,8 @@ pub struct Committed {
 pub struct JournalStats {
     pub records: u64,
     pub first_seq: Option<u64>,
+    /// When the oldest reading held was sampled (ns since the epoch).
+    pub oldest_timestamp_ns: Option<i64>,
     pub last_seq: Option<u64>,
     /// The number the next appended reading will get.
     pub next_seq: u64,

@@ -281,12 +281,25 @@ impl Journal {
     /// order. A record that cannot be decoded comes back as an error in its
     /// place, so the caller can report and skip it.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<ReadResult>, JournalError> {
+        self.read_range(after, u64::MAX, limit)
+    }
+
+    /// Like [`Journal::read_after`], stopping after sequence number `up_to`.
+    pub fn read_range(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<ReadResult>, JournalError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let table = tx.open_table(READINGS)?;
             let boots = self.boots_of(&tx)?;
             let mut out = Vec::new();
-            for entry in table.range(after.saturating_add(1)..)?.take(limit) {
+            for entry in table.range(after + 1..=up_to)?.take(limit) {
                 let (seq, value) = entry?;
                 out.push(to_record(seq.value(), value.value(), &boots));
             }
@@ -308,20 +321,22 @@ impl Journal {
 
     /// Counts and bounds of what the journal holds.
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
-        let (records, first_seq, last_seq, next_seq) = self.with_db(|db| {
+        let (records, first, last_seq, next_seq) = self.with_db(|db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(READINGS)?;
             let meta = tx.open_table(META)?;
             Ok((
                 t.len()?,
-                t.first()?.map(|(k, _)| k.value()),
+                t.first()?
+                    .map(|(k, v)| (k.value(), oldest_timestamp(v.value()))),
                 t.last()?.map(|(k, _)| k.value()),
                 next_seq(&t, &meta)?,
             ))
         })?;
         Ok(JournalStats {
             records,
-            first_seq,
+            first_seq: first.map(|(seq, _)| seq),
+            oldest_timestamp_ns: first.and_then(|(_, ts)| ts),
             last_seq,
             next_seq,
             file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
@@ -353,6 +368,12 @@ impl Journal {
             }
         }
     }
+}
+
+/// The timestamp of a stored reading: the last field of its line.
+fn oldest_timestamp(value: &[u8]) -> Option<i64> {
+    let r = record::decode_reading(value).ok()?;
+    r.line.rsplit(' ').next()?.parse().ok()
 }
 
 fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResult {

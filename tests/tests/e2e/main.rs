@@ -8,14 +8,21 @@
 //!   broker and its topic appear, without a restart.
 //! - [`dead_letters`]: malformed records go to the dead-letter topic with
 //!   their source offsets; good records from any supported format are written.
+//! - [`forwarding`]: the broker killed while the agent samples fast, live
+//!   readings overtaking a 200,000-reading backlog, and the bandwidth budget
+//!   measured on the wire.
 //! - [`journal`]: the journal under abuse: 50 SIGKILLs with zero loss of
 //!   committed readings, each full-journal policy on a too-small disk, and
 //!   damaged journal files quarantined, salvaged and forwarded.
+//! - [`tls`]: forwarding over mutual TLS (socat in front of Tansu), the
+//!   client key's password read from a file and never logged.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
 
 mod cli;
 mod common;
 mod dead_letters;
+mod forwarding;
 mod journal;
 mod offline;
 mod pipeline;
+mod tls;
