@@ -76,6 +76,13 @@ Environment:
                          BUOY_KAFKA_BROKERS=a:9092,b:9092, BUOY_JOURNAL_COMMIT_INTERVAL=2s
   RUST_LOG               log filter (default: info), e.g. RUST_LOG=debug
   STATE_DIRECTORY        default journal directory (set by systemd's StateDirectory=)
+  CREDENTIALS_DIRECTORY  where relative [kafka.security] secret files are looked up
+                         (set by systemd's LoadCredential=)
+
+Forwarding: fresh readings go to Kafka first and the backlog drains behind them
+([forward] order = \"live_first\", or \"fifo\"); [forward] max_bytes_per_sec caps the
+bytes on the wire and send_windows = [\"01:00-05:00\"] limits sending to local times
+of day. TLS and SASL go in [kafka.security]; secrets are read from files.
 
 Signals:
   SIGTERM, SIGINT        stop sampling, wait briefly for Kafka acknowledgements,
