@@ -208,7 +208,7 @@ impl Forwarder {
         let delay = run.backoff.next_delay(rand::random());
         run.resume_at = Some(Instant::now() + delay);
         let diagnosis = match run.last_failure.take() {
-            Some(e) if is_timeout_or_unknown_topic(&e) => self.diagnose(producer).await,
+            Some(e) if calls_for_diagnosis(&e) => self.diagnose(producer).await,
             Some(e) => {
                 format!("Kafka refused readings ({e}); they stay in the journal and are sent again")
             }
@@ -261,7 +261,10 @@ impl Forwarder {
     /// Which lanes the send windows let through now.
     fn allowed(&self, run: &mut Run, now: Instant) -> Allowed {
         let forward = &self.config.forward;
-        let open = schedule::open_at(&forward.send_windows, schedule::local_minute_of_day());
+        // Only look at the clock when there are windows: this runs for every
+        // chunk handed over.
+        let open = forward.send_windows.is_empty()
+            || schedule::open_at(&forward.send_windows, schedule::local_minute_of_day());
         if open == run.window_closed {
             run.window_closed = !open;
             if !forward.send_windows.is_empty() {
@@ -506,8 +509,9 @@ impl Forwarder {
 }
 
 /// Whether a failure calls for asking the broker what is wrong: librdkafka
-/// reports a missing topic as a timeout when the topic never appears.
-fn is_timeout_or_unknown_topic(error: &KafkaError) -> bool {
+/// reports a missing topic as a timeout when the topic never appears, and
+/// readings purged after a lost connection say nothing about why.
+fn calls_for_diagnosis(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(

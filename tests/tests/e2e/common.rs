@@ -25,28 +25,7 @@ pub fn agent_config(
     sensors_per_kind: usize,
     interval: &str,
 ) -> String {
-    let format = match format {
-        Format::Influx => "influx",
-        Format::Json => "json",
-    };
-    let mut c = format!(
-        r#"device_id = "{DEVICE}"
-[journal]
-path = "{journal}"
-commit_interval = "100ms"
-[kafka]
-brokers = ["{bootstrap}"]
-topic = "telemetry"
-format = "{format}"
-delivery_timeout = "5s"
-[forward]
-max_retry_delay = "2s"
-shutdown_grace = "15s"
-[status]
-log_interval = "500ms"
-"#,
-        journal = dir.join("journal.redb").display()
-    );
+    let mut c = agent_config_head(dir, bootstrap, format, "", "");
     let kinds = [
         "simulated_weather",
         "simulated_visibility",
@@ -62,6 +41,41 @@ log_interval = "500ms"
         }
     }
     c
+}
+
+/// An agent config without sensors: the journal in `dir`, Kafka at
+/// `bootstrap`, `forward` added to the `[forward]` table and `tables` (more
+/// TOML tables) after the others.
+pub fn agent_config_head(
+    dir: &Path,
+    bootstrap: &str,
+    format: Format,
+    forward: &str,
+    tables: &str,
+) -> String {
+    let format = match format {
+        Format::Influx => "influx",
+        Format::Json => "json",
+    };
+    format!(
+        r#"device_id = "{DEVICE}"
+[journal]
+path = "{journal}"
+commit_interval = "100ms"
+[kafka]
+brokers = ["{bootstrap}"]
+topic = "telemetry"
+format = "{format}"
+delivery_timeout = "5s"
+[forward]
+max_retry_delay = "2s"
+shutdown_grace = "15s"
+{forward}
+[status]
+log_interval = "500ms"
+{tables}"#,
+        journal = dir.join("journal.redb").display()
+    )
 }
 
 /// The database a test writes to.

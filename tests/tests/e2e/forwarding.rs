@@ -54,27 +54,9 @@ fn journal_with_backlog(path: &Path, n: u64) {
 
 /// An agent config over an existing journal with one live sensor.
 fn agent_over_backlog(dir: &Path, bootstrap: &str, forward: &str) -> String {
+    let head = agent_config_head(dir, bootstrap, Format::Influx, forward, "");
     format!(
-        r#"device_id = "{DEVICE}"
-[journal]
-path = "{journal}"
-commit_interval = "100ms"
-[kafka]
-brokers = ["{bootstrap}"]
-topic = "telemetry"
-delivery_timeout = "10s"
-[forward]
-shutdown_grace = "2s"
-{forward}
-[status]
-log_interval = "1s"
-[[sensor]]
-name = "live"
-kind = "simulated_weather"
-interval = "100ms"
-seed = 7
-"#,
-        journal = dir.join("journal.redb").display()
+        "{head}[[sensor]]\nname = \"live\"\nkind = \"simulated_weather\"\ninterval = \"100ms\"\nseed = 7\n"
     )
 }
 

@@ -30,104 +30,58 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new EC key (encrypted with `password`, if given) and a signing request.
+fn key_and_request(dir: &Path, name: &str, subject: &str, password: Option<&str>) {
+    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ];
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+    let pass = password.map(|p| format!("pass:{p}"));
+    match &pass {
+        Some(pass) => args.extend(["-passout", pass.as_str()]),
+        None => args.push("-nodes"),
+    }
+    openssl(dir, &args);
+}
+
+/// `<name>.pem`: `<name>.csr` signed by the test CA.
+fn sign(dir: &Path, name: &str, extensions: Option<&str>) {
+    let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
+    let mut args = vec!["x509", "-req", "-in", &csr, "-out", &pem, "-days", "2"];
+    args.extend(["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]);
+    if let Some(file) = extensions {
+        args.extend(["-extfile", file]);
+    }
+    openssl(dir, &args);
+}
+
 /// A CA, a server certificate for 127.0.0.1, and a client certificate whose
 /// key is encrypted with [`KEY_PASSWORD`].
 fn certificates(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let ca = [
+        "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+    ];
     openssl(
         dir,
         &[
             &["req", "-x509"][..],
             &ec,
-            &[
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=buoy test CA",
-            ],
+            &ca,
+            &["-subj", "/CN=buoy test CA"],
         ]
         .concat(),
     );
     std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        dir,
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-        ],
-    );
-    let pass = format!("pass:{KEY_PASSWORD}");
-    openssl(
-        dir,
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "client.key",
-                "-passout",
-                &pass,
-                "-out",
-                "client.csr",
-                "-subj",
-                "/CN=e2e-device",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-        ],
-    );
+    key_and_request(dir, "server", "/CN=127.0.0.1", None);
+    sign(dir, "server", Some("san.cnf"));
+    key_and_request(dir, "client", "/CN=e2e-device", Some(KEY_PASSWORD));
+    sign(dir, "client", None);
     std::fs::write(dir.join("key-password"), format!("{KEY_PASSWORD}\n")).unwrap();
 }
 
