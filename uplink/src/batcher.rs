@@ -3,8 +3,9 @@
 //! Pure bookkeeping. Lines are added with the Kafka record they came from;
 //! a batch is ready when it reaches `max_lines` or `max_bytes`, or when its
 //! first line has waited `max_wait`. Records that produced no line (nothing
-//! in them, or sent to the dead-letter topic) are still recorded, because
-//! their offsets may be committed only together with the lines before them.
+//! in them) are still recorded, and so are records bound for the dead-letter
+//! topic, with their letter: their offsets may be committed only together
+//! with the lines before them, once the letter is acknowledged.
 //!
 //! Records are consumed and settled in order, one at a time, so within a
 //! batch each partition's offsets are contiguous: committing the highest one
@@ -13,6 +14,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::dead_letter::DeadLetter;
+use crate::offsets::Partition;
 
 /// Where a record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +37,11 @@ pub struct Line {
 #[derive(Debug, Default, PartialEq)]
 pub struct Batch {
     pub lines: Vec<Line>,
+    /// Records that can never be written, to go to the dead-letter topic.
+    pub letters: Vec<DeadLetter>,
     /// Per (topic, partition), the offset to commit once the batch is
     /// written: the highest offset it settles, plus one.
-    pub commit: BTreeMap<(Arc<str>, i32), i64>,
+    pub commit: BTreeMap<Partition, i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +74,31 @@ impl Batcher {
         self.bytes += text.len() + 1;
         self.settle(&origin, now);
         self.batch.lines.push(Line { text, origin });
+    }
+
+    /// Adds a record that goes to the dead-letter topic instead.
+    pub fn push_letter(&mut self, letter: DeadLetter, now: Instant) {
+        self.bytes += letter.payload.len();
+        self.settle(&letter.origin.clone(), now);
+        self.batch.letters.push(letter);
+    }
+
+    /// Forgets everything from `partitions`, which were revoked: their new
+    /// owner reads those records again.
+    pub fn drop_partitions(&mut self, partitions: &[Partition]) {
+        let gone = |o: &Origin| {
+            partitions
+                .iter()
+                .any(|(t, p)| *p == o.partition && **t == *o.topic)
+        };
+        self.batch.lines.retain(|l| !gone(&l.origin));
+        self.batch.letters.retain(|l| !gone(&l.origin));
+        self.batch.commit.retain(|k, _| !partitions.contains(k));
+        self.bytes = self.batch.lines.iter().map(|l| l.text.len() + 1).sum::<usize>()
+            + self.batch.letters.iter().map(|l| l.payload.len()).sum::<usize>();
+        if self.batch.commit.is_empty() {
+            self.opened = None;
+        }
     }
 
     /// Records that `origin` is dealt with without a line in this batch.
@@ -161,6 +192,22 @@ mod tests {
         assert_eq!(batch.lines.len(), 2);
         assert_eq!(batch.commit[&(Arc::from("t"), 0)], 12);
         assert_eq!(batch.commit[&(Arc::from("t"), 1)], 5);
+    }
+
+    #[test]
+    fn revoked_partitions_leave_the_batch() {
+        let now = Instant::now();
+        let mut b = Batcher::new(limits());
+        b.push("a".into(), origin(0, 10), now);
+        b.push("b".into(), origin(1, 4), now);
+        b.drop_partitions(&[(Arc::from("t"), 0)]);
+        let batch = b.take();
+        assert_eq!(batch.lines.len(), 1);
+        assert_eq!(batch.lines[0].origin.partition, 1);
+        assert_eq!(batch.commit.len(), 1);
+        b.push("c".into(), origin(0, 11), now);
+        b.drop_partitions(&[(Arc::from("t"), 0)]);
+        assert!(b.is_empty());
     }
 
     #[test]

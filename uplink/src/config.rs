@@ -6,7 +6,6 @@
 //! `BUOY_<SECTION>_<KEY>` environment variables.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,8 @@ use telemetry::config_file::{self, ConfigError, Loaded, Problem};
 use telemetry::record::{broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::telegraf_json::TimestampUnit;
 use telemetry::units::ByteSize;
+
+pub use crate::sinks::config::{Precision, SinkConfig, SinkKind};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/buoy/uplink.toml";
 pub const ENV_PREFIX: &str = "BUOY_";
@@ -29,6 +30,8 @@ pub struct UplinkConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where points are written, as `[[sink]]` tables. Every batch goes to
     /// every sink; offsets are committed once all of them accepted it.
     #[serde(default = "default_sinks", rename = "sink")]
@@ -64,6 +67,10 @@ pub struct KafkaConfig {
     pub json_timestamp_unit: TimestampUnit,
     /// Records larger than this go to the dead-letter topic.
     pub max_record_size: ByteSize,
+    /// Integer fields (`3i`, `3u`) from other producers: `float` (default)
+    /// writes them as floats, so a field can never conflict with itself
+    /// between integer and float in the database; `keep` writes them as sent.
+    pub integer_fields: IntegerFields,
     /// Extra librdkafka consumer properties (security, tuning). Keys the
     /// uplink sets itself for correctness are refused.
     pub properties: BTreeMap<String, String>,
@@ -79,6 +86,7 @@ impl Default for KafkaConfig {
             start_from: StartFrom::Earliest,
             json_timestamp_unit: TimestampUnit::Auto,
             max_record_size: ByteSize::mib(1),
+            integer_fields: IntegerFields::Float,
             properties: BTreeMap::new(),
         }
     }
@@ -98,6 +106,14 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("auto.offset.reset", "kafka.start_from"),
 ];
 
+/// What becomes of integer fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegerFields {
+    Float,
+    Keep,
+}
+
 /// `[batch]`: how lines are grouped into one database write.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,6 +123,10 @@ pub struct BatchConfig {
     /// A batch is written at the latest this long after its first line.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Batches written or being retried at once. When all are taken the
+    /// partitions are paused, so memory stays at about
+    /// `max_in_flight × max_bytes` however long the database is away.
+    pub max_in_flight: usize,
 }
 
 impl Default for BatchConfig {
@@ -115,6 +135,7 @@ impl Default for BatchConfig {
             max_lines: 5_000,
             max_bytes: ByteSize::mib(4),
             max_wait: Duration::from_secs(1),
+            max_in_flight: 4,
         }
     }
 }
@@ -161,70 +182,41 @@ impl Default for StatusConfig {
     }
 }
 
-/// One `[[sink]]` table; `kind` selects the database.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SinkConfig {
-    /// VictoriaMetrics, through its InfluxDB line protocol endpoint `/write`.
-    /// Run it with `-dedup.minScrapeInterval=1ms` so that a reading written
-    /// twice stays one point.
-    Victoriametrics(VictoriaMetricsConfig),
-    /// InfluxDB 1.x, `/write?db=...`.
-    InfluxdbV1(InfluxV1Config),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct VictoriaMetricsConfig {
-    /// Base URL, e.g. `http://localhost:8428`.
-    pub url: String,
-    #[serde(with = "humantime_serde", default = "default_timeout")]
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct InfluxV1Config {
-    /// Base URL, e.g. `http://localhost:8086`.
-    pub url: String,
-    /// The database; it must exist (`CREATE DATABASE`).
-    pub database: String,
-    /// Retention policy; empty for the database's default.
-    #[serde(default)]
-    pub retention_policy: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// File holding the password (read at start-up, never logged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    #[serde(with = "humantime_serde", default = "default_timeout")]
-    pub timeout: Duration,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
 fn default_sinks() -> Vec<SinkConfig> {
-    vec![SinkConfig::Victoriametrics(VictoriaMetricsConfig {
-        url: "http://localhost:8428".into(),
-        timeout: default_timeout(),
-    })]
+    vec![SinkConfig::new(
+        SinkKind::Victoriametrics,
+        "http://localhost:8428",
+    )]
 }
 
-impl SinkConfig {
-    pub fn url(&self) -> &str {
-        match self {
-            SinkConfig::Victoriametrics(c) => &c.url,
-            SinkConfig::InfluxdbV1(c) => &c.url,
+/// `[metrics]`: Prometheus metrics over HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics` (Prometheus text format): consumer lag
+    /// per partition, lines written, batch latency, retries, dead letters.
+    /// Empty turns it off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9274".into(),
         }
     }
+}
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Victoriametrics(_) => "victoriametrics",
-            SinkConfig::InfluxdbV1(_) => "influxdb_v1",
+impl MetricsConfig {
+    /// The address to listen on, or `None` when metrics are off.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.listen.is_empty() {
+            return Ok(None);
         }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{:?} is not an address like 127.0.0.1:9274", self.listen))
     }
 }
 
@@ -289,27 +281,13 @@ impl UplinkConfig {
             p.push(Problem::new("sink", "needs at least one [[sink]]"));
         }
         for (i, sink) in self.sinks.iter().enumerate() {
-            let url = sink.url();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(Problem::new(
-                    format!("sink[{i}].url"),
-                    format!("{url:?} must start with http:// or https://"),
-                ));
-            }
-            if let SinkConfig::InfluxdbV1(c) = sink {
-                if c.database.is_empty() {
-                    p.push(Problem::new(
-                        format!("sink[{i}].database"),
-                        "must name the database",
-                    ));
-                }
-                if c.password_file.is_some() && c.username.is_none() {
-                    p.push(Problem::new(
-                        format!("sink[{i}].username"),
-                        "is needed with password_file",
-                    ));
-                }
-            }
+            p.extend(sink.problems(i));
+        }
+        if self.batch.max_in_flight == 0 {
+            p.push(Problem::new("batch.max_in_flight", "must be at least 1"));
+        }
+        if let Err(e) = self.metrics.listen_addr() {
+            p.push(Problem::new("metrics.listen", e));
         }
         p
     }
@@ -330,7 +308,7 @@ mod tests {
         assert_eq!(c.kafka.group, "buoy-uplink");
         assert_eq!(c.kafka.start_from, StartFrom::Earliest);
         assert_eq!(c.sinks.len(), 1);
-        assert_eq!(c.sinks[0].kind(), "victoriametrics");
+        assert_eq!(c.sinks[0].kind, SinkKind::Victoriametrics);
     }
 
     #[test]
@@ -353,10 +331,8 @@ database = "buoy"
         )
         .unwrap();
         assert_eq!(c.sinks.len(), 2);
-        let SinkConfig::InfluxdbV1(influx) = &c.sinks[1] else {
-            panic!()
-        };
-        assert_eq!(influx.database, "buoy");
+        assert_eq!(c.sinks[1].kind, SinkKind::InfluxdbV1);
+        assert_eq!(c.sinks[1].database, "buoy");
     }
 
     #[test]

@@ -4,20 +4,29 @@
 //! accepted: automatic offset *storing* is off, so librdkafka's periodic
 //! auto-commit only ever commits offsets the pipeline stored explicitly after
 //! a successful write (or a dead-letter delivery). Offsets stored are also
-//! committed on rebalance and on close.
+//! committed when partitions are revoked and on close.
+//!
+//! The consumer's context ([`Events`]) tells the pipeline which partitions
+//! were revoked, pauses partitions assigned while consumption is paused, and
+//! feeds consumer lag from librdkafka's statistics into the metrics.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Statistics};
 use telemetry::throttle::Throttle;
 
 use crate::config::{StartFrom, UplinkConfig};
+use crate::metrics::Metrics;
+use crate::offsets::Partition;
 
 /// librdkafka's prefetch queue per partition, in KiB: bounded memory.
 const QUEUED_KBYTES: usize = 8 * 1024;
@@ -63,15 +72,77 @@ impl ClientContext for KafkaLog {
     }
 }
 
-impl ConsumerContext for KafkaLog {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+/// The consumer's context: logging, rebalances, statistics.
+pub struct Events {
+    log: KafkaLog,
+    metrics: Arc<Metrics>,
+    revoked: Mutex<Vec<Partition>>,
+    paused: AtomicBool,
+}
+
+impl Events {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Events {
+            log: KafkaLog::default(),
+            metrics,
+            revoked: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<Partition> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
+
+    /// While set, newly assigned partitions are paused too.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+impl ClientContext for Events {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.record_lag(&statistics);
+    }
+}
+
+impl ConsumerContext for Events {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = %describe(tpl), "partitions revoked; committing what was written");
+            self.revoked.lock().expect("revoked lock").extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition())),
+            );
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "commit before revocation failed; the new owner re-reads from the last commit"),
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions assigned")
+                tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                if self.paused.load(Ordering::SeqCst)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
             }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions revoked")
-            }
+            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
     }
@@ -82,7 +153,7 @@ impl ConsumerContext for KafkaLog {
             // Nothing new was stored since the last commit.
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
-                if let Some(held_back) = self.allow("commit") {
+                if let Some(held_back) = self.log.allow("commit") {
                     tracing::warn!(error = %e, similar_not_logged = held_back, "offset commit failed; it is retried with the next one");
                 }
             }
@@ -98,7 +169,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .join(" ")
 }
 
-pub type Consumer = StreamConsumer<KafkaLog>;
+pub type Consumer = StreamConsumer<Events>;
 
 /// The librdkafka settings for the uplink's consumer.
 pub fn client_config(config: &UplinkConfig) -> ClientConfig {
@@ -121,6 +192,7 @@ pub fn client_config(config: &UplinkConfig) -> ClientConfig {
         )
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
+        .set("statistics.interval.ms", "5000")
         .set("topic.metadata.refresh.interval.ms", "10000");
     for (key, value) in &k.properties {
         c.set(key, value);
@@ -129,8 +201,8 @@ pub fn client_config(config: &UplinkConfig) -> ClientConfig {
 }
 
 /// Creates the consumer and subscribes it to the configured topics.
-pub fn create(config: &UplinkConfig) -> KafkaResult<Consumer> {
-    let consumer: Consumer = client_config(config).create_with_context(KafkaLog::default())?;
+pub fn create(config: &UplinkConfig, metrics: Arc<Metrics>) -> KafkaResult<Consumer> {
+    let consumer: Consumer = client_config(config).create_with_context(Events::new(metrics))?;
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

@@ -14,6 +14,7 @@
 //! A record counts as dealt with only once Kafka has acknowledged its dead
 //! letter; until then its offset is not committed.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -36,26 +37,31 @@ pub const HEADER_SOURCE_OFFSET: &str = "buoy-source-offset";
 pub const HEADER_SINK: &str = "buoy-sink";
 
 /// One record to dead-letter.
-pub struct DeadLetter<'a> {
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
     /// The original record's headers.
     pub headers: Vec<(String, Vec<u8>)>,
-    pub error: &'a str,
-    pub origin: &'a Origin,
-    pub sink: Option<&'a str>,
+    pub error: String,
+    pub origin: Origin,
+    /// The sink that refused it, if one did.
+    pub sink: Option<String>,
 }
 
+/// The dead-letter producer; clones share it.
+#[derive(Clone)]
 pub struct DeadLetters {
-    topic: String,
+    topic: Arc<str>,
     producer: Option<FutureProducer<KafkaLog>>,
     retry_max: Duration,
-    log: Throttle,
+    log: Arc<Mutex<Throttle>>,
+    sent_log: Arc<Mutex<Throttle>>,
 }
 
 impl DeadLetters {
     pub fn new(config: &UplinkConfig) -> Result<Self, KafkaError> {
-        let topic = config.kafka.dead_letter_topic.clone();
+        let topic: Arc<str> = Arc::from(config.kafka.dead_letter_topic.as_str());
         let producer = if topic.is_empty() {
             None
         } else {
@@ -81,20 +87,21 @@ impl DeadLetters {
             topic,
             producer,
             retry_max: config.retry.max_delay,
-            log: Throttle::new(Duration::from_secs(60)),
+            log: Arc::new(Mutex::new(Throttle::new(Duration::from_secs(60)))),
+            sent_log: Arc::new(Mutex::new(Throttle::new(Duration::from_secs(10)))),
         })
     }
 
     /// Sends `letter` and waits for Kafka's acknowledgement, retrying until it
     /// succeeds. Returns false if `stop` fired first: the record is then not
     /// dealt with and must not be committed.
-    pub async fn send(&mut self, letter: DeadLetter<'_>, stop: &CancellationToken) -> bool {
+    pub async fn send(&self, letter: &DeadLetter, stop: &CancellationToken) -> bool {
         let Some(producer) = &self.producer else {
             tracing::error!(
                 topic = %letter.origin.topic,
                 partition = letter.origin.partition,
                 offset = letter.origin.offset,
-                error = letter.error,
+                error = %letter.error,
                 "record can never be written and no dead-letter topic is configured; skipping it"
             );
             return true;
@@ -113,7 +120,7 @@ impl DeadLetters {
             headers = headers
                 .insert(Header {
                     key: HEADER_ERROR,
-                    value: Some(letter.error),
+                    value: Some(letter.error.as_str()),
                 })
                 .insert(Header {
                     key: HEADER_SOURCE_TOPIC,
@@ -127,34 +134,39 @@ impl DeadLetters {
                     key: HEADER_SOURCE_OFFSET,
                     value: Some(offset.as_str()),
                 });
-            if let Some(sink) = letter.sink {
+            if let Some(sink) = &letter.sink {
                 headers = headers.insert(Header {
                     key: HEADER_SINK,
-                    value: Some(sink),
+                    value: Some(sink.as_str()),
                 });
             }
             let mut record = FutureRecord::to(&self.topic)
-                .payload(letter.payload)
+                .payload(letter.payload.as_slice())
                 .headers(headers);
-            if let Some(key) = letter.key {
+            if let Some(key) = &letter.key {
                 record = record.key(key);
             }
             let error = match producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
+                    let allowed = self.sent_log.lock().expect("log throttle").allow(std::time::Instant::now());
+                    let Some(held_back) = allowed else {
+                        return true;
+                    };
                     tracing::warn!(
+                        similar_not_logged = held_back,
                         dead_letter_topic = %self.topic,
                         source_topic = %letter.origin.topic,
                         partition = letter.origin.partition,
                         offset = letter.origin.offset,
-                        error = letter.error,
+                        error = %letter.error,
                         "record sent to the dead-letter topic"
                     );
-                    self.log.reset();
                     return true;
                 }
                 Err((e, _)) => e,
             };
-            if let Some(held_back) = self.log.allow(std::time::Instant::now()) {
+            let allowed = self.log.lock().expect("log throttle").allow(std::time::Instant::now());
+            if let Some(held_back) = allowed {
                 let hint = match error.rdkafka_error_code() {
                     Some(
                         RDKafkaErrorCode::UnknownTopicOrPartition

@@ -10,10 +10,16 @@
 //!   hand, never automatically.
 //! - [`decode`]: record → readings (line protocol, Telegraf JSON, plain JSON).
 //! - [`batcher`]: lines grouped by count, bytes and time, with the offsets
-//!   they settle.
+//!   they settle and the letters of records that can never be written.
+//! - [`writer`]: one sealed batch into every sink, several batches at once,
+//!   splitting, bisecting and retrying as each database answers.
 //! - [`sinks`]: one [`sinks::Sink`] per database kind, sharing [`sinks::http`].
 //! - [`dead_letter`]: the dead-letter topic.
-//! - [`pipeline`]: the loop that runs them in order.
+//! - [`offsets`]: which offsets may be committed when batches finish out of
+//!   order.
+//! - [`pipeline`]: the loop that runs them, pausing when the writers fall
+//!   behind.
+//! - [`metrics`]: Prometheus text on a local port.
 //! - [`config`], [`cli`]: the typed config and the command line.
 //!
 //! ## Invariants
@@ -21,8 +27,12 @@
 //!   or in the dead-letter topic, acknowledged.
 //! - A record is never dropped silently: it is written, dead-lettered, or
 //!   (with no dead-letter topic configured) logged as skipped.
-//! - Memory is bounded: one batch (`batch.max_lines`, `batch.max_bytes`) and
-//!   librdkafka's prefetch queue, sized explicitly.
+//! - Per partition, the committed offset never passes a record that is not
+//!   yet written or dead-lettered, whatever order batches finish in.
+//! - Memory is bounded: `batch.max_in_flight` batches of at most
+//!   `batch.max_lines` / `batch.max_bytes`, plus librdkafka's prefetch queue,
+//!   sized explicitly. When the batches in flight cannot drain, consumption
+//!   pauses.
 
 pub mod batcher;
 pub mod cli;
@@ -30,5 +40,8 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
+pub mod metrics;
+pub mod offsets;
 pub mod pipeline;
 pub mod sinks;
+pub mod writer;

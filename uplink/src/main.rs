@@ -2,12 +2,16 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 
 use clap::Parser;
 use telemetry::config_file::{self, Loaded};
 use tokio_util::sync::CancellationToken;
 use uplink::cli::{Cli, Command};
 use uplink::config::{DEFAULT_CONFIG_PATH, UplinkConfig};
+use uplink::metrics::Metrics;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,13 +26,13 @@ fn main() -> ExitCode {
     for var in &loaded.unknown_env {
         tracing::warn!(variable = %var, "environment variable matches no uplink setting; ignored");
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { print } => check_config(&loaded, print),
+        Command::CheckConfig { print } => runtime.block_on(check_config(&loaded, print)),
         Command::Run => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
             match runtime.block_on(run(loaded.config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -47,11 +51,25 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
         brokers = %config.kafka.brokers.join(","),
         topics = %config.kafka.topics.join(","),
         group = %config.kafka.group,
-        sinks = %config.sinks.iter().map(|s| format!("{} {}", s.kind(), s.url())).collect::<Vec<_>>().join(", "),
+        sinks = %config.sinks.iter().map(|s| format!("{} {}", s.kind.as_str(), s.url)).collect::<Vec<_>>().join(", "),
         "uplink starting"
     );
-    let pipeline = uplink::pipeline::Pipeline::new(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let server = match config.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+        Some(addr) => Some(
+            metrics
+                .clone()
+                .serve(addr, shutdown.clone())
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let pipeline = uplink::pipeline::Pipeline::new(&config, metrics).await?;
     pipeline.run(shutdown).await?;
+    if let Some(server) = server {
+        server.abort();
+    }
     tracing::info!("uplink stopped; everything committed was written");
     Ok(())
 }
@@ -81,14 +99,14 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<UplinkConfig>> {
     Ok(UplinkConfig::load(&name, text.as_deref(), &env)?)
 }
 
-fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
+async fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
     let c = &loaded.config;
     if let Err(e) = uplink::consumer::client_config(c).create::<rdkafka::consumer::BaseConsumer>() {
         eprintln!("kafka.properties: librdkafka refuses these settings: {e}");
         return ExitCode::from(2);
     }
     for (i, sink) in c.sinks.iter().enumerate() {
-        if let Err(e) = uplink::sinks::build(sink) {
+        if let Err(e) = uplink::sinks::build(sink).await {
             eprintln!("sink[{i}]: {e}");
             return ExitCode::from(2);
         }
@@ -106,7 +124,7 @@ fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
         println!("  dead letters: {}", c.kafka.dead_letter_topic);
     }
     for sink in &c.sinks {
-        println!("  sink   {} {}", sink.kind(), sink.url());
+        println!("  sink   {} {}", sink.kind.as_str(), sink.url);
     }
     for (var, path) in &loaded.overrides {
         println!("  {path} set by {var}");

@@ -1,19 +1,26 @@
-//! # The pipeline: consumer → decode → batcher → sinks → offsets
+//! # The pipeline: consumer → decode → batcher → writer → offsets
 //!
-//! One loop, one record at a time, so offsets stay contiguous by construction:
+//! One loop owns the consumer, the open batch and the offset book:
 //!
-//! 1. A record is decoded. If it can never be written it goes to the
-//!    dead-letter topic (and the loop waits until Kafka has it).
-//! 2. Its lines join the batch, which is written when full or due.
-//! 3. A batch is written to every sink. 429, 5xx and connection failures are
-//!    retried for ever with backoff (honouring `Retry-After`); 413 splits the
-//!    batch; 400/422 bisect it down to the refused lines, which are
-//!    dead-lettered; 401/403/404 are reported loudly and retried slowly.
-//! 4. Only then are the batch's offsets stored for commit.
+//! 1. A record is decoded into lines (integers pinned to float unless
+//!    `kafka.integer_fields = "keep"`), or, if it can never be written, kept
+//!    as a letter for the dead-letter topic. Either way it joins the open batch.
+//! 2. A batch is sealed when full or due, registered with [`Offsets`], and
+//!    handed to its own writer task ([`Writer`]); up to `batch.max_in_flight`
+//!    run at once.
+//! 3. When a task finishes, its offsets are marked done, and whatever
+//!    contiguous prefix that completes is stored for commit.
+//! 4. When every slot is taken and the open batch is full, the partitions are
+//!    paused (and the consumer still polled, so the group keeps us); they
+//!    resume when a slot frees. Memory stays bounded however long a database
+//!    is away.
 //!
-//! On shutdown the batch in hand gets `retry.shutdown_grace` to be written;
-//! if it does not make it, it is abandoned uncommitted and re-read next time.
+//! Revoked partitions leave the open batch and the offset book; the commit
+//! itself happens in the consumer's rebalance callback. On shutdown the
+//! batches in flight get `retry.shutdown_grace` to finish, what finished is
+//! committed, and the rest is re-read on the next start.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,68 +28,97 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use telemetry::backoff::Backoff;
 use telemetry::line_protocol;
 use telemetry::record::HEADER_CONTENT_TYPE;
 use telemetry::throttle::Throttle;
+use telemetry::{FieldValue, Reading};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{Batch, Batcher, Limits, Line, Origin};
-use crate::config::UplinkConfig;
+use crate::batcher::{Batch, Batcher, Limits, Origin};
+use crate::config::{IntegerFields, UplinkConfig};
 use crate::consumer::{self, Consumer};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{self, DecodeSettings, RecordView};
-use crate::sinks::{self, Sink, WriteError};
+use crate::metrics::{self, Metrics};
+use crate::offsets::{Offsets, Partition};
+use crate::sinks;
+use crate::writer::{SinkSlot, Writer};
 
-/// Counters since start, logged periodically.
+/// Counters since start, for the status line and the caller.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Counters {
     pub records: u64,
     pub lines_written: u64,
-    pub dead_lettered: u64,
-    pub write_retries: u64,
     pub batches: u64,
+}
+
+/// A finished writer task.
+struct Done {
+    id: u64,
+    commit: BTreeMap<Partition, i64>,
+    lines: usize,
+    sealed: Instant,
+    ok: bool,
 }
 
 pub struct Pipeline {
     consumer: Consumer,
-    dead_letters: DeadLetters,
-    sinks: Vec<Box<dyn Sink>>,
+    writer: Writer,
     batcher: Batcher,
+    offsets: Offsets,
+    in_flight: JoinSet<Done>,
+    max_in_flight: usize,
+    next_batch: u64,
+    paused: bool,
     settings: DecodeSettings,
-    max_retry_delay: Duration,
+    integers: IntegerFields,
     shutdown_grace: Duration,
     status_interval: Duration,
+    metrics: Arc<Metrics>,
     counters: Counters,
-    write_log: Throttle,
+    /// Cancelled when the writers' grace at shutdown is over.
+    stop_writes: CancellationToken,
 }
 
 impl Pipeline {
-    pub fn new(config: &UplinkConfig) -> anyhow::Result<Pipeline> {
-        let sinks = config
-            .sinks
-            .iter()
-            .map(sinks::build)
-            .collect::<Result<Vec<_>, _>>()?;
+    pub async fn new(config: &UplinkConfig, metrics: Arc<Metrics>) -> anyhow::Result<Pipeline> {
+        let mut slots = Vec::new();
+        for (i, sink) in config.sinks.iter().enumerate() {
+            let built = sinks::build(sink)
+                .await
+                .map_err(|e| anyhow::anyhow!("sink[{i}] ({}): {e}", sink.kind.as_str()))?;
+            slots.push(SinkSlot::new(built, sink.max_concurrent_writes));
+        }
         Ok(Pipeline {
-            consumer: consumer::create(config)?,
-            dead_letters: DeadLetters::new(config)?,
-            sinks,
+            consumer: consumer::create(config, metrics.clone())?,
+            writer: Writer {
+                sinks: slots.into(),
+                dead_letters: DeadLetters::new(config)?,
+                metrics: metrics.clone(),
+                max_retry_delay: config.retry.max_delay,
+            },
             batcher: Batcher::new(Limits {
                 max_lines: config.batch.max_lines,
                 max_bytes: config.batch.max_bytes.bytes() as usize,
                 max_wait: config.batch.max_wait,
             }),
+            offsets: Offsets::default(),
+            in_flight: JoinSet::new(),
+            max_in_flight: config.batch.max_in_flight,
+            next_batch: 0,
+            paused: false,
             settings: DecodeSettings {
                 json_timestamp_unit: config.kafka.json_timestamp_unit,
                 max_record_size: config.kafka.max_record_size.bytes() as usize,
             },
-            max_retry_delay: config.retry.max_delay,
+            integers: config.kafka.integer_fields,
             shutdown_grace: config.retry.shutdown_grace,
             status_interval: config.status.log_interval,
+            metrics,
             counters: Counters::default(),
-            write_log: Throttle::new(Duration::from_secs(60)),
+            stop_writes: CancellationToken::new(),
         })
     }
 
@@ -90,50 +126,81 @@ impl Pipeline {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Counters> {
         let mut consumer_errors = Throttle::new(Duration::from_secs(60));
         let mut status_at = Instant::now() + self.status_interval;
+        let tick = if self.status_interval.is_zero() {
+            RateGauge::PERIOD
+        } else {
+            self.status_interval.min(RateGauge::PERIOD)
+        };
+        let mut rate = RateGauge::new(Instant::now(), tick);
         loop {
-            let deadline = self.batcher.deadline().map(Instant::from_std);
+            let room = self.in_flight.len() < self.max_in_flight;
+            let deadline = self.batcher.deadline().map(Instant::from_std).filter(|_| room);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.finished(done.expect("writer tasks do not panic"));
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.flush(&shutdown).await;
+                    self.seal();
                 }
-                _ = tokio::time::sleep_until(status_at), if !self.status_interval.is_zero() => {
-                    self.log_status();
-                    status_at = Instant::now() + self.status_interval;
+                _ = tokio::time::sleep_until(rate.next_at) => {
+                    rate.update(Instant::now(), &self.metrics, self.counters.lines_written);
+                    if !self.status_interval.is_zero() && Instant::now() >= status_at {
+                        self.log_status();
+                        status_at = Instant::now() + self.status_interval;
+                    }
                 }
-                message = self.consumer.recv() => match message {
-                    Ok(m) => {
-                        let m = m.detach();
-                        if !self.take(m, &shutdown).await {
-                            break;
-                        }
-                        if self.batcher.is_full() {
-                            self.flush(&shutdown).await;
+                message = self.consumer.recv() => {
+                    let message = message.map(|m| m.detach());
+                    // Revocations the callback saw inside `recv` apply
+                    // before the record it returned.
+                    self.apply_revocations();
+                    match message {
+                        Ok(m) => self.take(m),
+                        Err(e) => {
+                            if let Some(held_back) = consumer_errors.allow(std::time::Instant::now()) {
+                                tracing::warn!(error = %e, similar_not_logged = held_back, "Kafka consumer error; retrying");
+                            }
                         }
                     }
-                    Err(e) => {
-                        if let Some(held_back) = consumer_errors.allow(std::time::Instant::now()) {
-                            tracing::warn!(error = %e, similar_not_logged = held_back, "Kafka consumer error; retrying");
-                        }
-                    }
-                },
+                }
+            }
+            if self.batcher.is_full() && self.in_flight.len() < self.max_in_flight {
+                self.seal();
+            }
+            let blocked = self.batcher.is_full();
+            if blocked != self.paused {
+                self.set_paused(blocked);
             }
         }
-        // Give the batch in hand a bounded time to make it, then commit what
-        // was stored.
+        self.finish().await
+    }
+
+    /// Shutdown: the open batch is sealed, the batches in flight get the
+    /// grace period, and what finished is committed.
+    async fn finish(mut self) -> anyhow::Result<Counters> {
+        self.apply_revocations();
         if !self.batcher.is_empty() {
-            let grace = CancellationToken::new();
-            let timer = {
-                let grace = grace.clone();
-                let wait = self.shutdown_grace;
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    grace.cancel();
-                })
-            };
-            self.flush(&grace).await;
-            timer.abort();
+            self.seal();
+        }
+        let grace = tokio::time::sleep(self.shutdown_grace);
+        tokio::pin!(grace);
+        let mut abandoned = false;
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                Some(done) = self.in_flight.join_next() => {
+                    self.finished(done.expect("writer tasks do not panic"));
+                }
+                _ = &mut grace, if !abandoned => {
+                    tracing::warn!(
+                        batches = self.in_flight.len(),
+                        "stopping before the database accepted every batch; those are not committed and will be read again"
+                    );
+                    self.stop_writes.cancel();
+                    abandoned = true;
+                }
+            }
         }
         let consumer = self.consumer;
         let commit = tokio::task::spawn_blocking(move || {
@@ -151,18 +218,107 @@ impl Pipeline {
                 tracing::warn!(error = %e, "final offset commit failed; the last records will be read again")
             }
         }
-        log_counters(&self.counters);
+        log_status(&self.counters, &self.metrics, &self.writer);
         Ok(self.counters)
     }
 
     fn log_status(&self) {
-        log_counters(&self.counters);
+        log_status(&self.counters, &self.metrics, &self.writer);
     }
 
-    /// Decodes one record into the batch, or dead-letters it. Returns false if
-    /// shutdown interrupted a dead-letter delivery.
-    async fn take(&mut self, m: OwnedMessage, stop: &CancellationToken) -> bool {
+    /// Drops what the consumer's rebalance callback revoked.
+    fn apply_revocations(&mut self) {
+        let revoked = self.consumer.context().take_revoked();
+        if !revoked.is_empty() {
+            self.batcher.drop_partitions(&revoked);
+            self.offsets.revoked(&revoked);
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.consumer.context().set_paused(paused);
+        self.metrics.paused.set(i64::from(paused));
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the assignment to pause or resume it");
+                return;
+            }
+        };
+        let result = if paused {
+            tracing::info!(
+                batches_in_flight = self.in_flight.len(),
+                "every batch slot is taken: pausing consumption until the database catches up"
+            );
+            self.consumer.pause(&assignment)
+        } else {
+            tracing::info!("resuming consumption");
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "cannot pause or resume the partitions");
+        }
+    }
+
+    /// Seals the open batch and starts its writer task.
+    fn seal(&mut self) {
+        let batch = self.batcher.take();
+        if batch.commit.is_empty() {
+            return;
+        }
+        self.next_batch += 1;
+        let id = self.next_batch;
+        self.offsets.sealed(id, &batch.commit);
+        self.metrics.batches_in_flight.inc();
+        let writer = self.writer.clone();
+        let stop = self.stop_writes.clone();
+        let sealed = Instant::now();
+        self.in_flight.spawn(async move {
+            let ok = writer.write(&batch, &stop).await;
+            let Batch { lines, commit, .. } = batch;
+            Done {
+                id,
+                commit,
+                lines: lines.len(),
+                sealed,
+                ok,
+            }
+        });
+    }
+
+    /// A writer task finished: store what is now contiguous.
+    fn finished(&mut self, done: Done) {
+        self.metrics.batches_in_flight.dec();
+        if !done.ok {
+            return; // abandoned at shutdown: not committed
+        }
+        self.metrics
+            .batch_seconds
+            .observe(done.sealed.elapsed().as_secs_f64());
+        self.counters.batches += 1;
+        self.counters.lines_written += done.lines as u64;
+        let moved = self.offsets.completed(done.id, &done.commit);
+        if moved.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &moved {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::error!(error = %e, "cannot record an offset to commit");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // Revoked meanwhile; the new owner reads these records again,
+            // which only rewrites the same points.
+            tracing::debug!(error = %e, "cannot store offsets for partitions no longer assigned");
+        }
+    }
+
+    /// Decodes one record into the open batch, as lines or as a letter.
+    fn take(&mut self, m: OwnedMessage) {
         self.counters.records += 1;
+        self.metrics.records.inc();
         let origin = Origin {
             topic: Arc::from(m.topic()),
             partition: m.partition(),
@@ -181,33 +337,20 @@ impl Pipeline {
             timestamp_ms: m.timestamp().to_millis(),
         };
         let now = std::time::Instant::now();
-        let failure = match decode::decode(&view, &self.settings) {
-            Ok(readings) => {
-                let mut lines = Vec::with_capacity(readings.len());
-                let mut failure = None;
-                for r in &readings {
-                    match line_protocol::encode(r) {
-                        Ok(line) => lines.push(line),
-                        Err(e) => {
-                            failure = Some(e.to_string());
-                            break;
-                        }
-                    }
+        let error = match decode::decode(&view, &self.settings)
+            .map_err(|e| e.to_string())
+            .and_then(|readings| encode(readings, self.integers))
+        {
+            Ok(lines) => {
+                if lines.is_empty() {
+                    self.batcher.settle(&origin, now);
                 }
-                match failure {
-                    None => {
-                        if lines.is_empty() {
-                            self.batcher.settle(&origin, now);
-                        }
-                        for line in lines {
-                            self.batcher.push(line, origin.clone(), now);
-                        }
-                        return true;
-                    }
-                    Some(e) => e,
+                for line in lines {
+                    self.batcher.push(line, origin.clone(), now);
                 }
+                return;
             }
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         let headers = m
             .headers()
@@ -217,152 +360,108 @@ impl Pipeline {
                     .collect()
             })
             .unwrap_or_default();
-        let letter = DeadLetter {
-            key: m.key(),
-            payload: m.payload().unwrap_or_default(),
-            headers,
-            error: &failure,
-            origin: &origin,
-            sink: None,
-        };
-        if !self.dead_letters.send(letter, stop).await {
-            return false;
-        }
-        self.counters.dead_lettered += 1;
-        self.batcher.settle(&origin, now);
-        true
+        self.batcher.push_letter(
+            DeadLetter {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+                error,
+                origin,
+                sink: None,
+            },
+            now,
+        );
     }
+}
 
-    /// Writes the batch to every sink, then stores its offsets. If `stop`
-    /// fires first, the batch is abandoned and nothing is stored.
-    async fn flush(&mut self, stop: &CancellationToken) {
-        let batch = self.batcher.take();
-        let Batch { lines, commit } = batch;
-        for i in 0..self.sinks.len() {
-            if !self.write_all(i, &lines, stop).await {
-                tracing::warn!(
-                    lines = lines.len(),
-                    "stopping before the database accepted the batch; it is not committed and will be read again"
-                );
-                return;
-            }
-        }
-        self.counters.lines_written += lines.len() as u64;
-        self.counters.batches += 1;
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &commit {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-                tracing::error!(error = %e, "cannot record an offset to commit");
-            }
-        }
-        if let Err(e) = self.consumer.store_offsets(&tpl) {
-            // The partitions were revoked meanwhile; their new owner reads
-            // these records again, which only rewrites the same points.
-            tracing::debug!(error = %e, "cannot store offsets for partitions no longer assigned");
-        }
-    }
-
-    /// Writes `lines` to sink `i`, splitting or bisecting as the database
-    /// asks. Returns false if `stop` fired before everything was accepted.
-    async fn write_all(&mut self, i: usize, lines: &[Line], stop: &CancellationToken) -> bool {
-        let mut backoff = Backoff::new(Duration::from_millis(200), self.max_retry_delay);
-        // Chunks still to write, last one on top; starts as the whole batch.
-        let mut todo: Vec<&[Line]> = vec![lines];
-        while let Some(chunk) = todo.pop() {
-            if chunk.is_empty() {
-                continue;
-            }
-            let body = join(chunk);
-            loop {
-                let result = self.sinks[i].write(body.clone()).await;
-                match result {
-                    Ok(()) => {
-                        backoff.reset();
-                        self.write_log.reset();
-                        break;
-                    }
-                    Err(WriteError::TooLarge { reason } | WriteError::Rejected { reason }) => {
-                        if chunk.len() > 1 {
-                            let (a, b) = chunk.split_at(chunk.len() / 2);
-                            todo.push(b);
-                            todo.push(a);
-                        } else if !self.dead_letter_line(&chunk[0], &reason, i, stop).await {
-                            return false;
-                        }
-                        break;
-                    }
-                    Err(e @ (WriteError::Retry { .. } | WriteError::Misconfigured { .. })) => {
-                        self.counters.write_retries += 1;
-                        let delay = match &e {
-                            WriteError::Retry {
-                                retry_after: Some(d),
-                                ..
-                            } => *d,
-                            _ => backoff.next_delay(rand::random()),
-                        };
-                        if let Some(held_back) = self.write_log.allow(std::time::Instant::now()) {
-                            let sink = self.sinks[i].name();
-                            match e {
-                                WriteError::Misconfigured { .. } => tracing::error!(
-                                    sink, error = %e, retry_in = ?delay, retries_not_logged = held_back,
-                                    "the database refuses the uplink; fix its configuration. Nothing is committed meanwhile"
-                                ),
-                                _ => tracing::warn!(
-                                    sink, error = %e, retry_in = ?delay, retries_not_logged = held_back,
-                                    "database write failed; retrying. Nothing is committed meanwhile"
-                                ),
-                            }
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.cancelled() => return false,
-                        }
+/// Readings → lines, integers pinned to float unless kept.
+fn encode(readings: Vec<Reading>, integers: IntegerFields) -> Result<Vec<String>, String> {
+    readings
+        .into_iter()
+        .map(|mut r| {
+            if integers == IntegerFields::Float {
+                for value in r.fields.values_mut() {
+                    match *value {
+                        FieldValue::Int(i) => *value = FieldValue::Float(i as f64),
+                        FieldValue::UInt(u) => *value = FieldValue::Float(u as f64),
+                        _ => {}
                     }
                 }
             }
+            line_protocol::encode(&r).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// `uplink_lines_per_second`, updated every 5 s or more often.
+struct RateGauge {
+    every: Duration,
+    next_at: Instant,
+    last_at: Instant,
+    last_lines: u64,
+}
+
+impl RateGauge {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn new(now: Instant, every: Duration) -> Self {
+        RateGauge {
+            every,
+            next_at: now + every,
+            last_at: now,
+            last_lines: 0,
         }
-        true
     }
 
-    async fn dead_letter_line(
-        &mut self,
-        line: &Line,
-        reason: &str,
-        sink: usize,
-        stop: &CancellationToken,
-    ) -> bool {
-        let letter = DeadLetter {
-            key: None,
-            payload: line.text.as_bytes(),
-            headers: Vec::new(),
-            error: reason,
-            origin: &line.origin,
-            sink: Some(self.sinks[sink].name()),
-        };
-        let sent = self.dead_letters.send(letter, stop).await;
-        if sent {
-            self.counters.dead_lettered += 1;
-        }
-        sent
+    fn update(&mut self, now: Instant, metrics: &Metrics, lines: u64) {
+        let seconds = (now - self.last_at).as_secs_f64().max(1e-3);
+        metrics
+            .lines_per_second
+            .set((lines - self.last_lines) as f64 / seconds);
+        self.last_at = now;
+        self.last_lines = lines;
+        self.next_at = now + self.every;
     }
 }
 
-fn join(lines: &[Line]) -> String {
-    let mut body = String::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
-    for line in lines {
-        body.push_str(&line.text);
-        body.push('\n');
-    }
-    body
-}
-
-fn log_counters(c: &Counters) {
+fn log_status(c: &Counters, m: &Metrics, writer: &Writer) {
+    let dead_lettered: u64 = ["malformed", "rejected"]
+        .iter()
+        .map(|r| m.dead_lettered.get_or_create(&vec![("reason", (*r).to_owned())]).get())
+        .sum();
+    let write_retries: u64 = writer
+        .sinks
+        .iter()
+        .map(|s| m.write_retries.get_or_create(&metrics::sink(s.sink.name())).get())
+        .sum();
     tracing::info!(
         records = c.records,
         lines_written = c.lines_written,
         batches = c.batches,
-        dead_lettered = c.dead_lettered,
-        write_retries = c.write_retries,
+        batches_in_flight = m.batches_in_flight.get(),
+        dead_lettered,
+        write_retries,
         "status"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_become_floats_unless_kept() {
+        let r = Reading::new("m", 5)
+            .with_field("a", 3i64)
+            .with_field("b", 4u64)
+            .with_field("c", true);
+        assert_eq!(
+            encode(vec![r.clone()], IntegerFields::Float).unwrap(),
+            ["m a=3.0,b=4.0,c=true 5"]
+        );
+        assert_eq!(
+            encode(vec![r], IntegerFields::Keep).unwrap(),
+            ["m a=3i,b=4u,c=true 5"]
+        );
+    }
 }

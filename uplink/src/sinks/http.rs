@@ -1,75 +1,257 @@
 //! Writing line protocol over HTTP, and what each answer means.
+//!
+//! The body is built here: each line's timestamp converted to the sink's
+//! precision (rounding down, so a point's time never moves forward), then
+//! gzip if configured. Answers are classified by status; a dialect supplies
+//! the function that finds the refused lines in its error body.
 
-use std::time::Duration;
+use std::borrow::Cow;
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
 
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
-use super::WriteError;
+use super::config::{Precision, SinkConfig};
+use super::{BuildError, WriteError};
+use crate::batcher::Line;
 
-/// An HTTP client for one sink.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("buoy-uplink/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// How a request authenticates.
+pub enum Auth {
+    None,
+    Basic { user: String, password: String },
+    /// `Authorization: <scheme> <token>`: `Token` for InfluxDB 2, `Bearer`
+    /// for InfluxDB 3 and QuestDB.
+    Header { scheme: &'static str, token: String },
 }
 
-/// POSTs `body` and classifies the answer. `request` is the request with
-/// URL and authentication set.
-pub async fn post(request: reqwest::RequestBuilder, body: String) -> Result<(), WriteError> {
-    let response = request
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| WriteError::Retry {
-            reason: format!("no answer: {}", error_chain(&e)),
-            retry_after: None,
-        })?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
+impl Auth {
+    /// Basic auth from `username` and `password_file`, if configured.
+    pub fn basic(config: &SinkConfig) -> Result<Auth, BuildError> {
+        Ok(match (&config.username, &config.password_file) {
+            (Some(user), Some(path)) => Auth::Basic {
+                user: user.clone(),
+                password: super::read_secret(path)?,
+            },
+            (Some(user), None) => Auth::Basic {
+                user: user.clone(),
+                password: String::new(),
+            },
+            _ => Auth::None,
+        })
     }
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_default();
-    Err(classify(status, &headers, &body))
+
+    /// A token header from `token_file`, if configured.
+    pub fn token(config: &SinkConfig, scheme: &'static str) -> Result<Auth, BuildError> {
+        Ok(match &config.token_file {
+            Some(path) => Auth::Header {
+                scheme,
+                token: super::read_secret(path)?,
+            },
+            None => Auth::None,
+        })
+    }
+}
+
+/// Finds the indices of the lines a database named in its error body.
+/// Gets the body, the lines and the precision they were sent in.
+pub type FindRejected = fn(&str, &[&Line], Precision) -> Vec<usize>;
+
+/// Everything needed to POST lines to one endpoint.
+pub struct HttpWriter {
+    client: reqwest::Client,
+    url: String,
+    query: Vec<(&'static str, String)>,
+    auth: Auth,
+    precision: Precision,
+    gzip: bool,
+    find_rejected: FindRejected,
+}
+
+impl HttpWriter {
+    /// `path` is appended to the configured URL; `query` includes the
+    /// precision parameter in the dialect's spelling.
+    pub fn new(
+        config: &SinkConfig,
+        path: &str,
+        query: Vec<(&'static str, String)>,
+        auth: Auth,
+        find_rejected: FindRejected,
+    ) -> Result<Self, BuildError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("buoy-uplink/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpWriter {
+            client,
+            url: format!("{}{path}", config.url.trim_end_matches('/')),
+            query,
+            auth,
+            precision: config.precision(),
+            gzip: config.gzip(),
+            find_rejected,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The request body for `lines`.
+    pub fn body(&self, lines: &[&Line]) -> Vec<u8> {
+        let size: usize = lines.iter().map(|l| l.text.len() + 1).sum();
+        let mut plain = Vec::with_capacity(size);
+        for line in lines {
+            plain.extend_from_slice(sent_text(&line.text, self.precision).as_bytes());
+            plain.push(b'\n');
+        }
+        if !self.gzip {
+            return plain;
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(size / 4), Compression::fast());
+        gz.write_all(&plain).expect("writing to memory");
+        gz.finish().expect("writing to memory")
+    }
+
+    /// POSTs `lines` and classifies the answer.
+    pub async fn post(&self, lines: &[&Line]) -> Result<(), WriteError> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .query(&self.query)
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8");
+        if self.gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        request = match &self.auth {
+            Auth::None => request,
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password)),
+            Auth::Header { scheme, token } => {
+                request.header(AUTHORIZATION, format!("{scheme} {token}"))
+            }
+        };
+        let response = request
+            .body(self.body(lines))
+            .send()
+            .await
+            .map_err(|e| WriteError::Retry {
+                reason: format!("no answer: {}", error_chain(&e)),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        let named = if matches!(status.as_u16(), 400 | 422) {
+            (self.find_rejected)(&body, lines, self.precision)
+        } else {
+            Vec::new()
+        };
+        Err(classify(status, &headers, &body, named))
+    }
+}
+
+/// The line as sent at `precision`: the trailing timestamp divided down.
+pub fn sent_text(text: &str, precision: Precision) -> Cow<'_, str> {
+    let unit = precision.unit_ns();
+    if unit == 1 {
+        return Cow::Borrowed(text);
+    }
+    let Some(space) = text.rfind(' ') else {
+        return Cow::Borrowed(text);
+    };
+    match text[space + 1..].parse::<i64>() {
+        Ok(ns) => Cow::Owned(format!("{} {}", &text[..space], ns.div_euclid(unit))),
+        Err(_) => Cow::Borrowed(text),
+    }
+}
+
+/// InfluxDB 1.x and 2.x quote each line they could not parse:
+/// `unable to parse '<line>': <reason>`. Returns the indices of those lines.
+pub fn find_quoted_lines(body: &str, lines: &[&Line], precision: Precision) -> Vec<usize> {
+    const MARKER: &str = "unable to parse '";
+    // Error bodies are JSON; the quoted line is JSON-escaped inside them.
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            ["error", "message"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|e| e.as_str()).map(str::to_owned))
+        })
+        .unwrap_or_else(|| body.to_owned());
+    let mut found = Vec::new();
+    for (start, _) in text.match_indices(MARKER) {
+        let rest = &text[start + MARKER.len()..];
+        if let Some(i) = lines.iter().position(|l| {
+            let sent = sent_text(&l.text, precision);
+            rest.starts_with(&*sent) && rest[sent.len()..].starts_with('\'')
+        }) && !found.contains(&i)
+        {
+            found.push(i);
+        }
+    }
+    found
 }
 
 /// What a non-success answer means. Pure, so every case is tested.
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> WriteError {
-    // InfluxDB puts the reason in a header and a JSON body; VictoriaMetrics
-    // in plain text.
-    let detail = headers
-        .get("x-influxdb-error")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        })
-        .unwrap_or_else(|| body.trim().chars().take(500).collect());
-    let reason = format!("HTTP {status}: {detail}");
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str, named: Vec<usize>) -> WriteError {
+    let reason = format!("HTTP {status}: {}", detail(headers, body));
     match status.as_u16() {
-        400 | 422 => WriteError::Rejected { reason },
+        400 | 422 => WriteError::Rejected {
+            reason,
+            lines: named,
+        },
         413 => WriteError::TooLarge { reason },
         401 | 403 => WriteError::Misconfigured {
             reason: format!("{reason} (check the sink's credentials)"),
         },
         404 => WriteError::Misconfigured {
-            reason: format!("{reason} (check the sink's URL and that the database exists)"),
+            reason: format!(
+                "{reason} (check the sink's URL, and that its database, bucket or org exists)"
+            ),
         },
         _ => WriteError::Retry {
             reason,
             retry_after: headers
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
+                .and_then(|v| retry_after(v, SystemTime::now())),
         },
     }
+}
+
+/// The reason in an error answer: InfluxDB's `X-Influxdb-Error` header, a
+/// JSON body's `error`, `message` or `error_message`, else the text.
+fn detail(headers: &HeaderMap, body: &str) -> String {
+    headers
+        .get("x-influxdb-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            let v = serde_json::from_str::<serde_json::Value>(body).ok()?;
+            ["error", "message", "error_message"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|e| e.as_str()).map(str::to_owned))
+        })
+        .unwrap_or_else(|| body.trim().to_owned())
+        .chars()
+        .take(500)
+        .collect()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -84,67 +266,95 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::batcher::Origin;
     use reqwest::header::HeaderValue;
 
+    /// Lines from `texts`, leaked: tests want `&[&Line]` of any lifetime.
+    pub fn lines(texts: &[&str]) -> Vec<&'static Line> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Line {
+                text: (*t).to_owned(),
+                origin: Origin {
+                    topic: Arc::from("t"),
+                    partition: 0,
+                    offset: i as i64,
+                },
+            })
+            .map(|l| &*Box::leak(Box::new(l)))
+            .collect()
+    }
+
     fn classify_simple(code: u16, body: &str) -> WriteError {
-        classify(StatusCode::from_u16(code).unwrap(), &HeaderMap::new(), body)
+        classify(
+            StatusCode::from_u16(code).unwrap(),
+            &HeaderMap::new(),
+            body,
+            Vec::new(),
+        )
     }
 
     #[test]
     fn each_status_maps_to_an_action() {
-        assert!(matches!(
-            classify_simple(400, "bad"),
-            WriteError::Rejected { .. }
-        ));
-        assert!(matches!(
-            classify_simple(422, "bad"),
-            WriteError::Rejected { .. }
-        ));
-        assert!(matches!(
-            classify_simple(413, "big"),
-            WriteError::TooLarge { .. }
-        ));
-        assert!(matches!(
-            classify_simple(401, ""),
-            WriteError::Misconfigured { .. }
-        ));
-        assert!(matches!(
-            classify_simple(403, ""),
-            WriteError::Misconfigured { .. }
-        ));
-        assert!(matches!(
-            classify_simple(404, ""),
-            WriteError::Misconfigured { .. }
-        ));
-        assert!(matches!(classify_simple(429, ""), WriteError::Retry { .. }));
-        assert!(matches!(classify_simple(500, ""), WriteError::Retry { .. }));
-        assert!(matches!(classify_simple(503, ""), WriteError::Retry { .. }));
+        for code in [400, 422] {
+            assert!(matches!(classify_simple(code, "bad"), WriteError::Rejected { .. }));
+        }
+        assert!(matches!(classify_simple(413, "big"), WriteError::TooLarge { .. }));
+        for code in [401, 403, 404] {
+            assert!(matches!(classify_simple(code, ""), WriteError::Misconfigured { .. }));
+        }
+        for code in [429, 500, 502, 503] {
+            assert!(matches!(classify_simple(code, ""), WriteError::Retry { .. }));
+        }
     }
 
     #[test]
-    fn honours_retry_after_in_seconds() {
+    fn honours_retry_after_in_seconds_and_as_a_date() {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        let e = classify(StatusCode::TOO_MANY_REQUESTS, &h, "");
+        let e = classify(StatusCode::TOO_MANY_REQUESTS, &h, "", Vec::new());
+        assert!(matches!(e, WriteError::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         assert_eq!(
-            e,
-            WriteError::Retry {
-                reason: "HTTP 429 Too Many Requests: ".into(),
-                retry_after: Some(Duration::from_secs(7))
-            }
+            retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
         );
+        assert_eq!(retry_after("soon", now), None);
     }
 
     #[test]
-    fn takes_influxdbs_reason_from_its_json_body() {
+    fn takes_the_reason_from_header_or_json_body() {
         let e = classify_simple(400, r#"{"error":"partial write: field type conflict"}"#);
-        assert!(
-            e.to_string().contains("partial write: field type conflict"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("partial write: field type conflict"), "{e}");
+        let e = classify_simple(400, r#"{"code":"invalid","message":"no org"}"#);
+        assert!(e.to_string().ends_with("no org"), "{e}");
         let e = classify_simple(404, r#"{"error":"database not found: \"buoy\""}"#);
-        assert!(e.to_string().contains("database exists"), "{e}");
+        assert!(e.to_string().contains("database, bucket or org exists"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_are_divided_down_to_the_precision() {
+        let line = "m,t=a\\ b v=1.5 1700000000123456789";
+        assert_eq!(sent_text(line, Precision::Ns), line);
+        assert_eq!(sent_text(line, Precision::Us), "m,t=a\\ b v=1.5 1700000000123456");
+        assert_eq!(sent_text(line, Precision::Ms), "m,t=a\\ b v=1.5 1700000000123");
+        assert_eq!(sent_text(line, Precision::S), "m,t=a\\ b v=1.5 1700000000");
+        // Before 1970 the time still rounds down, not towards zero.
+        assert_eq!(sent_text("m v=1 -1500000", Precision::Ms), "m v=1 -2");
+    }
+
+    #[test]
+    fn finds_the_lines_influxdb_quotes() {
+        let ls = lines(&["m v=1 1000000", "m v=\"x 2000000", "m v=3 3000000"]);
+        let body = r#"{"error":"unable to parse 'm v=\"x 2000': unbalanced quotes"}"#;
+        assert_eq!(find_quoted_lines(body, &ls, Precision::Us), vec![1]);
+        assert_eq!(find_quoted_lines(body, &ls, Precision::Ns), Vec::<usize>::new());
+        let v2 = r#"{"code":"invalid","message":"partial write error (2 written): unable to parse 'm v=\"x 2000000': unbalanced quotes"}"#;
+        assert_eq!(find_quoted_lines(v2, &ls, Precision::Ns), vec![1]);
     }
 }

@@ -1,52 +1,51 @@
-//! InfluxDB 1.x: `/write?db=<database>&rp=<policy>&precision=ns`.
+//! InfluxDB 1.x: `POST /write?db=<database>&rp=<policy>&precision=<p>`,
+//! basic auth.
 //!
-//! The database must exist. A partial write answers 400 with the reason;
-//! the valid points of that batch are written anyway.
+//! The database must exist. A partial write answers 400 and quotes each line
+//! it could not parse (`unable to parse '<line>': ...`); its valid points are
+//! written anyway, and writing them again only overwrites them.
 
 use async_trait::async_trait;
 
-use super::{BuildError, Sink, WriteError, http};
-use crate::config::InfluxV1Config;
+use super::config::{Precision, SinkConfig};
+use super::http::{self, Auth, HttpWriter};
+use super::{BuildError, Sink, WriteError};
+use crate::batcher::Line;
 
 pub struct InfluxDbV1 {
     name: String,
-    url: String,
-    query: Vec<(&'static str, String)>,
-    credentials: Option<(String, String)>,
-    client: reqwest::Client,
+    http: HttpWriter,
+}
+
+/// InfluxDB 1.x's spelling of a precision.
+pub fn precision_param(p: Precision) -> &'static str {
+    match p {
+        Precision::Ns => "ns",
+        Precision::Us => "u",
+        Precision::Ms => "ms",
+        Precision::S => "s",
+    }
 }
 
 impl InfluxDbV1 {
-    pub fn new(config: &InfluxV1Config) -> Result<Self, BuildError> {
-        let base = config.url.trim_end_matches('/');
+    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
         let mut query = vec![
             ("db", config.database.clone()),
-            ("precision", "ns".to_owned()),
+            ("precision", precision_param(config.precision()).to_owned()),
         ];
         if !config.retention_policy.is_empty() {
             query.push(("rp", config.retention_policy.clone()));
         }
-        let credentials = match (&config.username, &config.password_file) {
-            (Some(user), Some(path)) => {
-                let password =
-                    std::fs::read_to_string(path).map_err(|source| BuildError::Secret {
-                        path: path.clone(),
-                        source,
-                    })?;
-                Some((
-                    user.clone(),
-                    password.trim_end_matches(['\r', '\n']).to_owned(),
-                ))
-            }
-            (Some(user), None) => Some((user.clone(), String::new())),
-            _ => None,
-        };
-        Ok(InfluxDbV1 {
-            name: format!("influxdb_v1 {base} db={}", config.database),
-            url: format!("{base}/write"),
+        let http = HttpWriter::new(
+            config,
+            "/write",
             query,
-            credentials,
-            client: http::client(config.timeout)?,
+            Auth::basic(config)?,
+            http::find_quoted_lines,
+        )?;
+        Ok(InfluxDbV1 {
+            name: format!("influxdb_v1 {} db={}", http.url(), config.database),
+            http,
         })
     }
 }
@@ -57,11 +56,7 @@ impl Sink for InfluxDbV1 {
         &self.name
     }
 
-    async fn write(&self, body: String) -> Result<(), WriteError> {
-        let mut request = self.client.post(&self.url).query(&self.query);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        http::post(request, body).await
+    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
+        self.http.post(lines).await
     }
 }

@@ -1,26 +1,38 @@
 //! # Sinks: where batches are written
 //!
-//! Each database is one small implementation of [`Sink`]; they share the
-//! HTTP request and the reading of the answer in [`http`]. A write either
-//! succeeds, or fails with a [`WriteError`] that says what to do about it.
+//! Each database is one small implementation of [`Sink`]. The line-protocol
+//! databases share the HTTP request (precision, gzip, auth) and the reading
+//! of the answer in [`http`]; each knows only its endpoint and how its error
+//! bodies name the lines it refused. A write either succeeds, or fails with a
+//! [`WriteError`] that says what to do about it.
 //!
 //! ## Layout
-//! - [`http`]: POSTing line protocol and classifying the status.
-//! - [`victoriametrics`]: the `/write` endpoint.
-//! - [`influxdb_v1`]: `/write?db=&rp=&precision=ns`, basic auth.
+//! - [`config`]: the `[[sink]]` table.
+//! - [`http`]: POSTing line protocol and classifying the answer.
+//! - [`influxdb_v1`], [`influxdb_v2`], [`influxdb_v3`], [`victoriametrics`],
+//!   [`cnosdb`], [`questdb`]: one endpoint each.
+//! - [`redis`]: the latest value of each series, in a hash.
 
+pub mod cnosdb;
+pub mod config;
 pub mod http;
 pub mod influxdb_v1;
+pub mod influxdb_v2;
+pub mod influxdb_v3;
+pub mod questdb;
+pub mod redis;
 pub mod victoriametrics;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::SinkConfig;
+use crate::batcher::Line;
+use config::{SinkConfig, SinkKind};
 
 /// Why a write failed, and so what to do next.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WriteError {
-    /// Try the same batch again later: the database is down, overloaded
+    /// Try the same lines again later: the database is down, overloaded
     /// (429, 5xx) or did not answer.
     #[error("{reason}")]
     Retry {
@@ -28,27 +40,28 @@ pub enum WriteError {
         /// The database asked for this delay (`Retry-After`).
         retry_after: Option<Duration>,
     },
-    /// The batch is too large for the database (413): split it.
+    /// The lines are too many for one request (413): split them.
     #[error("{reason}")]
     TooLarge { reason: String },
-    /// The database refused (some of) the data (400, 422): find the bad
-    /// lines and dead-letter them.
+    /// The database refused (some of) the lines (400, 422). `lines` holds
+    /// the indices of those it named; empty when it did not say, and the
+    /// refused lines must be found by bisecting.
     #[error("{reason}")]
-    Rejected { reason: String },
+    Rejected { reason: String, lines: Vec<usize> },
     /// Retrying will not help until an operator acts: wrong credentials,
     /// missing database, wrong URL (401, 403, 404).
     #[error("{reason}")]
     Misconfigured { reason: String },
 }
 
-/// A time-series database that accepts line protocol.
+/// A database that takes readings as line protocol.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
-    /// A short name for logs: kind and URL.
+    /// A short name for logs and metrics: kind and URL.
     fn name(&self) -> &str;
 
-    /// Writes `body`: lines of line protocol, nanosecond timestamps.
-    async fn write(&self, body: String) -> Result<(), WriteError>;
+    /// Writes `lines` (line protocol, nanosecond timestamps) at once.
+    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError>;
 }
 
 /// Why a sink could not be built.
@@ -56,17 +69,41 @@ pub trait Sink: Send + Sync {
 pub enum BuildError {
     #[error("cannot read {path}: {source}")]
     Secret {
-        path: std::path::PathBuf,
+        path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is empty")]
+    EmptySecret { path: PathBuf },
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
 }
 
 /// Builds the sink a `[[sink]]` table describes.
-pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
-    Ok(match config {
-        SinkConfig::Victoriametrics(c) => Box::new(victoriametrics::VictoriaMetrics::new(c)?),
-        SinkConfig::InfluxdbV1(c) => Box::new(influxdb_v1::InfluxDbV1::new(c)?),
+pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
+    Ok(match config.kind {
+        SinkKind::InfluxdbV1 => Box::new(influxdb_v1::InfluxDbV1::new(config)?),
+        SinkKind::InfluxdbV2 => Box::new(influxdb_v2::InfluxDbV2::new(config)?),
+        SinkKind::InfluxdbV3 => Box::new(influxdb_v3::InfluxDbV3::new(config)?),
+        SinkKind::Victoriametrics => Box::new(victoriametrics::VictoriaMetrics::new(config)?),
+        SinkKind::Cnosdb => Box::new(cnosdb::CnosDb::new(config)?),
+        SinkKind::Questdb => Box::new(questdb::QuestDb::new(config)?),
+        SinkKind::Redis => Box::new(redis::Redis::new(config).await?),
     })
+}
+
+/// Reads a password or token file: the first line, without its line end.
+pub fn read_secret(path: &Path) -> Result<String, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Secret {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.lines().next().unwrap_or_default().to_owned();
+    if secret.is_empty() {
+        return Err(BuildError::EmptySecret {
+            path: path.to_owned(),
+        });
+    }
+    Ok(secret)
 }

@@ -1,0 +1,216 @@
+//! # Metrics: Prometheus text on a local port
+//!
+//! `GET /metrics` on `metrics.listen` (default `127.0.0.1:9274`):
+//!
+//! | metric | what |
+//! |---|---|
+//! | `uplink_consumer_lag{topic,partition}` | records behind the end of the partition, from librdkafka's statistics (approximate on brokers whose high watermark lags, such as Tansu) |
+//! | `uplink_records_total` | records consumed |
+//! | `uplink_lines_written_total{sink}` | lines the sink accepted |
+//! | `uplink_lines_per_second` | lines accepted by all sinks per second, over the last 5 s |
+//! | `uplink_batch_seconds` | histogram: from a batch being sealed to every sink and the dead-letter topic holding it |
+//! | `uplink_write_retries_total{sink}` | failed writes that will be retried |
+//! | `uplink_dead_lettered_total{reason}` | records sent to the dead-letter topic (`malformed` or `rejected`) |
+//! | `uplink_batches_in_flight` | batches being written or retried |
+//! | `uplink_consuming_paused` | 1 while consumption is paused because every batch slot is taken |
+//! | `uplink_sink_misconfigured{sink}` | 1 while the sink answers 401, 403 or 404 |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub consumer_lag: Family<Labels, Gauge>,
+    pub records: Counter,
+    pub lines_written: Family<Labels, Counter>,
+    pub lines_per_second: Gauge<f64, AtomicU64>,
+    pub batch_seconds: Histogram,
+    pub write_retries: Family<Labels, Counter>,
+    pub dead_lettered: Family<Labels, Counter>,
+    pub batches_in_flight: Gauge,
+    pub paused: Gauge,
+    pub misconfigured: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("uplink");
+        let m = Metrics {
+            consumer_lag: Family::default(),
+            records: Counter::default(),
+            lines_written: Family::default(),
+            lines_per_second: Gauge::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            write_retries: Family::default(),
+            dead_lettered: Family::default(),
+            batches_in_flight: Gauge::default(),
+            paused: Gauge::default(),
+            misconfigured: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "consumer_lag",
+            "Records behind the partition's end (approximate where the broker's high watermark lags)",
+            m.consumer_lag.clone(),
+        );
+        registry.register("records", "Kafka records consumed", m.records.clone());
+        registry.register("lines_written", "Lines the sink accepted", m.lines_written.clone());
+        registry.register(
+            "lines_per_second",
+            "Lines accepted by all sinks per second, over the last 5 s",
+            m.lines_per_second.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "From a batch being sealed to every sink and the dead-letter topic holding it",
+            m.batch_seconds.clone(),
+        );
+        registry.register(
+            "write_retries",
+            "Failed writes that will be retried",
+            m.write_retries.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Records sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "batches_in_flight",
+            "Batches being written or retried",
+            m.batches_in_flight.clone(),
+        );
+        registry.register(
+            "consuming_paused",
+            "1 while consumption is paused because every batch slot is taken",
+            m.paused.clone(),
+        );
+        registry.register(
+            "sink_misconfigured",
+            "1 while the sink answers 401, 403 or 404",
+            m.misconfigured.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+/// Labels naming one sink.
+pub fn sink(name: &str) -> Labels {
+    vec![("sink", name.to_owned())]
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Consumer lag per partition from a librdkafka statistics report.
+    pub fn record_lag(&self, stats: &rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka reports the internal UA partition as -1.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.consumer_lag
+                    .get_or_create(&vec![
+                        ("topic", topic.clone()),
+                        ("partition", partition.to_string()),
+                    ])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+
+    /// Serves `GET /metrics` on `addr` until `stop`.
+    pub async fn serve(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        Ok(tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "metrics: accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let metrics = self.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        async move {
+                            let response = if request.uri().path() == "/metrics" {
+                                Response::builder()
+                                    .header(
+                                        "content-type",
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                    )
+                                    .body(Full::new(Bytes::from(metrics.render())))
+                            } else {
+                                Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                            };
+                            response
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_with_its_labels() {
+        let m = Metrics::default();
+        m.records.inc_by(3);
+        m.lines_written.get_or_create(&sink("victoriametrics x")).inc_by(5);
+        m.consumer_lag
+            .get_or_create(&vec![("topic", "t".into()), ("partition", "2".into())])
+            .set(17);
+        m.batch_seconds.observe(0.02);
+        let text = m.render();
+        for expected in [
+            "uplink_records_total 3",
+            "uplink_lines_written_total{sink=\"victoriametrics x\"} 5",
+            "uplink_consumer_lag{topic=\"t\",partition=\"2\"} 17",
+            "uplink_batch_seconds_count 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+}

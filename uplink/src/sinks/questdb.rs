@@ -1,0 +1,82 @@
+//! QuestDB: InfluxDB line protocol over HTTP, `POST /write?precision=`.
+//! Success is 204. A request is one transaction: when a line is bad nothing
+//! of it is written, and the answer is 400 with
+//! `{"code":"invalid","message":"...","line":N,"errorId":"..."}`, `line`
+//! counted from 1.
+
+use async_trait::async_trait;
+
+use super::config::{Precision, SinkConfig};
+use super::http::{Auth, HttpWriter};
+use super::{BuildError, Sink, WriteError};
+use crate::batcher::Line;
+
+pub struct QuestDb {
+    name: String,
+    http: HttpWriter,
+}
+
+/// QuestDB's spelling of a precision.
+pub fn precision_param(p: Precision) -> &'static str {
+    match p {
+        Precision::Ns => "n",
+        Precision::Us => "u",
+        Precision::Ms => "ms",
+        Precision::S => "s",
+    }
+}
+
+/// The line named in the body's `line`.
+pub fn find_numbered_line(body: &str, lines: &[&Line], _: Precision) -> Vec<usize> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("line").and_then(|n| n.as_u64()))
+        .and_then(|n| (n as usize).checked_sub(1))
+        .filter(|&i| i < lines.len())
+        .into_iter()
+        .collect()
+}
+
+impl QuestDb {
+    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
+        let query = vec![(
+            "precision",
+            precision_param(config.precision()).to_owned(),
+        )];
+        let auth = if config.token_file.is_some() {
+            Auth::token(config, "Bearer")?
+        } else {
+            Auth::basic(config)?
+        };
+        let http = HttpWriter::new(config, "/write", query, auth, find_numbered_line)?;
+        Ok(QuestDb {
+            name: format!("questdb {}", http.url()),
+            http,
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for QuestDb {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
+        self.http.post(lines).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::http::tests::lines;
+
+    #[test]
+    fn finds_the_line_by_number() {
+        let ls = lines(&["a v=1 1", "b v= 2"]);
+        let body = r#"{"code":"invalid","message":"failed to parse line protocol:errors encountered on line(s):\nerror in line 2: table: b; invalid field value","line":2,"errorId":"9f-1"}"#;
+        assert_eq!(find_numbered_line(body, &ls, Precision::Ns), vec![1]);
+        assert!(find_numbered_line(r#"{"line":7}"#, &ls, Precision::Ns).is_empty());
+    }
+}

@@ -1,0 +1,196 @@
+//! # The writer: one sealed batch into every sink
+//!
+//! A batch is written by its own task, so several are in flight at once;
+//! each sink admits at most `max_concurrent_writes` of them at a time. The
+//! task ends when every sink accepted the batch's lines (or dead-lettered
+//! the ones it refused) and the dead-letter topic acknowledged the batch's
+//! letters. Only then may its offsets be committed.
+//!
+//! Per answer (see [`WriteError`]):
+//! - 429, 5xx, no answer: the same lines again, after `Retry-After` or a
+//!   backoff with jitter, for ever;
+//! - 413: the lines are split in half and each half written;
+//! - 400, 422: the lines the database named go to the dead-letter topic and
+//!   the rest is written again; if it named none, the lines are bisected down
+//!   to the ones it refuses;
+//! - 401, 403, 404: said loudly, retried slowly, nothing committed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use telemetry::backoff::Backoff;
+use telemetry::throttle::Throttle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{Batch, Line};
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::metrics::{self, Metrics};
+use crate::sinks::{Sink, WriteError};
+
+/// A sink and what limits it.
+pub struct SinkSlot {
+    pub sink: Box<dyn Sink>,
+    pub permits: Semaphore,
+    log: Mutex<Throttle>,
+}
+
+impl SinkSlot {
+    pub fn new(sink: Box<dyn Sink>, max_concurrent_writes: usize) -> Self {
+        SinkSlot {
+            sink,
+            permits: Semaphore::new(max_concurrent_writes),
+            log: Mutex::new(Throttle::new(Duration::from_secs(60))),
+        }
+    }
+}
+
+/// What a batch's task shares with the others.
+#[derive(Clone)]
+pub struct Writer {
+    pub sinks: Arc<[SinkSlot]>,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<Metrics>,
+    pub max_retry_delay: Duration,
+}
+
+impl Writer {
+    /// Writes `batch` everywhere. Returns false if `stop` fired first: the
+    /// batch is then not dealt with and must not be committed.
+    pub async fn write(&self, batch: &Batch, stop: &CancellationToken) -> bool {
+        let letters = async {
+            for letter in &batch.letters {
+                if !self.dead_letters.send(letter, stop).await {
+                    return false;
+                }
+                self.metrics
+                    .dead_lettered
+                    .get_or_create(&vec![("reason", "malformed".to_owned())])
+                    .inc();
+            }
+            true
+        };
+        let sinks = futures_util::future::join_all(
+            self.sinks
+                .iter()
+                .map(|slot| self.write_to(slot, &batch.lines, stop)),
+        );
+        let (letters_ok, sinks_ok) = tokio::join!(letters, sinks);
+        letters_ok && sinks_ok.into_iter().all(|ok| ok)
+    }
+
+    /// Writes `lines` to one sink, splitting or bisecting as it asks.
+    async fn write_to(&self, slot: &SinkSlot, lines: &[Line], stop: &CancellationToken) -> bool {
+        if lines.is_empty() {
+            return true;
+        }
+        let _permit = tokio::select! {
+            permit = slot.permits.acquire() => permit.expect("semaphore never closed"),
+            _ = stop.cancelled() => return false,
+        };
+        let name = slot.sink.name();
+        let labels = metrics::sink(name);
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.max_retry_delay);
+        // Lines still to write, in chunks; the next one on top.
+        let mut todo: Vec<Vec<&Line>> = vec![lines.iter().collect()];
+        while let Some(chunk) = todo.pop() {
+            if chunk.is_empty() {
+                continue;
+            }
+            match slot.sink.write(&chunk).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.metrics.misconfigured.get_or_create(&labels).set(0);
+                    self.metrics
+                        .lines_written
+                        .get_or_create(&labels)
+                        .inc_by(chunk.len() as u64);
+                }
+                Err(WriteError::Rejected { reason, lines: named }) if !named.is_empty() => {
+                    let mut rest = Vec::with_capacity(chunk.len());
+                    for (i, line) in chunk.into_iter().enumerate() {
+                        if named.contains(&i) {
+                            if !self.dead_letter_line(line, &reason, name, stop).await {
+                                return false;
+                            }
+                        } else {
+                            rest.push(line);
+                        }
+                    }
+                    todo.push(rest);
+                }
+                Err(WriteError::TooLarge { reason } | WriteError::Rejected { reason, .. }) => {
+                    if chunk.len() > 1 {
+                        let mut first = chunk;
+                        let second = first.split_off(first.len() / 2);
+                        todo.push(second);
+                        todo.push(first);
+                    } else if !self.dead_letter_line(chunk[0], &reason, name, stop).await {
+                        return false;
+                    }
+                }
+                Err(e @ (WriteError::Retry { .. } | WriteError::Misconfigured { .. })) => {
+                    self.metrics.write_retries.get_or_create(&labels).inc();
+                    let jittered = backoff.next_delay(rand::random());
+                    let delay = match &e {
+                        WriteError::Retry {
+                            retry_after: Some(asked),
+                            ..
+                        } => (*asked).max(jittered / 4),
+                        _ => jittered,
+                    };
+                    let misconfigured = matches!(e, WriteError::Misconfigured { .. });
+                    self.metrics
+                        .misconfigured
+                        .get_or_create(&labels)
+                        .set(i64::from(misconfigured));
+                    let allowed = slot.log.lock().expect("log throttle").allow(std::time::Instant::now());
+                    if let Some(held_back) = allowed {
+                        if misconfigured {
+                            tracing::error!(
+                                sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
+                                "the database refuses the uplink; fix its configuration. Consuming stops once every batch slot waits on it; nothing is committed meanwhile"
+                            );
+                        } else {
+                            tracing::warn!(
+                                sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
+                                "database write failed; retrying. Nothing is committed meanwhile"
+                            );
+                        }
+                    }
+                    todo.push(chunk);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return false,
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    async fn dead_letter_line(
+        &self,
+        line: &Line,
+        reason: &str,
+        sink: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        let letter = DeadLetter {
+            key: None,
+            payload: line.text.clone().into_bytes(),
+            headers: Vec::new(),
+            error: reason.to_owned(),
+            origin: line.origin.clone(),
+            sink: Some(sink.to_owned()),
+        };
+        let sent = self.dead_letters.send(&letter, stop).await;
+        if sent {
+            self.metrics
+                .dead_lettered
+                .get_or_create(&vec![("reason", "rejected".to_owned())])
+                .inc();
+        }
+        sent
+    }
+}
