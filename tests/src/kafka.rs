@@ -123,13 +123,20 @@ fn unique_log(dir: &Path, name: &str) -> PathBuf {
 }
 
 pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
+    let one: Vec<(&str, i32)> = topics.iter().map(|t| (*t, 1)).collect();
+    create_partitioned_topics(bootstrap, &one).await;
+}
+
+/// Creates topics with the given partition counts and waits until they are
+/// visible with all their partitions.
+pub async fn create_partitioned_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
@@ -141,7 +148,10 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
             panic!("cannot create topic {topic}: {code:?}");
         }
     }
-    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let names: Vec<(String, usize)> = topics
+        .iter()
+        .map(|(t, n)| (t.to_string(), *n as usize))
+        .collect();
     wait_for(
         "the new topics to appear in metadata",
         Duration::from_secs(20),
@@ -152,10 +162,10 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
                 .ok()?;
             names
                 .iter()
-                .all(|n| {
+                .all(|(n, count)| {
                     md.topics()
                         .iter()
-                        .any(|t| t.name() == n && !t.partitions().is_empty())
+                        .any(|t| t.name() == n && t.partitions().len() == *count)
                 })
                 .then_some(())
         },

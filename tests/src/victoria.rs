@@ -25,8 +25,12 @@ impl Victoria {
     /// written twice one point, as Buoy's design expects; a latency offset of
     /// 1 s makes fresh points visible to queries quickly.
     pub fn start(dir: &Path) -> Victoria {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts VictoriaMetrics on `port`, with its data in `dir`.
+    pub fn start_on(dir: &Path, port: u16) -> Victoria {
         let vm = require("victoria-metrics", "sudo apt-get install victoria-metrics");
-        let port = free_port();
         let data = dir.join("victoria-data");
         let mut c = Command::new(vm);
         c.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
@@ -35,13 +39,53 @@ impl Victoria {
             .arg("-search.latencyOffset=1s")
             .arg("-retentionPeriod=100y")
             .arg("-loggerLevel=WARN");
-        let service = Service::spawn("victoria-metrics", c, &dir.join("victoria-metrics.log"));
+        let log = (0..)
+            .map(|i| dir.join(format!("victoria-metrics.{i}.log")))
+            .find(|p| !p.exists())
+            .expect("a log name");
+        let service = Service::spawn("victoria-metrics", c, &log);
         wait_for_port(port, Duration::from_secs(30), &service);
         Victoria { service, port }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many samples of `metric` it holds (after deduplication).
+    pub async fn count(&self, metric: &str) -> usize {
+        let client = reqwest::Client::new();
+        let _ = client
+            .get(format!("{}/internal/force_flush", self.url()))
+            .send()
+            .await;
+        let Ok(response) = client
+            .post(format!("{}/api/v1/export", self.url()))
+            .form(&[("match[]", format!("{{__name__=\"{metric}\"}}"))])
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let body = response.text().await.unwrap_or_default();
+        body.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["timestamps"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// Rows it has taken in over the Influx line protocol, from its own
+    /// metrics (counted before deduplication).
+    pub async fn rows_inserted(&self) -> u64 {
+        let Ok(response) = reqwest::get(format!("{}/metrics", self.url())).await else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("vm_rows_inserted_total{type=\"influx\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Every sample of every series.

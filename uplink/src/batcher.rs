@@ -94,8 +94,18 @@ impl Batcher {
         self.batch.lines.retain(|l| !gone(&l.origin));
         self.batch.letters.retain(|l| !gone(&l.origin));
         self.batch.commit.retain(|k, _| !partitions.contains(k));
-        self.bytes = self.batch.lines.iter().map(|l| l.text.len() + 1).sum::<usize>()
-            + self.batch.letters.iter().map(|l| l.payload.len()).sum::<usize>();
+        self.bytes = self
+            .batch
+            .lines
+            .iter()
+            .map(|l| l.text.len() + 1)
+            .sum::<usize>()
+            + self
+                .batch
+                .letters
+                .iter()
+                .map(|l| l.payload.len())
+                .sum::<usize>();
         if self.batch.commit.is_empty() {
             self.opened = None;
         }

@@ -56,6 +56,12 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Consumer group; uplinks sharing it share the partitions.
     pub group: String,
+    /// This uplink's static membership in the group (`group.instance.id`):
+    /// restarted after a crash, it takes its partitions back at once instead
+    /// of waiting for the group to give up on its previous life. Default: the
+    /// host name. Every uplink in a group needs its own, so set it when two
+    /// run on one host. Empty turns static membership off.
+    pub instance_id: String,
     /// Records that can never be written (not UTF-8, bad line protocol,
     /// rejected by the database) go here, with headers saying why and where
     /// they came from. Empty: such records are logged and skipped.
@@ -82,6 +88,7 @@ impl Default for KafkaConfig {
             brokers: vec!["localhost:9092".into()],
             topics: vec!["telemetry".into()],
             group: "buoy-uplink".into(),
+            instance_id: gethostname::gethostname().to_string_lossy().into_owned(),
             dead_letter_topic: "telemetry.dlq".into(),
             start_from: StartFrom::Earliest,
             json_timestamp_unit: TimestampUnit::Auto,
@@ -95,6 +102,7 @@ impl Default for KafkaConfig {
 const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "kafka.brokers"),
     ("group.id", "kafka.group"),
+    ("group.instance.id", "kafka.instance_id"),
     (
         "enable.auto.commit",
         "nothing: offsets are committed only after the database accepted the data",

@@ -127,7 +127,9 @@ impl ConsumerContext for Events {
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(())
                 | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(error = %e, "commit before revocation failed; the new owner re-reads from the last commit"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit before revocation failed; the new owner re-reads from the last commit")
+                }
             }
         }
     }
@@ -191,9 +193,19 @@ pub fn client_config(config: &UplinkConfig) -> ClientConfig {
             },
         )
         .set("enable.partition.eof", "false")
+        // A member that died (SIGKILL, power cut) holds its partitions until
+        // the group gives up on it; a restarted uplink waits that long before
+        // it consumes again. The uplink polls all the time, even while paused,
+        // so the limits can be short. kafka.properties may override them.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        .set("max.poll.interval.ms", "30000")
         .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
         .set("statistics.interval.ms", "5000")
         .set("topic.metadata.refresh.interval.ms", "10000");
+    if !k.instance_id.is_empty() {
+        c.set("group.instance.id", &k.instance_id);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }

@@ -148,7 +148,11 @@ impl DeadLetters {
             }
             let error = match producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    let allowed = self.sent_log.lock().expect("log throttle").allow(std::time::Instant::now());
+                    let allowed = self
+                        .sent_log
+                        .lock()
+                        .expect("log throttle")
+                        .allow(std::time::Instant::now());
                     let Some(held_back) = allowed else {
                         return true;
                     };
@@ -165,7 +169,11 @@ impl DeadLetters {
                 }
                 Err((e, _)) => e,
             };
-            let allowed = self.log.lock().expect("log throttle").allow(std::time::Instant::now());
+            let allowed = self
+                .log
+                .lock()
+                .expect("log throttle")
+                .allow(std::time::Instant::now());
             if let Some(held_back) = allowed {
                 let hint = match error.rdkafka_error_code() {
                     Some(

@@ -32,15 +32,13 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { print } => runtime.block_on(check_config(&loaded, print)),
-        Command::Run => {
-            match runtime.block_on(run(loaded.config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Run => match runtime.block_on(run(loaded.config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
 }
 

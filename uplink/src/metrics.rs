@@ -70,7 +70,11 @@ impl Default for Metrics {
             m.consumer_lag.clone(),
         );
         registry.register("records", "Kafka records consumed", m.records.clone());
-        registry.register("lines_written", "Lines the sink accepted", m.lines_written.clone());
+        registry.register(
+            "lines_written",
+            "Lines the sink accepted",
+            m.lines_written.clone(),
+        );
         registry.register(
             "lines_per_second",
             "Lines accepted by all sinks per second, over the last 5 s",
@@ -166,7 +170,7 @@ impl Metrics {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let metrics = metrics.clone();
                         async move {
-                            let response = if request.uri().path() == "/metrics" {
+                            if request.uri().path() == "/metrics" {
                                 Response::builder()
                                     .header(
                                         "content-type",
@@ -177,8 +181,7 @@ impl Metrics {
                                 Response::builder()
                                     .status(404)
                                     .body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                            };
-                            response
+                            }
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -198,7 +201,9 @@ mod tests {
     fn renders_every_metric_with_its_labels() {
         let m = Metrics::default();
         m.records.inc_by(3);
-        m.lines_written.get_or_create(&sink("victoriametrics x")).inc_by(5);
+        m.lines_written
+            .get_or_create(&sink("victoriametrics x"))
+            .inc_by(5);
         m.consumer_lag
             .get_or_create(&vec![("topic", "t".into()), ("partition", "2".into())])
             .set(17);

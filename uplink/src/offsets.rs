@@ -39,7 +39,9 @@ impl Offsets {
         for (partition, &next) in ends {
             let queue = self.partitions.entry(partition.clone()).or_default();
             debug_assert!(
-                queue.back().is_none_or(|p| p.next <= next && p.batch < batch),
+                queue
+                    .back()
+                    .is_none_or(|p| p.next <= next && p.batch < batch),
                 "invariant 1: batches registered in consumption order"
             );
             queue.push_back(Pending {
@@ -52,7 +54,11 @@ impl Offsets {
 
     /// Marks batch `batch` done. Returns, per partition whose committable
     /// offset moved, the new offset.
-    pub fn completed(&mut self, batch: u64, ends: &BTreeMap<Partition, i64>) -> Vec<(Partition, i64)> {
+    pub fn completed(
+        &mut self,
+        batch: u64,
+        ends: &BTreeMap<Partition, i64>,
+    ) -> Vec<(Partition, i64)> {
         let mut moved = Vec::new();
         for partition in ends.keys() {
             let Some(queue) = self.partitions.get_mut(partition) else {
@@ -85,7 +91,9 @@ impl Offsets {
 
     /// Batches not yet done, per partition.
     pub fn pending(&self, partition: &Partition) -> usize {
-        self.partitions.get(partition).map_or(0, |q| q.iter().filter(|p| !p.done).count())
+        self.partitions
+            .get(partition)
+            .map_or(0, |q| q.iter().filter(|p| !p.done).count())
     }
 }
 
@@ -110,7 +118,10 @@ mod tests {
         // Batch 3 first: batches 1 and 2 still hold partition 0 back.
         assert!(o.completed(3, &ends(&[(0, 300)])).is_empty());
         // Batch 2: partition 1 had nothing before it; partition 0 waits.
-        assert_eq!(o.completed(2, &ends(&[(0, 200), (1, 50)])), vec![(p(1), 50)]);
+        assert_eq!(
+            o.completed(2, &ends(&[(0, 200), (1, 50)])),
+            vec![(p(1), 50)]
+        );
         assert_eq!(o.pending(&p(0)), 1);
         // Batch 1 releases everything up to batch 3's end.
         assert_eq!(o.completed(1, &ends(&[(0, 100)])), vec![(p(0), 300)]);
@@ -125,7 +136,10 @@ mod tests {
         // Reassigned: consumption restarts at the last commit.
         o.sealed(2, &ends(&[(0, 60)]));
         // The old batch finishing moves only the partition still held.
-        assert_eq!(o.completed(1, &ends(&[(0, 100), (1, 10)])), vec![(p(1), 10)]);
+        assert_eq!(
+            o.completed(1, &ends(&[(0, 100), (1, 10)])),
+            vec![(p(1), 10)]
+        );
         assert_eq!(o.completed(2, &ends(&[(0, 60)])), vec![(p(0), 60)]);
     }
 
@@ -134,9 +148,13 @@ mod tests {
         // Whatever the order, the committed offset never passes a batch that
         // is not done, and ends at the last batch's end.
         for seed in 0..200u64 {
-            let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut rng = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let mut next = || {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (rng >> 33) as usize
             };
             let mut o = Offsets::default();

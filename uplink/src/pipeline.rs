@@ -134,7 +134,11 @@ impl Pipeline {
         let mut rate = RateGauge::new(Instant::now(), tick);
         loop {
             let room = self.in_flight.len() < self.max_in_flight;
-            let deadline = self.batcher.deadline().map(Instant::from_std).filter(|_| room);
+            let deadline = self
+                .batcher
+                .deadline()
+                .map(Instant::from_std)
+                .filter(|_| room);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -427,12 +431,20 @@ impl RateGauge {
 fn log_status(c: &Counters, m: &Metrics, writer: &Writer) {
     let dead_lettered: u64 = ["malformed", "rejected"]
         .iter()
-        .map(|r| m.dead_lettered.get_or_create(&vec![("reason", (*r).to_owned())]).get())
+        .map(|r| {
+            m.dead_lettered
+                .get_or_create(&vec![("reason", (*r).to_owned())])
+                .get()
+        })
         .sum();
     let write_retries: u64 = writer
         .sinks
         .iter()
-        .map(|s| m.write_retries.get_or_create(&metrics::sink(s.sink.name())).get())
+        .map(|s| {
+            m.write_retries
+                .get_or_create(&metrics::sink(s.sink.name()))
+                .get()
+        })
         .sum();
     tracing::info!(
         records = c.records,

@@ -106,7 +106,10 @@ impl Writer {
                         .get_or_create(&labels)
                         .inc_by(chunk.len() as u64);
                 }
-                Err(WriteError::Rejected { reason, lines: named }) if !named.is_empty() => {
+                Err(WriteError::Rejected {
+                    reason,
+                    lines: named,
+                }) if !named.is_empty() => {
                     let mut rest = Vec::with_capacity(chunk.len());
                     for (i, line) in chunk.into_iter().enumerate() {
                         if named.contains(&i) {
@@ -144,7 +147,11 @@ impl Writer {
                         .misconfigured
                         .get_or_create(&labels)
                         .set(i64::from(misconfigured));
-                    let allowed = slot.log.lock().expect("log throttle").allow(std::time::Instant::now());
+                    let allowed = slot
+                        .log
+                        .lock()
+                        .expect("log throttle")
+                        .allow(std::time::Instant::now());
                     if let Some(held_back) = allowed {
                         if misconfigured {
                             tracing::error!(

@@ -198,8 +198,11 @@ max_wait = "200ms"
 max_delay = "1s"
 [status]
 log_interval = "1s"
+[metrics]
+listen = "127.0.0.1:{metrics}"
 {sink}
-"#
+"#,
+        metrics = buoy_tests::process::free_port()
     )
 }
 

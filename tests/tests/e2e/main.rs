@@ -16,6 +16,10 @@
 //!   damaged journal files quarantined, salvaged and forwarded.
 //! - [`tls`]: forwarding over mutual TLS (socat in front of Tansu), the
 //!   client key's password read from a file and never logged.
+//! - [`uplink`]: every sink dialect against a recording fake; mixed good and
+//!   malformed records into VictoriaMetrics, InfluxDB and Redis at once; the
+//!   uplink SIGKILLed mid-batch five times; the database away for a minute;
+//!   two uplinks in one group, one killed. Exact point counts every time.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
 
 mod cli;
@@ -26,3 +30,4 @@ mod journal;
 mod offline;
 mod pipeline;
 mod tls;
+mod uplink;

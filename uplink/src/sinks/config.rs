@@ -216,7 +216,11 @@ impl SinkConfig {
             ),
             ("org", !self.org.is_empty(), &[InfluxdbV2]),
             ("bucket", !self.bucket.is_empty(), &[InfluxdbV2]),
-            ("tenant", !self.tenant.is_empty(), &[Cnosdb, Victoriametrics]),
+            (
+                "tenant",
+                !self.tenant.is_empty(),
+                &[Cnosdb, Victoriametrics],
+            ),
             (
                 "username",
                 self.username.is_some(),
@@ -264,7 +268,10 @@ impl SinkConfig {
             }
         }
         if self.password_file.is_some() && self.username.is_none() && kind != Redis {
-            p.push(Problem::new(key("username"), "is needed with password_file"));
+            p.push(Problem::new(
+                key("username"),
+                "is needed with password_file",
+            ));
         }
         if self.token_file.is_some() && self.password_file.is_some() {
             p.push(Problem::new(
@@ -303,14 +310,20 @@ mod tests {
 
     fn problems(toml_text: &str) -> Vec<String> {
         let c: SinkConfig = toml::from_str(toml_text).unwrap();
-        c.problems(0).into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+        c.problems(0)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
     }
 
     #[test]
     fn a_key_of_another_kind_is_refused_with_the_kinds_that_use_it() {
         let p = problems("kind = \"victoriametrics\"\nurl = \"http://x\"\norg = \"o\"\n");
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].contains("sink[0].org") && p[0].contains("influxdb_v2"), "{p:?}");
+        assert!(
+            p[0].contains("sink[0].org") && p[0].contains("influxdb_v2"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -21,10 +21,16 @@ use crate::batcher::Line;
 /// How a request authenticates.
 pub enum Auth {
     None,
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// `Authorization: <scheme> <token>`: `Token` for InfluxDB 2, `Bearer`
     /// for InfluxDB 3 and QuestDB.
-    Header { scheme: &'static str, token: String },
+    Header {
+        scheme: &'static str,
+        token: String,
+    },
 }
 
 impl Auth {
@@ -133,14 +139,15 @@ impl HttpWriter {
                 request.header(AUTHORIZATION, format!("{scheme} {token}"))
             }
         };
-        let response = request
-            .body(self.body(lines))
-            .send()
-            .await
-            .map_err(|e| WriteError::Retry {
-                reason: format!("no answer: {}", error_chain(&e)),
-                retry_after: None,
-            })?;
+        let response =
+            request
+                .body(self.body(lines))
+                .send()
+                .await
+                .map_err(|e| WriteError::Retry {
+                    reason: format!("no answer: {}", error_chain(&e)),
+                    retry_after: None,
+                })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -199,7 +206,12 @@ pub fn find_quoted_lines(body: &str, lines: &[&Line], precision: Precision) -> V
 }
 
 /// What a non-success answer means. Pure, so every case is tested.
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str, named: Vec<usize>) -> WriteError {
+pub fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    named: Vec<usize>,
+) -> WriteError {
     let reason = format!("HTTP {status}: {}", detail(headers, body));
     match status.as_u16() {
         400 | 422 => WriteError::Rejected {
@@ -226,7 +238,8 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str, named: Vec<
 }
 
 /// The reason in an error answer: InfluxDB's `X-Influxdb-Error` header, a
-/// JSON body's `error`, `message` or `error_message`, else the text.
+/// JSON body's `error`, `message` or `error_message` (with InfluxDB 3's
+/// per-line `data[].error_message`), else the text.
 fn detail(headers: &HeaderMap, body: &str) -> String {
     headers
         .get("x-influxdb-error")
@@ -234,9 +247,20 @@ fn detail(headers: &HeaderMap, body: &str) -> String {
         .map(str::to_owned)
         .or_else(|| {
             let v = serde_json::from_str::<serde_json::Value>(body).ok()?;
-            ["error", "message", "error_message"]
+            let mut text = ["error", "message", "error_message"]
                 .iter()
-                .find_map(|k| v.get(k).and_then(|e| e.as_str()).map(str::to_owned))
+                .find_map(|k| v.get(k).and_then(|e| e.as_str()).map(str::to_owned))?;
+            for line in v
+                .get("data")
+                .and_then(|d| d.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(n), Some(e)) = (line.get("line_number"), line.get("error_message")) {
+                    text.push_str(&format!("; line {n}: {}", e.as_str().unwrap_or_default()));
+                }
+            }
+            Some(text)
         })
         .unwrap_or_else(|| body.trim().to_owned())
         .chars()
@@ -302,14 +326,26 @@ pub(crate) mod tests {
     #[test]
     fn each_status_maps_to_an_action() {
         for code in [400, 422] {
-            assert!(matches!(classify_simple(code, "bad"), WriteError::Rejected { .. }));
+            assert!(matches!(
+                classify_simple(code, "bad"),
+                WriteError::Rejected { .. }
+            ));
         }
-        assert!(matches!(classify_simple(413, "big"), WriteError::TooLarge { .. }));
+        assert!(matches!(
+            classify_simple(413, "big"),
+            WriteError::TooLarge { .. }
+        ));
         for code in [401, 403, 404] {
-            assert!(matches!(classify_simple(code, ""), WriteError::Misconfigured { .. }));
+            assert!(matches!(
+                classify_simple(code, ""),
+                WriteError::Misconfigured { .. }
+            ));
         }
         for code in [429, 500, 502, 503] {
-            assert!(matches!(classify_simple(code, ""), WriteError::Retry { .. }));
+            assert!(matches!(
+                classify_simple(code, ""),
+                WriteError::Retry { .. }
+            ));
         }
     }
 
@@ -318,7 +354,9 @@ pub(crate) mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let e = classify(StatusCode::TOO_MANY_REQUESTS, &h, "", Vec::new());
-        assert!(matches!(e, WriteError::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)));
+        assert!(
+            matches!(e, WriteError::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7))
+        );
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         assert_eq!(
             retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
@@ -330,19 +368,31 @@ pub(crate) mod tests {
     #[test]
     fn takes_the_reason_from_header_or_json_body() {
         let e = classify_simple(400, r#"{"error":"partial write: field type conflict"}"#);
-        assert!(e.to_string().contains("partial write: field type conflict"), "{e}");
+        assert!(
+            e.to_string().contains("partial write: field type conflict"),
+            "{e}"
+        );
         let e = classify_simple(400, r#"{"code":"invalid","message":"no org"}"#);
         assert!(e.to_string().ends_with("no org"), "{e}");
         let e = classify_simple(404, r#"{"error":"database not found: \"buoy\""}"#);
-        assert!(e.to_string().contains("database, bucket or org exists"), "{e}");
+        assert!(
+            e.to_string().contains("database, bucket or org exists"),
+            "{e}"
+        );
     }
 
     #[test]
     fn timestamps_are_divided_down_to_the_precision() {
         let line = "m,t=a\\ b v=1.5 1700000000123456789";
         assert_eq!(sent_text(line, Precision::Ns), line);
-        assert_eq!(sent_text(line, Precision::Us), "m,t=a\\ b v=1.5 1700000000123456");
-        assert_eq!(sent_text(line, Precision::Ms), "m,t=a\\ b v=1.5 1700000000123");
+        assert_eq!(
+            sent_text(line, Precision::Us),
+            "m,t=a\\ b v=1.5 1700000000123456"
+        );
+        assert_eq!(
+            sent_text(line, Precision::Ms),
+            "m,t=a\\ b v=1.5 1700000000123"
+        );
         assert_eq!(sent_text(line, Precision::S), "m,t=a\\ b v=1.5 1700000000");
         // Before 1970 the time still rounds down, not towards zero.
         assert_eq!(sent_text("m v=1 -1500000", Precision::Ms), "m v=1 -2");
@@ -353,7 +403,10 @@ pub(crate) mod tests {
         let ls = lines(&["m v=1 1000000", "m v=\"x 2000000", "m v=3 3000000"]);
         let body = r#"{"error":"unable to parse 'm v=\"x 2000': unbalanced quotes"}"#;
         assert_eq!(find_quoted_lines(body, &ls, Precision::Us), vec![1]);
-        assert_eq!(find_quoted_lines(body, &ls, Precision::Ns), Vec::<usize>::new());
+        assert_eq!(
+            find_quoted_lines(body, &ls, Precision::Ns),
+            Vec::<usize>::new()
+        );
         let v2 = r#"{"code":"invalid","message":"partial write error (2 written): unable to parse 'm v=\"x 2000000': unbalanced quotes"}"#;
         assert_eq!(find_quoted_lines(v2, &ls, Precision::Ns), vec![1]);
     }

@@ -39,10 +39,7 @@ pub fn find_numbered_line(body: &str, lines: &[&Line], _: Precision) -> Vec<usiz
 
 impl QuestDb {
     pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
-        let query = vec![(
-            "precision",
-            precision_param(config.precision()).to_owned(),
-        )];
+        let query = vec![("precision", precision_param(config.precision()).to_owned())];
         let auth = if config.token_file.is_some() {
             Auth::token(config, "Bearer")?
         } else {

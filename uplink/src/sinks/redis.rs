@@ -104,10 +104,7 @@ pub fn latest(prefix: &str, lines: &[&Line]) -> BTreeMap<String, (i64, BTreeMap<
             continue;
         };
         let key = format!("{prefix}{}", series(&line.text));
-        let fields = reading
-            .fields
-            .into_iter()
-            .map(|(k, v)| (k, value_text(v)));
+        let fields = reading.fields.into_iter().map(|(k, v)| (k, value_text(v)));
         match out.get_mut(&key) {
             Some((t, _)) if *t > reading.timestamp_ns => {}
             Some((t, held)) if *t == reading.timestamp_ns => held.extend(fields),
@@ -146,7 +143,9 @@ fn value_text(v: FieldValue) -> String {
 /// The URL without its password, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

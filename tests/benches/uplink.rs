@@ -1,0 +1,231 @@
+//! The uplink's benchmark: `cargo bench -p buoy-tests --bench uplink`, or
+//! `scripts/bench`, which writes the table into docs/performance.md.
+//!
+//! A topic of 1 million readings (Tansu, memory storage, loopback) is drained
+//! by the real uplink binary into a fresh VictoriaMetrics, timed from the
+//! uplink's start until VictoriaMetrics has counted every row. Next to it,
+//! `curl` posts the very lines the uplink sends (millisecond precision, no
+//! gzip on either side), in the same batch size, one connection, straight to
+//! a fresh VictoriaMetrics: the database's own ceiling here. Rounds
+//! alternate; the best of each side is compared. The uplink's peak RSS is
+//! read from /proc.
+//!
+//! `BUOY_BENCH_SCALE=0.1` shrinks the topic, for a quick look.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use buoy_tests::binaries;
+use buoy_tests::kafka::{Kafka, Storage};
+use buoy_tests::process::require;
+use buoy_tests::victoria::Victoria;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use telemetry::Reading;
+
+const ROUNDS: usize = 2;
+const BATCH: usize = 5_000;
+const T0_MS: i64 = 1_790_000_000_000;
+
+fn scale(n: u64) -> u64 {
+    let s: f64 = std::env::var("BUOY_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as u64).max(BATCH as u64)
+}
+
+/// Reading `i`, shaped like the simulated weather sensor's, from one of 20
+/// devices, a millisecond apart.
+fn reading(i: u64) -> Reading {
+    let x = (i % 1000) as f64 / 7.0;
+    Reading::new("weather", (T0_MS + i as i64) * 1_000_000)
+        .with_tag("device_id", format!("pi-{:04}", i % 20))
+        .with_tag("sensor", "env")
+        .with_field("pressure_hpa", 1000.0 + x)
+        .with_field("temperature_c", 10.0 + x / 10.0)
+        .with_field("humidity_pct", 50.0 + x / 20.0)
+}
+
+fn produce(bootstrap: &str, topic: &str, n: u64) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "50")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        let line = telemetry::line_protocol::encode(&reading(i)).expect("encode");
+        let key = format!("pi-{:04}", i % 20);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&line);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+}
+
+/// Waits until `vm` has taken in `n` rows; returns when it had.
+fn wait_rows(rt: &tokio::runtime::Runtime, vm: &Victoria, n: u64) -> Instant {
+    loop {
+        if rt.block_on(vm.rows_inserted()) >= n {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fresh_vm(dir: &Path, round: usize, side: &str) -> Victoria {
+    let d = dir.join(format!("{side}-{round}"));
+    std::fs::create_dir_all(&d).unwrap();
+    Victoria::start(&d)
+}
+
+/// curl posting the lines in batches over one connection.
+fn curl_round(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    round: usize,
+    files: &[std::path::PathBuf],
+    rows: u64,
+) -> Duration {
+    let curl = require("curl", "sudo apt-get install curl");
+    let vm = fresh_vm(dir, round, "curl");
+    let url = format!("{}/write?precision=ms", vm.url());
+    let mut c = Command::new(curl);
+    c.args(["-s", "-f", "-o", "/dev/null"]);
+    for (i, f) in files.iter().enumerate() {
+        if i > 0 {
+            c.arg("--next").args(["-s", "-f", "-o", "/dev/null"]);
+        }
+        c.arg("--data-binary")
+            .arg(format!("@{}", f.display()))
+            .arg(&url);
+    }
+    let started = Instant::now();
+    let status = c.status().expect("run curl");
+    assert!(status.success(), "curl failed: {status}");
+    wait_rows(rt, &vm, rows) - started
+}
+
+/// The uplink draining the topic; returns the time and its peak RSS in KiB.
+fn uplink_round(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    round: usize,
+    bootstrap: &str,
+    rows: u64,
+) -> (Duration, u64) {
+    let vm = fresh_vm(dir, round, "uplink");
+    let d = dir.join(format!("uplink-run-{round}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let config = format!(
+        r#"[kafka]
+brokers = ["{bootstrap}"]
+topics = ["bench"]
+group = "bench-{round}"
+dead_letter_topic = ""
+[metrics]
+listen = ""
+[status]
+log_interval = "0s"
+[[sink]]
+kind = "victoriametrics"
+url = "{}"
+gzip = false
+"#,
+        vm.url()
+    );
+    let started = Instant::now();
+    let mut uplink = binaries::start("uplink", &d, &config);
+    let done = wait_rows(rt, &vm, rows);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", uplink.pid())).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    uplink.stop(Duration::from_secs(30));
+    (done - started, hwm)
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let n = scale(1_000_000);
+    let base = std::env::var_os("BUOY_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::tempdir_in(base).expect("bench dir");
+    let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    rt.block_on(kafka.create_topics(&["bench"]));
+    let t = Instant::now();
+    produce(&kafka.bootstrap(), "bench", n);
+    eprintln!("produced {n} readings in {:?}", t.elapsed());
+
+    // The lines the uplink sends: its own encoding, in milliseconds.
+    let mut files = Vec::new();
+    let mut body = String::new();
+    for i in 0..n {
+        let line = telemetry::line_protocol::encode(&reading(i)).unwrap();
+        let (head, ts) = line.rsplit_once(' ').unwrap();
+        body.push_str(&format!(
+            "{head} {}\n",
+            ts.parse::<i64>().unwrap() / 1_000_000
+        ));
+        if (i + 1) % BATCH as u64 == 0 || i + 1 == n {
+            let f = dir.path().join(format!("batch-{}.lp", files.len()));
+            std::fs::write(&f, &body).unwrap();
+            files.push(f);
+            body.clear();
+        }
+    }
+    // Each reading is three fields: three rows in VictoriaMetrics.
+    let rows = n * 3;
+
+    let mut curl = Vec::new();
+    let mut uplink = Vec::new();
+    for round in 0..ROUNDS {
+        let c = curl_round(&rt, dir.path(), round, &files, rows);
+        let u = uplink_round(&rt, dir.path(), round, &kafka.bootstrap(), rows);
+        eprintln!(
+            "round {round}: curl {c:?}, uplink {:?} (peak RSS {} KiB)",
+            u.0, u.1
+        );
+        curl.push(c);
+        uplink.push(u);
+    }
+    let per_s = |d: Duration| n as f64 / d.as_secs_f64();
+    let best_curl = curl.iter().min().copied().unwrap();
+    let best_uplink = uplink.iter().map(|u| u.0).min().unwrap();
+    let peak_rss = uplink.iter().map(|u| u.1).max().unwrap();
+    println!("### Kafka topic → VictoriaMetrics ({n} readings, batches of {BATCH} lines)\n");
+    println!(
+        "| round | curl (VictoriaMetrics' ceiling) | uplink, from its start | ratio | uplink peak RSS |"
+    );
+    println!("|---|---|---|---|---|");
+    for (i, (c, u)) in curl.iter().zip(&uplink).enumerate() {
+        println!(
+            "| {} | {:.0} readings/s | {:.0} readings/s | {:.2} | {:.1} MiB |",
+            i + 1,
+            per_s(*c),
+            per_s(u.0),
+            c.as_secs_f64() / u.0.as_secs_f64(),
+            u.1 as f64 / 1024.0
+        );
+    }
+    println!(
+        "\nBest of each: curl {:.0}/s, uplink {:.0}/s, ratio **{:.2}** (target ≥ 0.5); peak RSS {:.1} MiB.",
+        per_s(best_curl),
+        per_s(best_uplink),
+        best_curl.as_secs_f64() / best_uplink.as_secs_f64(),
+        peak_rss as f64 / 1024.0
+    );
+}

@@ -1,0 +1,651 @@
+//! The uplink against what breaks it: databases refusing lines, the uplink
+//! killed mid-batch, the database away for a minute, a consumer group losing
+//! a member. Every test ends with exact point counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use buoy_tests::binaries;
+use buoy_tests::http_fake::{FakeDb, Received, Reply};
+use buoy_tests::kafka::{Kafka, Outgoing, Storage, produce, read_topic};
+use buoy_tests::load::{self, Load};
+use buoy_tests::process::Service;
+use buoy_tests::redis::Redis;
+use buoy_tests::victoria::Victoria;
+
+use crate::common::*;
+
+/// Starts the uplink with `sinks` (TOML tables) and `extra` (more tables).
+fn start(dir: &Path, kafka: &Kafka, topic: &str, sinks: &str, extra: &str) -> Service {
+    let config = format!(
+        "{}{extra}",
+        uplink_config(&kafka.bootstrap(), topic, &format!("{topic}.dlq"), sinks)
+    );
+    binaries::start("uplink", dir, &config)
+}
+
+/// The uplink's metrics endpoint, from its log.
+fn metrics_url(uplink: &Service) -> String {
+    let log = buoy_tests::process::wait_for(
+        "the uplink to announce its metrics address",
+        Duration::from_secs(20),
+        || Some(uplink.log()).filter(|l| l.contains("metrics at http://")),
+        || uplink.log(),
+    );
+    let start = log.find("metrics at http://").expect("the address") + 11;
+    let end = start + log[start..].find("/metrics").expect("/metrics");
+    format!("{}/metrics", &log[start..end])
+}
+
+/// One metric's value, summed over its labels.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Resident and peak memory of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Waits until VictoriaMetrics holds `n` points of `load_v`, then checks it
+/// stays at exactly `n`.
+async fn assert_exactly(vm: &Victoria, n: usize, timeout: Duration, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    let mut held = 0;
+    while Instant::now() < deadline {
+        held = vm.count("load_v").await;
+        if held >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    held = held.max(vm.count("load_v").await);
+    assert_eq!(
+        held,
+        n,
+        "points of load_v in VictoriaMetrics != records produced\n{}",
+        log()
+    );
+}
+
+/// Like [`assert_exactly`]; on a shortfall, also says how many records an
+/// independent client (kafka-python) finds on the topic.
+async fn assert_exactly_on(
+    vm: &Victoria,
+    n: usize,
+    bootstrap: &str,
+    topic: &str,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && vm.count("load_v").await < n {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let held = vm.count("load_v").await;
+    if held != n {
+        let on_topic = read_topic(bootstrap, topic, Duration::from_secs(20), Some(n)).len();
+        panic!(
+            "VictoriaMetrics holds {held} of {n} records produced; kafka-python reads {on_topic} on the topic\n{}",
+            log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dialect_gets_its_endpoint_auth_precision_and_gzip_and_refused_lines_are_dead_lettered()
+ {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["fleet", "fleet.dlq"]).await;
+
+    // Each fake first says it is busy, then refuses the line with "reject"
+    // in it the way its database documents, then accepts.
+    let bad_index = |r: &Received| r.lines().position(|l| l.contains("reject"));
+    let v2 = FakeDb::start(Arc::new(move |r: &Received, n| match (n, bad_index(r)) {
+        (0, _) => Reply {
+            status: 429,
+            headers: vec![("retry-after", "1".into())],
+            body: String::new(),
+        },
+        (_, Some(i)) => Reply::json(
+            400,
+            &serde_json::json!({"code": "invalid", "message": format!(
+                "partial write error ({} written): unable to parse '{}': invalid field format",
+                r.lines().count() - 1, r.lines().nth(i).unwrap())})
+            .to_string(),
+        ),
+        _ => Reply::status(204),
+    }))
+    .await;
+    let v3 = FakeDb::start(Arc::new(move |r: &Received, n| match (n, bad_index(r)) {
+        (0, _) => Reply::status(503),
+        (_, Some(i)) => Reply::json(
+            400,
+            &serde_json::json!({"error": "partial write of line protocol occurred", "data": [
+                {"original_line": r.lines().nth(i).unwrap(), "line_number": i + 1,
+                 "error_message": "invalid column type for column 'v'"}]})
+            .to_string(),
+        ),
+        _ => Reply::status(204),
+    }))
+    .await;
+    // CnosDB names no line, and takes at most 8 lines a request.
+    let cnos = FakeDb::start(Arc::new(move |r: &Received, n| {
+        if n == 0 {
+            return Reply::status(500);
+        }
+        if r.lines().count() > 8 {
+            return Reply::json(
+                413,
+                r#"{"error_code":"010013","error_message":"payload too large"}"#,
+            );
+        }
+        match bad_index(r) {
+            Some(_) => Reply::json(
+                422,
+                r#"{"error_code":"050001","error_message":"field type conflict"}"#,
+            ),
+            None => Reply::status(200),
+        }
+    }))
+    .await;
+    let quest = FakeDb::start(Arc::new(move |r: &Received, n| match (n, bad_index(r)) {
+        (0, _) => Reply::status(503),
+        (_, Some(i)) => Reply::json(
+            400,
+            &serde_json::json!({"code": "invalid", "message": format!(
+                "failed to parse line protocol:errors encountered on line(s):\nerror in line {}: table: load, column: v; cast error", i + 1),
+                "line": i + 1, "errorId": "a1-42"})
+            .to_string(),
+        ),
+        _ => Reply::status(204),
+    }))
+    .await;
+    let d = dir.path();
+    for (file, secret) in [
+        ("v2.token", "v2-secret"),
+        ("v3.token", "v3-secret"),
+        ("cnos.password", "cnos pass"),
+        ("q.token", "q-secret"),
+    ] {
+        std::fs::write(d.join(file), format!("{secret}\n")).unwrap();
+    }
+    let sinks = format!(
+        r#"[[sink]]
+kind = "influxdb_v2"
+url = "{}"
+org = "buoy org"
+bucket = "telemetry"
+token_file = "{}"
+precision = "ms"
+[[sink]]
+kind = "influxdb_v3"
+url = "{}"
+database = "buoy"
+token_file = "{}"
+[[sink]]
+kind = "cnosdb"
+url = "{}"
+database = "buoy"
+username = "root"
+password_file = "{}"
+[[sink]]
+kind = "questdb"
+url = "{}"
+token_file = "{}"
+"#,
+        v2.url(),
+        d.join("v2.token").display(),
+        v3.url(),
+        d.join("v3.token").display(),
+        cnos.url(),
+        d.join("cnos.password").display(),
+        quest.url(),
+        d.join("q.token").display(),
+    );
+
+    let t0 = load::recent_t0_ms();
+    let good: Vec<String> = (0..30).map(|i| load::line(i, 3, t0)).collect();
+    let bad = format!(
+        "load,device_id=d9 v=\"reject me\" {}",
+        (t0 + 99) * 1_000_000
+    );
+    let mut records: Vec<Outgoing<'_>> = good
+        .iter()
+        .map(|l| Outgoing {
+            payload: l.as_bytes(),
+            headers: &[],
+        })
+        .collect();
+    records.push(Outgoing {
+        payload: bad.as_bytes(),
+        headers: &[],
+    });
+    produce(&kafka.bootstrap(), "fleet", &records).await;
+    let uplink = start(d, &kafka, "fleet", &sinks, "");
+
+    // The refused line, once per database, from an independent client.
+    let dead = read_topic(
+        &kafka.bootstrap(),
+        "fleet.dlq",
+        Duration::from_secs(40),
+        Some(4),
+    );
+    assert_eq!(dead.len(), 4, "{dead:?}\n{}", uplink.log());
+    let by_sink: BTreeMap<String, &buoy_tests::kafka::KafkaRecord> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.headers["buoy-sink"].split(' ').next().unwrap().to_owned(),
+                r,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_sink.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["cnosdb", "influxdb_v2", "influxdb_v3", "questdb"]
+    );
+    for (sink, r) in &by_sink {
+        assert_eq!(r.headers["buoy-source-offset"], "30", "{sink}");
+        assert_eq!(r.headers["buoy-source-topic"], "fleet", "{sink}");
+        assert!(r.text().contains("reject me"), "{sink}: {}", r.text());
+    }
+    assert!(by_sink["influxdb_v2"].headers["buoy-error"].contains("invalid field format"));
+    assert!(by_sink["influxdb_v3"].headers["buoy-error"].contains("invalid column type"));
+    assert!(by_sink["cnosdb"].headers["buoy-error"].contains("422"));
+    assert!(by_sink["questdb"].headers["buoy-error"].contains("cast error"));
+
+    // Every good line accepted by every database, once, in its precision.
+    let ns: BTreeSet<String> = good.iter().cloned().collect();
+    let ms: BTreeSet<String> = good
+        .iter()
+        .map(|l| {
+            let (head, ts) = l.rsplit_once(' ').unwrap();
+            format!("{head} {}", ts.parse::<i64>().unwrap() / 1_000_000)
+        })
+        .collect();
+    for (fake, expected) in [(&v2, &ms), (&v3, &ns), (&cnos, &ns), (&quest, &ns)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fake.accepted_lines().len() < expected.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let accepted = fake.accepted_lines();
+        assert_eq!(
+            accepted.len(),
+            expected.len(),
+            "{accepted:?}\n{}",
+            uplink.log()
+        );
+        assert_eq!(&accepted.into_iter().collect::<BTreeSet<_>>(), expected);
+    }
+
+    // What each request carried.
+    let basic = base64::engine::general_purpose::STANDARD.encode("root:cnos pass");
+    // (fake, path, query, authorization, gzip)
+    type Expected<'a> = (&'a FakeDb, &'a str, &'a [(&'a str, &'a str)], String, bool);
+    let checks: [Expected<'_>; 4] = [
+        (
+            &v2,
+            "/api/v2/write",
+            &[
+                ("org", "buoy org"),
+                ("bucket", "telemetry"),
+                ("precision", "ms"),
+            ],
+            "Token v2-secret".into(),
+            true,
+        ),
+        (
+            &v3,
+            "/api/v3/write_lp",
+            &[
+                ("db", "buoy"),
+                ("precision", "nanosecond"),
+                ("accept_partial", "true"),
+            ],
+            "Bearer v3-secret".into(),
+            true,
+        ),
+        (
+            &cnos,
+            "/api/v1/write",
+            &[("db", "buoy"), ("tenant", "cnosdb"), ("precision", "ns")],
+            format!("Basic {basic}"),
+            false,
+        ),
+        (
+            &quest,
+            "/write",
+            &[("precision", "n")],
+            "Bearer q-secret".into(),
+            false,
+        ),
+    ];
+    for (fake, path, query, auth, gzip) in checks {
+        let received = fake.received();
+        assert!(
+            received.len() >= 3,
+            "retry, refusal and success: {received:?}"
+        );
+        for (r, _) in &received {
+            assert_eq!(r.path, path);
+            let want: BTreeMap<String, String> = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(r.query, want, "{path}");
+            assert_eq!(r.headers.get("authorization"), Some(&auth), "{path}");
+            assert_eq!(r.gzipped, gzip, "{path}");
+        }
+    }
+    // CnosDB's 413 made the uplink split its batch down to 8 lines or fewer.
+    assert!(cnos.received().iter().any(|(_, s)| *s == 413));
+    assert!(
+        !uplink.log().contains("secret") && !uplink.log().contains("cnos pass"),
+        "secrets never reach the log"
+    );
+    stop_uplink(uplink, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_records_land_exactly_in_victoria_influxdb_and_redis() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["mixed", "mixed.dlq"]).await;
+    let vm = Victoria::start(dir.path());
+    let influx = Database::influx(dir.path()).await;
+    let redis = Redis::start(dir.path());
+
+    let t0 = load::recent_t0_ms();
+    let n = 300u64;
+    let mut payloads: Vec<Vec<u8>> = (0..n).map(|i| load::line(i, 3, t0).into_bytes()).collect();
+    // Malformed: never reach a database.
+    let malformed: Vec<(usize, Vec<u8>)> = vec![
+        (10, vec![b'l', 0xff, b' ', b'v', b'=', b'1']),
+        (20, b"load,device_id=d1 v= 17".to_vec()),
+        (30, br#"{"name":"load","fields":{"v":"#.to_vec()),
+    ];
+    for (at, payload) in &malformed {
+        payloads.insert(*at, payload.clone());
+    }
+    // A float field, then the same field as a string: InfluxDB refuses the
+    // second (field type conflict) and keeps the first. The string is the
+    // older of the two, so Redis keeps the float too.
+    let conflict_float = format!("conflict,device_id=d0 v=1.5 {}", (t0 + 5_000) * 1_000_000);
+    let conflict_string = format!(
+        "conflict,device_id=d0 v=\"oops\" {}",
+        (t0 + 4_000) * 1_000_000
+    );
+    payloads.push(conflict_float.clone().into_bytes());
+    payloads.push(conflict_string.clone().into_bytes());
+    let records: Vec<Outgoing<'_>> = payloads
+        .iter()
+        .map(|p| Outgoing {
+            payload: p,
+            headers: &[],
+        })
+        .collect();
+    produce(&kafka.bootstrap(), "mixed", &records).await;
+
+    let Database::Influx(db) = &influx else {
+        unreachable!()
+    };
+    let sinks = format!(
+        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n[[sink]]\nkind = \"influxdb_v1\"\nurl = \"{}\"\ndatabase = \"buoy\"\n[[sink]]\nkind = \"redis\"\nurl = \"{}\"\n",
+        vm.url(),
+        db.url(),
+        redis.url()
+    );
+    let uplink = start(dir.path(), &kafka, "mixed", &sinks, "");
+
+    let dead = read_topic(
+        &kafka.bootstrap(),
+        "mixed.dlq",
+        Duration::from_secs(30),
+        Some(4),
+    );
+    assert_eq!(dead.len(), 4, "{dead:?}\n{}", uplink.log());
+    let mut sources: Vec<(String, Option<String>)> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.headers["buoy-source-offset"].clone(),
+                r.headers.get("buoy-sink").cloned(),
+            )
+        })
+        .collect();
+    sources.sort();
+    let conflict_offset = (n + 4).to_string();
+    let expected_sources: Vec<(String, Option<String>)> = vec![
+        ("10".into(), None),
+        ("20".into(), None),
+        ("30".into(), None),
+        (
+            conflict_offset,
+            Some(format!("influxdb_v1 {}/write db=buoy", db.url())),
+        ),
+    ];
+    let mut expected_sources = expected_sources;
+    expected_sources.sort();
+    assert_eq!(sources, expected_sources);
+    assert_eq!(dead.iter().filter(|r| r.value == malformed[0].1).count(), 1);
+
+    assert_exactly(&vm, n as usize, Duration::from_secs(60), || uplink.log()).await;
+    let load_points = wait_for_async(
+        "every load point in InfluxDB",
+        Duration::from_secs(30),
+        || async {
+            let held = db.points("buoy", "load").await;
+            (held.len() >= n as usize).then_some(held)
+        },
+        || uplink.log(),
+    )
+    .await;
+    assert_eq!(load_points.len(), n as usize);
+    let conflict = db.points("buoy", "conflict").await;
+    assert_eq!(conflict.len(), 1, "{conflict:?}");
+
+    // Redis: the newest reading of each device.
+    let hashes = redis.hashes("buoy:latest:").await;
+    assert_eq!(hashes.len(), 4, "{hashes:?}");
+    for device in 0..3u64 {
+        let last = (0..n).rev().find(|i| i % 3 == device).unwrap();
+        let h = &hashes[&format!("buoy:latest:load,device_id=d{device}")];
+        assert_eq!(h["v"], last.to_string());
+        assert_eq!(h["_time"], ((t0 + last as i64) * 1_000_000).to_string());
+    }
+    assert_eq!(hashes["buoy:latest:conflict,device_id=d0"]["v"], "1.5");
+
+    let m = metrics_url(&uplink);
+    assert_eq!(metric(&m, "uplink_dead_lettered_total").await, 4.0);
+    assert_eq!(metric(&m, "uplink_records_total").await, (n + 5) as f64);
+    stop_uplink(uplink, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_mid_batch_again_and_again_the_database_ends_with_every_point_once() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["killed", "killed.dlq"]).await;
+    let vm = Victoria::start(dir.path());
+    let sink = format!(
+        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
+        vm.url()
+    );
+    // Small batches, so that several are always in flight when it dies.
+    let batch = "[batch]\nmax_lines = 400\nmax_wait = \"200ms\"\nmax_in_flight = 4\n";
+    let t0 = load::recent_t0_ms();
+    let load = Load::start(&kafka.bootstrap(), "killed", 2_000, 5, t0);
+    let start_one = || {
+        let config = uplink_config(&kafka.bootstrap(), "killed", "killed.dlq", &sink)
+            .replace("[batch]\nmax_wait = \"200ms\"\n", batch)
+            .replace("group = ", "instance_id = \"uplink-1\"\ngroup = ");
+        binaries::start("uplink", dir.path(), &config)
+    };
+    let mut uplink = start_one();
+    let mut kills = 0;
+    let mut in_flight_at_kill = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let m = metrics_url(&uplink);
+        in_flight_at_kill.push(metric(&m, "uplink_batches_in_flight").await);
+        uplink.kill();
+        kills += 1;
+        uplink = start_one();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let produced = load.finish() as usize;
+    eprintln!(
+        "{kills} SIGKILLs; {produced} records; batches in flight at each kill: {in_flight_at_kill:?}"
+    );
+    assert!(produced > 50_000, "{produced}");
+    assert_exactly(&vm, produced, Duration::from_secs(120), || uplink.log()).await;
+    stop_uplink(uplink, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_away_for_a_minute_loses_nothing_and_memory_stays_bounded() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["outage", "outage.dlq"]).await;
+    let vm_dir = dir.path().join("vm");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let mut vm = Victoria::start(&vm_dir);
+    let port = vm.port;
+    let sink = format!(
+        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
+        vm.url()
+    );
+    let t0 = load::recent_t0_ms();
+    let load = Load::start(&kafka.bootstrap(), "outage", 1_500, 5, t0);
+    let uplink = start(dir.path(), &kafka, "outage", &sink, "");
+    let m = metrics_url(&uplink);
+
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let (rss_before, _) = memory_kib(uplink.pid());
+    let lag_before = metric(&m, "uplink_consumer_lag").await;
+    vm.service.stop(Duration::from_secs(30));
+    let down_at = Instant::now();
+    let mut paused = false;
+    let mut peak_lag = 0f64;
+    let mut peak_rss = 0;
+    while down_at.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        paused |= metric(&m, "uplink_consuming_paused").await == 1.0;
+        peak_lag = peak_lag.max(metric(&m, "uplink_consumer_lag").await);
+        peak_rss = peak_rss.max(memory_kib(uplink.pid()).0);
+    }
+    let retries = metric(&m, "uplink_write_retries_total").await;
+    vm = Victoria::start_on(&vm_dir, port);
+    let up_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let produced = load.finish() as usize;
+    assert_exactly_on(&vm, produced, &kafka.bootstrap(), "outage", || uplink.log()).await;
+    let caught_up = up_at.elapsed();
+    let lag_after = metric(&m, "uplink_consumer_lag").await;
+    let (_, hwm) = memory_kib(uplink.pid());
+    eprintln!(
+        "outage: {produced} records; lag before {lag_before}, peak {peak_lag}, after {lag_after}; \
+         caught up {caught_up:?} after the restart; RSS before {rss_before} KiB, peak during {peak_rss} KiB, \
+         high-water {hwm} KiB; {retries} retries; paused: {paused}"
+    );
+    assert!(paused, "consumption paused while every batch slot waited");
+    assert!(retries > 0.0);
+    assert!(
+        peak_lag > 10_000.0,
+        "the lag grew during the outage: {peak_lag}"
+    );
+    assert!(
+        lag_after < peak_lag / 10.0,
+        "the lag recovered: {lag_after} after a peak of {peak_lag}"
+    );
+    // Bounded: 4 batches of 5,000 short lines and librdkafka's 8 MiB queue,
+    // not the 90,000 records that arrived during the outage.
+    assert!(hwm < 150 * 1024, "peak RSS {hwm} KiB");
+    stop_uplink(uplink, 0);
+}
+
+/// Against librdkafka's mock cluster, which (unlike Tansu 0.6) evicts a
+/// group member whose session lapsed, so a member killed for good hands its
+/// partitions on. It listens on real loopback ports, so the uplink binaries
+/// connect to it like to any broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_uplinks_share_six_partitions_and_one_killed_halfway_loses_nothing() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("shared", 6, 1).expect("topic");
+    mock.create_topic("shared.dlq", 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let vm = Victoria::start(dir.path());
+    let sink = format!(
+        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
+        vm.url()
+    );
+    // A member that vanishes is noticed after the session timeout.
+    let group = "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n";
+    let t0 = load::recent_t0_ms();
+    let load = Load::start(&bootstrap, "shared", 1_500, 24, t0);
+    let start_member = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let c = uplink_config(&bootstrap, "shared", "shared.dlq", &sink)
+            .replace("group = ", &format!("instance_id = \"{name}\"\ngroup = "))
+            .replace("[retry]", &format!("{group}[retry]"));
+        binaries::start("uplink", &d, &c)
+    };
+    let mut a = start_member("a");
+    let b = start_member("b");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let a_log = a.log();
+    assert!(
+        a_log.contains("partitions assigned partitions=shared"),
+        "{a_log}"
+    );
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let produced = load.finish() as usize;
+    assert_exactly(&vm, produced, Duration::from_secs(120), || {
+        format!("uplink A:\n{a_log}\nuplink B:\n{}", b.log())
+    })
+    .await;
+    let b_log = b.log();
+    let last_assignment = b_log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))
+        .unwrap_or_default();
+    assert_eq!(
+        last_assignment.matches("shared[").count(),
+        6,
+        "B holds all six partitions after A died:\n{b_log}"
+    );
+    eprintln!("two uplinks: {produced} records, A killed at 20 s");
+    stop_uplink(b, 0);
+}
