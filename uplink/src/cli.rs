@@ -4,10 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Buoy uplink: drains Kafka topics into a time-series database
-/// (VictoriaMetrics, InfluxDB 1.x) over line protocol. Offsets are committed
-/// only after the database has accepted the data; records that can never be
-/// written go to a dead-letter topic instead of stalling their partition.
+/// Buoy uplink: drains Kafka topics into time-series databases over line
+/// protocol (InfluxDB 1/2/3, VictoriaMetrics, CnosDB, QuestDB) and the latest
+/// value of each series into Redis. Offsets are committed only after every
+/// database has accepted the data; records that can never be written go to a
+/// dead-letter topic instead of stalling their partition. Metrics (lag,
+/// lines/s, batch latency, retries, dead letters) are served at
+/// http://127.0.0.1:9274/metrics unless `metrics.listen` says otherwise.
 #[derive(Debug, Parser)]
 #[command(name = "uplink", version, after_long_help = AFTER_HELP)]
 pub struct Cli {
