@@ -6,9 +6,10 @@
 //! uplink's start until VictoriaMetrics has counted every row. Next to it,
 //! `curl` posts the very lines the uplink sends (millisecond precision, no
 //! gzip on either side), in the same batch size, one connection, straight to
-//! a fresh VictoriaMetrics: the database's own ceiling here. Rounds
-//! alternate; the best of each side is compared. The uplink's peak RSS is
-//! read from /proc.
+//! a fresh VictoriaMetrics: the database's own ceiling here. A bare rdkafka
+//! consumer reading the topic and doing nothing else shows what Tansu and
+//! librdkafka allow on their own. Rounds alternate; the best of each side is
+//! compared. The uplink's peak RSS is read from /proc.
 //!
 //! `BUOY_BENCH_SCALE=0.1` shrinks the topic, for a quick look.
 
@@ -116,6 +117,29 @@ fn curl_round(
     wait_rows(rt, &vm, rows) - started
 }
 
+/// A bare consumer reading the whole topic, from its creation.
+fn consumer_round(rt: &tokio::runtime::Runtime, round: usize, bootstrap: &str, n: u64) -> Duration {
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let started = Instant::now();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bare-{round}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "8192")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["bench"]).expect("subscribe");
+    rt.block_on(async {
+        let mut seen = 0;
+        while seen < n {
+            consumer.recv().await.expect("record");
+            seen += 1;
+        }
+    });
+    started.elapsed()
+}
+
 /// The uplink draining the topic; returns the time and its peak RSS in KiB.
 fn uplink_round(
     rt: &tokio::runtime::Runtime,
@@ -190,16 +214,21 @@ fn main() {
     // Each reading is three fields: three rows in VictoriaMetrics.
     let rows = n * 3;
 
+    // Build the binaries before anything is timed.
+    let _ = binaries::path("uplink");
     let mut curl = Vec::new();
     let mut uplink = Vec::new();
+    let mut bare = Vec::new();
     for round in 0..ROUNDS {
         let c = curl_round(&rt, dir.path(), round, &files, rows);
+        let b = consumer_round(&rt, round, &kafka.bootstrap(), n);
         let u = uplink_round(&rt, dir.path(), round, &kafka.bootstrap(), rows);
         eprintln!(
-            "round {round}: curl {c:?}, uplink {:?} (peak RSS {} KiB)",
+            "round {round}: curl {c:?}, bare consumer {b:?}, uplink {:?} (peak RSS {} KiB)",
             u.0, u.1
         );
         curl.push(c);
+        bare.push(b);
         uplink.push(u);
     }
     let per_s = |d: Duration| n as f64 / d.as_secs_f64();
@@ -208,14 +237,15 @@ fn main() {
     let peak_rss = uplink.iter().map(|u| u.1).max().unwrap();
     println!("### Kafka topic → VictoriaMetrics ({n} readings, batches of {BATCH} lines)\n");
     println!(
-        "| round | curl (VictoriaMetrics' ceiling) | uplink, from its start | ratio | uplink peak RSS |"
+        "| round | curl (VictoriaMetrics' ceiling) | bare consumer (Tansu's ceiling) | uplink, from its start | uplink / curl | uplink peak RSS |"
     );
-    println!("|---|---|---|---|---|");
-    for (i, (c, u)) in curl.iter().zip(&uplink).enumerate() {
+    println!("|---|---|---|---|---|---|");
+    for (i, ((c, u), b)) in curl.iter().zip(&uplink).zip(&bare).enumerate() {
         println!(
-            "| {} | {:.0} readings/s | {:.0} readings/s | {:.2} | {:.1} MiB |",
+            "| {} | {:.0} readings/s | {:.0} readings/s | {:.0} readings/s | {:.2} | {:.1} MiB |",
             i + 1,
             per_s(*c),
+            per_s(*b),
             per_s(u.0),
             c.as_secs_f64() / u.0.as_secs_f64(),
             u.1 as f64 / 1024.0

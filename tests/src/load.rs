@@ -3,8 +3,9 @@
 //!
 //! Record `i` is `load,device_id=d<i % devices> v=<i>.0 <t0 + i ms>` (the
 //! uplink's own encoding of it, so lines compare as text), keyed by
-//! its device: every record is a distinct point (distinct millisecond), so a
-//! database holding exactly `n` points of `load_v` holds each record once.
+//! its device, each in a record batch of its own. Every record is a distinct
+//! point (distinct millisecond), so a database holding exactly `n` points of
+//! `load_v` holds each record once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,7 +72,12 @@ impl Load {
         let producer: ThreadedProducer<Counting> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
-            .set("linger.ms", "20")
+            .set("linger.ms", "5")
+            // One record per record batch: Tansu 0.6 answers a fetch from an
+            // offset inside a batch with the batch after it, so a consumer
+            // resuming mid-batch (after a pause, or from a commit) would
+            // never see the rest of that batch (pitfalls in the issue 5 note).
+            .set("batch.num.messages", "1")
             .set("message.timeout.ms", "300000")
             .create_with_context(Counting(acks.clone()))
             .expect("load producer");

@@ -7,25 +7,23 @@
 //! committed when partitions are revoked and on close.
 //!
 //! The consumer's context ([`Events`]) tells the pipeline which partitions
-//! were revoked, pauses partitions assigned while consumption is paused, and
-//! feeds consumer lag from librdkafka's statistics into the metrics.
+//! were revoked and pauses partitions assigned while consumption is paused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::{ClientContext, Statistics};
 use telemetry::throttle::Throttle;
 
 use crate::config::{StartFrom, UplinkConfig};
-use crate::metrics::Metrics;
 use crate::offsets::Partition;
 
 /// librdkafka's prefetch queue per partition, in KiB: bounded memory.
@@ -72,24 +70,15 @@ impl ClientContext for KafkaLog {
     }
 }
 
-/// The consumer's context: logging, rebalances, statistics.
+/// The consumer's context: logging and rebalances.
+#[derive(Default)]
 pub struct Events {
     log: KafkaLog,
-    metrics: Arc<Metrics>,
     revoked: Mutex<Vec<Partition>>,
     paused: AtomicBool,
 }
 
 impl Events {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Events {
-            log: KafkaLog::default(),
-            metrics,
-            revoked: Mutex::new(Vec::new()),
-            paused: AtomicBool::new(false),
-        }
-    }
-
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<Partition> {
         std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
@@ -108,10 +97,6 @@ impl ClientContext for Events {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(error, reason);
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        self.metrics.record_lag(&statistics);
     }
 }
 
@@ -201,7 +186,6 @@ pub fn client_config(config: &UplinkConfig) -> ClientConfig {
         .set("heartbeat.interval.ms", "3000")
         .set("max.poll.interval.ms", "30000")
         .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
-        .set("statistics.interval.ms", "5000")
         .set("topic.metadata.refresh.interval.ms", "10000");
     if !k.instance_id.is_empty() {
         c.set("group.instance.id", &k.instance_id);
@@ -212,9 +196,31 @@ pub fn client_config(config: &UplinkConfig) -> ClientConfig {
     c
 }
 
+/// A client that only asks for watermarks (for the lag metric): the same
+/// brokers and security settings, no group.
+pub fn watermark_client(config: &UplinkConfig) -> KafkaResult<BaseConsumer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", config.kafka.brokers.join(","))
+        .set("client.id", "buoy-uplink-lag")
+        .set("group.id", format!("{}-lag", config.kafka.group))
+        .set("enable.auto.commit", "false");
+    for (key, value) in security_properties(config) {
+        c.set(key, value);
+    }
+    c.create()
+}
+
+/// The `kafka.properties` that every client of the uplink needs (security,
+/// SASL, TLS); consumer-only properties would be refused by the others.
+pub fn security_properties(config: &UplinkConfig) -> impl Iterator<Item = (&String, &String)> {
+    config.kafka.properties.iter().filter(|(key, _)| {
+        key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.")
+    })
+}
+
 /// Creates the consumer and subscribes it to the configured topics.
-pub fn create(config: &UplinkConfig, metrics: Arc<Metrics>) -> KafkaResult<Consumer> {
-    let consumer: Consumer = client_config(config).create_with_context(Events::new(metrics))?;
+pub fn create(config: &UplinkConfig) -> KafkaResult<Consumer> {
+    let consumer: Consumer = client_config(config).create_with_context(Events::default())?;
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

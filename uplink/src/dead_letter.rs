@@ -71,15 +71,8 @@ impl DeadLetters {
                 .set("acks", "all")
                 .set("enable.idempotence", "true")
                 .set("message.timeout.ms", "30000");
-            for (key, value) in &config.kafka.properties {
-                // Security settings apply to both clients; consumer-only
-                // properties would be refused by a producer.
-                if key.starts_with("security.")
-                    || key.starts_with("sasl.")
-                    || key.starts_with("ssl.")
-                {
-                    c.set(key, value);
-                }
+            for (key, value) in crate::consumer::security_properties(config) {
+                c.set(key, value);
             }
             Some(c.create_with_context(KafkaLog::default())?)
         };

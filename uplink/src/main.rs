@@ -63,11 +63,16 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let lag = metrics.clone().watch_lag(
+        uplink::consumer::watermark_client(&config)?,
+        shutdown.clone(),
+    );
     let pipeline = uplink::pipeline::Pipeline::new(&config, metrics).await?;
     pipeline.run(shutdown).await?;
     if let Some(server) = server {
         server.abort();
     }
+    lag.abort();
     tracing::info!("uplink stopped; everything committed was written");
     Ok(())
 }

@@ -4,7 +4,7 @@
 //!
 //! | metric | what |
 //! |---|---|
-//! | `uplink_consumer_lag{topic,partition}` | records behind the end of the partition, from librdkafka's statistics (approximate on brokers whose high watermark lags, such as Tansu) |
+//! | `uplink_consumer_lag{topic,partition}` | records between the partition's end (its high watermark, asked of the broker every 5 s, or what the uplink has read if further) and the offset the uplink last stored as written |
 //! | `uplink_records_total` | records consumed |
 //! | `uplink_lines_written_total{sink}` | lines the sink accepted |
 //! | `uplink_lines_per_second` | lines accepted by all sinks per second, over the last 5 s |
@@ -15,9 +15,10 @@
 //! | `uplink_consuming_paused` | 1 while consumption is paused because every batch slot is taken |
 //! | `uplink_sink_misconfigured{sink}` | 1 while the sink answers 401, 403 or 404 |
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -34,8 +35,18 @@ use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Where a partition stands, as offsets.
+#[derive(Debug, Default, Clone, Copy)]
+struct Position {
+    written: Option<i64>,
+    consumed: Option<i64>,
+    high: Option<i64>,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Per partition, where things stand; lag is measured from them.
+    positions: Mutex<HashMap<(String, i32), Position>>,
     pub consumer_lag: Family<Labels, Gauge>,
     pub records: Counter,
     pub lines_written: Family<Labels, Counter>,
@@ -63,6 +74,7 @@ impl Default for Metrics {
             paused: Gauge::default(),
             misconfigured: Family::default(),
             registry: Registry::default(),
+            positions: Mutex::new(HashMap::new()),
         };
         registry.register(
             "consumer_lag",
@@ -127,22 +139,95 @@ impl Metrics {
         out
     }
 
-    /// Consumer lag per partition from a librdkafka statistics report.
-    pub fn record_lag(&self, stats: &rdkafka::Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // librdkafka reports the internal UA partition as -1.
-                if *partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                self.consumer_lag
-                    .get_or_create(&vec![
-                        ("topic", topic.clone()),
-                        ("partition", partition.to_string()),
-                    ])
-                    .set(p.consumer_lag);
-            }
+    /// Notes that everything below `offset` in a partition is written.
+    pub fn written(&self, topic: &str, partition: i32, offset: i64) {
+        self.update(topic, partition, |p| p.written = Some(offset));
+    }
+
+    /// Notes that the uplink has read a partition up to (not including)
+    /// `offset`.
+    pub fn consumed(&self, topic: &str, partition: i32, offset: i64) {
+        self.update(topic, partition, |p| p.consumed = Some(offset));
+    }
+
+    /// Notes a partition's high watermark, as the broker reported it.
+    pub fn high_watermark(&self, topic: &str, partition: i32, offset: i64) {
+        self.update(topic, partition, |p| p.high = Some(offset));
+    }
+
+    /// Changes a partition's position and sets its lag: from what is written
+    /// to the furthest end known (the broker's high watermark, or what was
+    /// read if that is further: Tansu's watermark can trail its log).
+    fn update(&self, topic: &str, partition: i32, change: impl FnOnce(&mut Position)) {
+        let mut positions = self.positions.lock().expect("positions lock");
+        let p = positions.entry((topic.to_owned(), partition)).or_default();
+        change(p);
+        if let Some(written) = p.written {
+            let end = p.high.max(p.consumed).unwrap_or(written);
+            self.consumer_lag
+                .get_or_create(&vec![
+                    ("topic", topic.to_owned()),
+                    ("partition", partition.to_string()),
+                ])
+                .set((end - written).max(0));
         }
+    }
+
+    /// Forgets a partition that is no longer assigned here.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .remove(&(topic.to_owned(), partition));
+        self.consumer_lag.remove(&vec![
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ]);
+    }
+
+    /// Partitions known here, for the lag watcher.
+    fn partitions(&self) -> Vec<(String, i32)> {
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every 5 s until `stop`, asks the broker for the high watermark of each
+    /// partition written to, with a client of its own (no group), so the
+    /// pipeline never waits on it. librdkafka's statistics were tried first:
+    /// on Tansu they reported no lag while partitions were paused.
+    pub fn watch_lag(
+        self: Arc<Self>,
+        client: rdkafka::consumer::BaseConsumer,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        use rdkafka::consumer::Consumer as _;
+        tokio::spawn(async move {
+            let client = Arc::new(client);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+                let metrics = self.clone();
+                let client = client.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (topic, partition) in metrics.partitions() {
+                        if let Ok((_, high)) = client.fetch_watermarks(
+                            &topic,
+                            partition,
+                            std::time::Duration::from_secs(2),
+                        ) {
+                            metrics.high_watermark(&topic, partition, high);
+                        }
+                    }
+                })
+                .await;
+            }
+        })
     }
 
     /// Serves `GET /metrics` on `addr` until `stop`.
@@ -196,6 +281,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_runs_from_what_is_written_to_the_furthest_end_known() {
+        let m = Metrics::default();
+        m.consumed("t", 0, 500);
+        assert!(
+            !m.render().contains("uplink_consumer_lag{"),
+            "nothing written yet"
+        );
+        m.written("t", 0, 100);
+        assert!(
+            m.render()
+                .contains("uplink_consumer_lag{topic=\"t\",partition=\"0\"} 400"),
+            "{}",
+            m.render()
+        );
+        m.high_watermark("t", 0, 900);
+        assert!(
+            m.render()
+                .contains("uplink_consumer_lag{topic=\"t\",partition=\"0\"} 800")
+        );
+        m.forget("t", 0);
+        assert!(!m.render().contains("uplink_consumer_lag{"));
+    }
 
     #[test]
     fn renders_every_metric_with_its_labels() {

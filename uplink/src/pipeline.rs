@@ -20,12 +20,14 @@
 //! batches in flight get `retry.shutdown_grace` to finish, what finished is
 //! committed, and the rest is re-read on the next start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use telemetry::line_protocol;
@@ -80,7 +82,14 @@ pub struct Pipeline {
     counters: Counters,
     /// Cancelled when the writers' grace at shutdown is over.
     stop_writes: CancellationToken,
+    /// The topic of the last record, shared by the records after it.
+    topic: Option<Arc<str>>,
+    /// Per partition, the offset after the last record read.
+    consumed: HashMap<Partition, i64>,
 }
+
+/// Records taken from librdkafka's queue per round of the loop, at most.
+const MAX_TAKEN_AT_ONCE: usize = 1024;
 
 impl Pipeline {
     pub async fn new(config: &UplinkConfig, metrics: Arc<Metrics>) -> anyhow::Result<Pipeline> {
@@ -92,7 +101,7 @@ impl Pipeline {
             slots.push(SinkSlot::new(built, sink.max_concurrent_writes));
         }
         Ok(Pipeline {
-            consumer: consumer::create(config, metrics.clone())?,
+            consumer: consumer::create(config)?,
             writer: Writer {
                 sinks: slots.into(),
                 dead_letters: DeadLetters::new(config)?,
@@ -119,6 +128,8 @@ impl Pipeline {
             metrics,
             counters: Counters::default(),
             stop_writes: CancellationToken::new(),
+            topic: None,
+            consumed: HashMap::new(),
         })
     }
 
@@ -150,6 +161,9 @@ impl Pipeline {
                 }
                 _ = tokio::time::sleep_until(rate.next_at) => {
                     rate.update(Instant::now(), &self.metrics, self.counters.lines_written);
+                    for ((topic, partition), next) in &self.consumed {
+                        self.metrics.consumed(topic, *partition, *next);
+                    }
                     if !self.status_interval.is_zero() && Instant::now() >= status_at {
                         self.log_status();
                         status_at = Instant::now() + self.status_interval;
@@ -157,16 +171,18 @@ impl Pipeline {
                 }
                 message = self.consumer.recv() => {
                     let message = message.map(|m| m.detach());
-                    // Revocations the callback saw inside `recv` apply
-                    // before the record it returned.
-                    self.apply_revocations();
-                    match message {
-                        Ok(m) => self.take(m),
-                        Err(e) => {
-                            if let Some(held_back) = consumer_errors.allow(std::time::Instant::now()) {
-                                tracing::warn!(error = %e, similar_not_logged = held_back, "Kafka consumer error; retrying");
-                            }
+                    self.received(message, &mut consumer_errors);
+                    // Records librdkafka already holds are taken without a
+                    // round of the loop each, up to a full batch.
+                    for _ in 0..MAX_TAKEN_AT_ONCE {
+                        if self.batcher.is_full() {
+                            break;
                         }
+                        let Some(message) = self.consumer.recv().now_or_never() else {
+                            break;
+                        };
+                        let message = message.map(|m| m.detach());
+                        self.received(message, &mut consumer_errors);
                     }
                 }
             }
@@ -230,12 +246,31 @@ impl Pipeline {
         log_status(&self.counters, &self.metrics, &self.writer);
     }
 
+    /// One record, or a consumer error, from `recv`.
+    fn received(&mut self, message: KafkaResult<OwnedMessage>, errors: &mut Throttle) {
+        // Revocations the callback saw inside `recv` apply before the record
+        // it returned.
+        self.apply_revocations();
+        match message {
+            Ok(m) => self.take(m),
+            Err(e) => {
+                if let Some(held_back) = errors.allow(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, similar_not_logged = held_back, "Kafka consumer error; retrying");
+                }
+            }
+        }
+    }
+
     /// Drops what the consumer's rebalance callback revoked.
     fn apply_revocations(&mut self) {
         let revoked = self.consumer.context().take_revoked();
         if !revoked.is_empty() {
             self.batcher.drop_partitions(&revoked);
             self.offsets.revoked(&revoked);
+            for p in &revoked {
+                self.consumed.remove(p);
+                self.metrics.forget(&p.0, p.1);
+            }
         }
     }
 
@@ -308,6 +343,7 @@ impl Pipeline {
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &moved {
+            self.metrics.written(topic, *partition, *offset);
             if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::error!(error = %e, "cannot record an offset to commit");
             }
@@ -323,8 +359,18 @@ impl Pipeline {
     fn take(&mut self, m: OwnedMessage) {
         self.counters.records += 1;
         self.metrics.records.inc();
+        let topic = match &self.topic {
+            Some(t) if **t == *m.topic() => t.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(m.topic());
+                self.topic = Some(t.clone());
+                t
+            }
+        };
+        self.consumed
+            .insert((topic.clone(), m.partition()), m.offset() + 1);
         let origin = Origin {
-            topic: Arc::from(m.topic()),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
         };

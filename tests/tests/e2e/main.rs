@@ -18,7 +18,7 @@
 //!   client key's password read from a file and never logged.
 //! - [`uplink`]: every sink dialect against a recording fake; mixed good and
 //!   malformed records into VictoriaMetrics, InfluxDB and Redis at once; the
-//!   uplink SIGKILLed mid-batch five times; the database frozen for a minute;
+//!   uplink SIGKILLed mid-batch five times; the database stopped for a minute;
 //!   two uplinks in one group, one killed. Exact point counts every time.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
 

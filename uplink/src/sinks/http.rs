@@ -111,8 +111,7 @@ impl HttpWriter {
         let size: usize = lines.iter().map(|l| l.text.len() + 1).sum();
         let mut plain = Vec::with_capacity(size);
         for line in lines {
-            plain.extend_from_slice(sent_text(&line.text, self.precision).as_bytes());
-            plain.push(b'\n');
+            push_sent(&mut plain, &line.text, self.precision);
         }
         if !self.gzip {
             return plain;
@@ -160,6 +159,24 @@ impl HttpWriter {
             Vec::new()
         };
         Err(classify(status, &headers, &body, named))
+    }
+}
+
+/// Appends the line as sent at `precision`, and a newline, to `out`.
+fn push_sent(out: &mut Vec<u8>, text: &str, precision: Precision) {
+    let unit = precision.unit_ns();
+    let split = text
+        .rfind(' ')
+        .and_then(|space| Some((space, text[space + 1..].parse::<i64>().ok()?)));
+    match split {
+        Some((space, ns)) if unit != 1 => {
+            out.extend_from_slice(&text.as_bytes()[..=space]);
+            let _ = writeln!(out, "{}", ns.div_euclid(unit));
+        }
+        _ => {
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+        }
     }
 }
 
@@ -396,6 +413,22 @@ pub(crate) mod tests {
         assert_eq!(sent_text(line, Precision::S), "m,t=a\\ b v=1.5 1700000000");
         // Before 1970 the time still rounds down, not towards zero.
         assert_eq!(sent_text("m v=1 -1500000", Precision::Ms), "m v=1 -2");
+    }
+
+    #[test]
+    fn the_body_holds_each_line_as_sent() {
+        for p in [Precision::Ns, Precision::Us, Precision::Ms, Precision::S] {
+            let mut out = Vec::new();
+            for t in ["m v=1 1700000000123456789", "m v=2 -1500000"] {
+                push_sent(&mut out, t, p);
+            }
+            let expected = format!(
+                "{}\n{}\n",
+                sent_text("m v=1 1700000000123456789", p),
+                sent_text("m v=2 -1500000", p)
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]
