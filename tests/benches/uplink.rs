@@ -120,6 +120,7 @@ fn curl_round(
 /// A bare consumer reading the whole topic, from its creation.
 fn consumer_round(rt: &tokio::runtime::Runtime, round: usize, bootstrap: &str, n: u64) -> Duration {
     use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let _runtime = rt.enter();
     let started = Instant::now();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
