@@ -42,7 +42,6 @@ impl ProducerContext for Counting {
 
 pub struct Load {
     stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
     thread: Option<JoinHandle<u64>>,
 }
 
@@ -82,11 +81,9 @@ impl Load {
             .create_with_context(Counting(acks.clone()))
             .expect("load producer");
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
         let topic = topic.to_owned();
         let thread = {
             let stop = stop.clone();
-            let sent = sent.clone();
             std::thread::spawn(move || {
                 let started = Instant::now();
                 let mut i = 0u64;
@@ -107,7 +104,6 @@ impl Load {
                             }
                         }
                         i += 1;
-                        sent.store(i, Ordering::SeqCst);
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -126,14 +122,8 @@ impl Load {
         };
         Load {
             stop,
-            sent,
             thread: Some(thread),
         }
-    }
-
-    /// Records handed to the producer so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
     }
 
     /// Stops, waits until Kafka acknowledged every record, and returns how

@@ -16,8 +16,10 @@
 //!   damaged journal files quarantined, salvaged and forwarded.
 //! - [`tls`]: forwarding over mutual TLS (socat in front of Tansu), the
 //!   client key's password read from a file and never logged.
-//! - [`uplink`]: every sink dialect against a recording fake; mixed good and
-//!   malformed records into VictoriaMetrics, InfluxDB and Redis at once; the
+//! - [`dialects`]: InfluxDB 2 and 3, CnosDB and QuestDB against recording
+//!   fakes: endpoint, auth, precision, gzip, and each database's refusals.
+//! - [`uplink`]: mixed good and malformed records into VictoriaMetrics,
+//!   InfluxDB and Redis at once; the
 //!   uplink SIGKILLed mid-batch five times; the database stopped for a minute;
 //!   two uplinks in one group, one killed. Exact point counts every time.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
@@ -25,6 +27,7 @@
 mod cli;
 mod common;
 mod dead_letters;
+mod dialects;
 mod forwarding;
 mod journal;
 mod offline;
