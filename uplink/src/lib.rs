@@ -13,7 +13,8 @@
 //!   they settle and the letters of records that can never be written.
 //! - [`writer`]: one sealed batch into every sink, several batches at once,
 //!   splitting, bisecting and retrying as each database answers.
-//! - [`sinks`]: one [`sinks::Sink`] per database kind, sharing [`sinks::http`].
+//! - [`sinks`]: the [`sinks::Sink`] trait: one HTTP writer for the
+//!   line-protocol databases (a module per dialect builds it) and Redis.
 //! - [`dead_letter`]: the dead-letter topic.
 //! - [`offsets`]: which offsets may be committed when batches finish out of
 //!   order.

@@ -2,17 +2,9 @@
 //! is 200 (not 204). Errors are JSON (`error_code`, `error_message`) that
 //! name no line, so refused lines are found by bisecting.
 
-use async_trait::async_trait;
-
+use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{Auth, HttpWriter};
-use super::{BuildError, Sink, WriteError};
-use crate::batcher::Line;
-
-pub struct CnosDb {
-    name: String,
-    http: HttpWriter,
-}
 
 /// CnosDB's spelling of a precision; it has no seconds (refused in config).
 pub fn precision_param(p: Precision) -> &'static str {
@@ -23,44 +15,29 @@ pub fn precision_param(p: Precision) -> &'static str {
     }
 }
 
-impl CnosDb {
-    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
-        let database = if config.database.is_empty() {
-            "public"
-        } else {
-            &config.database
-        };
-        let tenant = if config.tenant.is_empty() {
-            "cnosdb"
-        } else {
-            &config.tenant
-        };
-        let query = vec![
-            ("db", database.to_owned()),
-            ("tenant", tenant.to_owned()),
-            ("precision", precision_param(config.precision()).to_owned()),
-        ];
-        let http = HttpWriter::new(
-            config,
-            "/api/v1/write",
-            query,
-            Auth::basic(config)?,
-            |_, _, _| Vec::new(),
-        )?;
-        Ok(CnosDb {
-            name: format!("cnosdb {} db={database}", http.url()),
-            http,
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for CnosDb {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
-        self.http.post(lines).await
-    }
+/// The sink a `[[sink]]` table of this kind describes.
+pub fn sink(config: &SinkConfig) -> Result<HttpWriter, BuildError> {
+    let database = if config.database.is_empty() {
+        "public"
+    } else {
+        &config.database
+    };
+    let tenant = if config.tenant.is_empty() {
+        "cnosdb"
+    } else {
+        &config.tenant
+    };
+    let query = vec![
+        ("db", database.to_owned()),
+        ("tenant", tenant.to_owned()),
+        ("precision", precision_param(config.precision()).to_owned()),
+    ];
+    HttpWriter::new(
+        config,
+        "/api/v1/write",
+        query,
+        Auth::basic(config)?,
+        |_, _, _| Vec::new(),
+        format!(" db={database}"),
+    )
 }

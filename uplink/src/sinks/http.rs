@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
 use super::config::{Precision, SinkConfig};
-use super::{BuildError, WriteError};
+use super::{BuildError, Sink, WriteError};
 use crate::batcher::Line;
 
 /// How a request authenticates.
@@ -65,8 +65,11 @@ impl Auth {
 /// Gets the body, the lines and the precision they were sent in.
 pub type FindRejected = fn(&str, &[&Line], Precision) -> Vec<usize>;
 
-/// Everything needed to POST lines to one endpoint.
+/// A line-protocol database over HTTP: everything needed to POST lines to
+/// one endpoint. Each dialect module builds one with its path, query, auth
+/// and way of naming refused lines.
 pub struct HttpWriter {
+    name: String,
     client: reqwest::Client,
     url: String,
     query: Vec<(&'static str, String)>,
@@ -78,32 +81,32 @@ pub struct HttpWriter {
 
 impl HttpWriter {
     /// `path` is appended to the configured URL; `query` includes the
-    /// precision parameter in the dialect's spelling.
+    /// precision parameter in the dialect's spelling. The sink's name is its
+    /// kind, its URL and `detail`.
     pub fn new(
         config: &SinkConfig,
         path: &str,
         query: Vec<(&'static str, String)>,
         auth: Auth,
         find_rejected: FindRejected,
+        detail: String,
     ) -> Result<Self, BuildError> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("buoy-uplink/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let url = format!("{}{path}", config.url.trim_end_matches('/'));
         Ok(HttpWriter {
+            name: format!("{} {url}{detail}", config.kind.as_str()),
             client,
-            url: format!("{}{path}", config.url.trim_end_matches('/')),
+            url,
             query,
             auth,
             precision: config.precision(),
             gzip: config.gzip(),
             find_rejected,
         })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// The request body for `lines`.
@@ -120,9 +123,16 @@ impl HttpWriter {
         gz.write_all(&plain).expect("writing to memory");
         gz.finish().expect("writing to memory")
     }
+}
+
+#[async_trait::async_trait]
+impl Sink for HttpWriter {
+    fn name(&self) -> &str {
+        &self.name
+    }
 
     /// POSTs `lines` and classifies the answer.
-    pub async fn post(&self, lines: &[&Line]) -> Result<(), WriteError> {
+    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
         let mut request = self
             .client
             .post(&self.url)

@@ -6,17 +6,9 @@
 //! conflict or a point outside retention answers 422 without naming the
 //! line, which is then found by bisecting.
 
-use async_trait::async_trait;
-
+use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{self, Auth, HttpWriter};
-use super::{BuildError, Sink, WriteError};
-use crate::batcher::Line;
-
-pub struct InfluxDbV2 {
-    name: String,
-    http: HttpWriter,
-}
 
 /// InfluxDB 2.x's spelling of a precision.
 pub fn precision_param(p: Precision) -> &'static str {
@@ -28,34 +20,19 @@ pub fn precision_param(p: Precision) -> &'static str {
     }
 }
 
-impl InfluxDbV2 {
-    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
-        let query = vec![
-            ("org", config.org.clone()),
-            ("bucket", config.bucket.clone()),
-            ("precision", precision_param(config.precision()).to_owned()),
-        ];
-        let http = HttpWriter::new(
-            config,
-            "/api/v2/write",
-            query,
-            Auth::token(config, "Token")?,
-            http::find_quoted_lines,
-        )?;
-        Ok(InfluxDbV2 {
-            name: format!("influxdb_v2 {} bucket={}", http.url(), config.bucket),
-            http,
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for InfluxDbV2 {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
-        self.http.post(lines).await
-    }
+/// The sink a `[[sink]]` table of this kind describes.
+pub fn sink(config: &SinkConfig) -> Result<HttpWriter, BuildError> {
+    let query = vec![
+        ("org", config.org.clone()),
+        ("bucket", config.bucket.clone()),
+        ("precision", precision_param(config.precision()).to_owned()),
+    ];
+    HttpWriter::new(
+        config,
+        "/api/v2/write",
+        query,
+        Auth::token(config, "Token")?,
+        http::find_quoted_lines,
+        format!(" bucket={}", config.bucket),
+    )
 }

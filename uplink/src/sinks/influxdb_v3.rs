@@ -6,17 +6,10 @@
 //! `{"error":"...","data":[{"original_line":"...","line_number":2,"error_message":"..."}]}`,
 //! line numbers counted from 1.
 
-use async_trait::async_trait;
-
+use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{Auth, HttpWriter};
-use super::{BuildError, Sink, WriteError};
 use crate::batcher::Line;
-
-pub struct InfluxDbV3 {
-    name: String,
-    http: HttpWriter,
-}
 
 /// InfluxDB 3's spelling of a precision (never `auto`: Buoy never lets a
 /// database guess).
@@ -48,36 +41,21 @@ pub fn find_numbered_lines(body: &str, lines: &[&Line], _: Precision) -> Vec<usi
     found
 }
 
-impl InfluxDbV3 {
-    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
-        let query = vec![
-            ("db", config.database.clone()),
-            ("precision", precision_param(config.precision()).to_owned()),
-            ("accept_partial", "true".to_owned()),
-        ];
-        let http = HttpWriter::new(
-            config,
-            "/api/v3/write_lp",
-            query,
-            Auth::token(config, "Bearer")?,
-            find_numbered_lines,
-        )?;
-        Ok(InfluxDbV3 {
-            name: format!("influxdb_v3 {} db={}", http.url(), config.database),
-            http,
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for InfluxDbV3 {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
-        self.http.post(lines).await
-    }
+/// The sink a `[[sink]]` table of this kind describes.
+pub fn sink(config: &SinkConfig) -> Result<HttpWriter, BuildError> {
+    let query = vec![
+        ("db", config.database.clone()),
+        ("precision", precision_param(config.precision()).to_owned()),
+        ("accept_partial", "true".to_owned()),
+    ];
+    HttpWriter::new(
+        config,
+        "/api/v3/write_lp",
+        query,
+        Auth::token(config, "Bearer")?,
+        find_numbered_lines,
+        format!(" db={}", config.database),
+    )
 }
 
 #[cfg(test)]

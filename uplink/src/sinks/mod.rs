@@ -1,9 +1,10 @@
 //! # Sinks: where batches are written
 //!
-//! Each database is one small implementation of [`Sink`]. The line-protocol
-//! databases share the HTTP request (precision, gzip, auth) and the reading
-//! of the answer in [`http`]; each knows only its endpoint and how its error
-//! bodies name the lines it refused. A write either succeeds, or fails with a
+//! Two implementations of [`Sink`]: [`http::HttpWriter`] for the
+//! line-protocol databases, and [`redis::Redis`]. The HTTP request
+//! (precision, gzip, auth) and the reading of the answer are shared in
+//! [`http`]; each database's module only builds its writer: its endpoint,
+//! query, auth, and how its error bodies name the lines it refused. A write either succeeds, or fails with a
 //! [`WriteError`] that says what to do about it.
 //!
 //! ## Layout
@@ -83,12 +84,12 @@ pub enum BuildError {
 /// Builds the sink a `[[sink]]` table describes.
 pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
     Ok(match config.kind {
-        SinkKind::InfluxdbV1 => Box::new(influxdb_v1::InfluxDbV1::new(config)?),
-        SinkKind::InfluxdbV2 => Box::new(influxdb_v2::InfluxDbV2::new(config)?),
-        SinkKind::InfluxdbV3 => Box::new(influxdb_v3::InfluxDbV3::new(config)?),
-        SinkKind::Victoriametrics => Box::new(victoriametrics::VictoriaMetrics::new(config)?),
-        SinkKind::Cnosdb => Box::new(cnosdb::CnosDb::new(config)?),
-        SinkKind::Questdb => Box::new(questdb::QuestDb::new(config)?),
+        SinkKind::InfluxdbV1 => Box::new(influxdb_v1::sink(config)?),
+        SinkKind::InfluxdbV2 => Box::new(influxdb_v2::sink(config)?),
+        SinkKind::InfluxdbV3 => Box::new(influxdb_v3::sink(config)?),
+        SinkKind::Victoriametrics => Box::new(victoriametrics::sink(config)?),
+        SinkKind::Cnosdb => Box::new(cnosdb::sink(config)?),
+        SinkKind::Questdb => Box::new(questdb::sink(config)?),
         SinkKind::Redis => Box::new(redis::Redis::new(config).await?),
     })
 }

@@ -4,17 +4,10 @@
 //! `{"code":"invalid","message":"...","line":N,"errorId":"..."}`, `line`
 //! counted from 1.
 
-use async_trait::async_trait;
-
+use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{Auth, HttpWriter};
-use super::{BuildError, Sink, WriteError};
 use crate::batcher::Line;
-
-pub struct QuestDb {
-    name: String,
-    http: HttpWriter,
-}
 
 /// QuestDB's spelling of a precision.
 pub fn precision_param(p: Precision) -> &'static str {
@@ -37,31 +30,22 @@ pub fn find_numbered_line(body: &str, lines: &[&Line], _: Precision) -> Vec<usiz
         .collect()
 }
 
-impl QuestDb {
-    pub fn new(config: &SinkConfig) -> Result<Self, BuildError> {
-        let query = vec![("precision", precision_param(config.precision()).to_owned())];
-        let auth = if config.token_file.is_some() {
-            Auth::token(config, "Bearer")?
-        } else {
-            Auth::basic(config)?
-        };
-        let http = HttpWriter::new(config, "/write", query, auth, find_numbered_line)?;
-        Ok(QuestDb {
-            name: format!("questdb {}", http.url()),
-            http,
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for QuestDb {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
-        self.http.post(lines).await
-    }
+/// The sink a `[[sink]]` table of this kind describes.
+pub fn sink(config: &SinkConfig) -> Result<HttpWriter, BuildError> {
+    let query = vec![("precision", precision_param(config.precision()).to_owned())];
+    let auth = if config.token_file.is_some() {
+        Auth::token(config, "Bearer")?
+    } else {
+        Auth::basic(config)?
+    };
+    HttpWriter::new(
+        config,
+        "/write",
+        query,
+        auth,
+        find_numbered_line,
+        String::new(),
+    )
 }
 
 #[cfg(test)]
