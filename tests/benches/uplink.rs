@@ -172,14 +172,7 @@ gzip = false
     let started = Instant::now();
     let mut uplink = binaries::start("uplink", &d, &config);
     let done = wait_rows(rt, &vm, rows);
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", uplink.pid())).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let (_, hwm) = uplink.memory_kib();
     uplink.stop(Duration::from_secs(30));
     (done - started, hwm)
 }

@@ -52,20 +52,6 @@ async fn metric(url: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Resident and peak memory of a process, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Waits until VictoriaMetrics holds `n` points of `load_v`, then checks it
 /// stays at exactly `n`.
 async fn assert_exactly(vm: &Victoria, n: usize, timeout: Duration, log: impl Fn() -> String) {
@@ -294,7 +280,7 @@ async fn the_database_stopped_for_a_minute_loses_nothing_and_memory_stays_bounde
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (rss_before, _) = memory_kib(uplink.pid());
+    let (rss_before, _) = uplink.memory_kib();
     let lag_before = metric(&m, "uplink_consumer_lag").await;
     vm.service.stop(Duration::from_secs(30));
     let down_at = Instant::now();
@@ -305,7 +291,7 @@ async fn the_database_stopped_for_a_minute_loses_nothing_and_memory_stays_bounde
         tokio::time::sleep(Duration::from_secs(2)).await;
         paused |= metric(&m, "uplink_consuming_paused").await == 1.0;
         peak_lag = peak_lag.max(metric(&m, "uplink_consumer_lag").await);
-        peak_rss = peak_rss.max(memory_kib(uplink.pid()).0);
+        peak_rss = peak_rss.max(uplink.memory_kib().0);
     }
     let retries = metric(&m, "uplink_write_retries_total").await;
     vm = Victoria::start_on(&vm_dir, port);
@@ -315,7 +301,7 @@ async fn the_database_stopped_for_a_minute_loses_nothing_and_memory_stays_bounde
     assert_exactly_on(&vm, produced, &kafka.bootstrap(), "outage", || uplink.log()).await;
     let caught_up = up_at.elapsed();
     let lag_after = metric(&m, "uplink_consumer_lag").await;
-    let (_, hwm) = memory_kib(uplink.pid());
+    let (_, hwm) = uplink.memory_kib();
     eprintln!(
         "outage: {produced} records; lag before {lag_before}, peak {peak_lag}, after {lag_after}; \
          caught up {caught_up:?} after the restart; RSS before {rss_before} KiB, peak during {peak_rss} KiB, \
