@@ -23,6 +23,7 @@ use crate::forwarder::Forwarder;
 use crate::journal::{self, Journal, JournalWriter};
 use crate::sampler::Sampler;
 use crate::status::{self, Status};
+use hardware::Supervisor;
 
 /// Runs the agent until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -91,14 +92,10 @@ pub async fn run_with_status(
 
     let mut samplers = JoinSet::new();
     for s in config.enabled_sensors() {
-        let sensor = hardware::open(s.kind, s.seed)
-            .with_context(|| format!("cannot open sensor {:?} ({})", s.name, s.kind.name()))?;
-        tracing::info!(sensor = %s.name, kind = s.kind.name(), interval = ?s.interval, "sampling");
+        tracing::info!(sensor = %s.name, kind = s.kind.name(), device = %s.device(), interval = ?s.interval, "sampling");
         let sampler = Sampler {
             device_id: config.device_id.clone(),
-            name: s.name.clone(),
-            interval: s.interval,
-            sensor,
+            sensor: Supervisor::new(s.clone()),
             clock: clock.clone(),
             out: handles.readings.clone(),
             status: status.clone(),

@@ -32,6 +32,15 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Open every enabled sensor once and print its reading (as line
+    /// protocol) or the exact error, with a hint; exit 1 if any failed. The
+    /// first thing to run on a new device. Stop the agent first: it holds
+    /// the serial ports.
+    Sensors {
+        /// Print one JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look into the journal without consuming it. Stop the agent first: the
     /// journal is opened as the agent opens it (repaired after a crash, moved
     /// aside and salvaged if damaged).
@@ -79,6 +88,11 @@ Environment:
   CREDENTIALS_DIRECTORY  where relative [kafka.security] secret files are looked up
                          (set by systemd's LoadCredential=)
 
+Sensors: [[sensor]] kind = \"bme280\" (bus, address), \"pwd\" (port, baud, unit_id),
+\"cpu_temperature\" and \"fan\" (sysfs_root), or simulated_*; every kind takes interval,
+limits = { field = [min, max] } and max_reopen_delay. A failing sensor is skipped and
+re-opened with backoff while the others carry on; `edge-agent sensors` checks them all.
+
 Forwarding: fresh readings go to Kafka first and the backlog drains behind them
 ([forward] order = \"live_first\", or \"fifo\"); [forward] max_bytes_per_sec caps the
 bytes on the wire and send_windows = [\"01:00-05:00\"] limits sending to local times
@@ -89,4 +103,5 @@ Signals:
                          commit the journal and exit 0; a second signal exits at once
 
 Exit status:
-  0 clean stop, 1 runtime failure (or the journal is in use or unreadable), 2 invalid config";
+  0 clean stop, 1 runtime failure (or the journal is in use or unreadable; for
+  `sensors`, a sensor failed), 2 invalid config";

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use hardware::SensorConfig;
 use hardware::SensorKind;
 use serde::{Deserialize, Serialize};
 use telemetry::config_file::{self, ConfigError, Loaded, Problem};
@@ -268,32 +269,6 @@ impl Default for StatusConfig {
     }
 }
 
-/// One `[[sensor]]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SensorConfig {
-    /// Unique name; becomes the `sensor` tag of its readings.
-    pub name: String,
-    /// `simulated_weather`, `simulated_visibility`,
-    /// `simulated_cpu_temperature` or `simulated_fan`.
-    pub kind: SensorKind,
-    /// Time between readings.
-    #[serde(with = "humantime_serde", default = "one_second")]
-    pub interval: Duration,
-    /// Seed for a simulated sensor, for reproducible values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn one_second() -> Duration {
-    Duration::from_secs(1)
-}
-fn yes() -> bool {
-    true
-}
-
 fn default_device_id() -> String {
     gethostname::gethostname()
         .to_string_lossy()
@@ -312,13 +287,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn default_sensors() -> Vec<SensorConfig> {
-    let sensor = |name: &str, kind, secs| SensorConfig {
-        name: name.into(),
-        kind,
-        interval: Duration::from_secs(secs),
-        seed: None,
-        enabled: true,
-    };
+    let sensor = |name, kind, secs| SensorConfig::new(name, kind, Duration::from_secs(secs));
     vec![
         sensor("env", SensorKind::SimulatedWeather, 1),
         sensor("visibility", SensorKind::SimulatedVisibility, 1),
@@ -443,18 +412,14 @@ impl AgentConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.sensors.iter().enumerate() {
-            let at = |key: &str| format!("sensor[{i}].{key}");
-            if let Err(e) = telemetry::reading::check_name("sensor name", &s.name) {
-                p.push(Problem::new(at("name"), e.to_string()));
-            } else if !seen.insert(s.name.as_str()) {
+            let at = format!("sensor[{i}]");
+            if !seen.insert(s.name.as_str()) {
                 p.push(Problem::new(
-                    at("name"),
+                    format!("{at}.name"),
                     format!("another sensor is already called {:?}", s.name),
                 ));
             }
-            if s.interval < Duration::from_millis(1) || s.interval > Duration::from_secs(86_400) {
-                p.push(Problem::new(at("interval"), "must be between 1ms and 24h"));
-            }
+            p.extend(s.problems(&at));
         }
         p
     }
@@ -549,6 +514,41 @@ interval = "0s"
         let shown = err.to_string();
         assert!(shown.contains("simulated_weather"), "{shown}");
         assert_eq!(err.lines(), vec![3]);
+    }
+
+    #[test]
+    fn real_sensors_are_checked_by_kind_with_their_lines() {
+        let text = r#"[[sensor]]
+name = "env"
+kind = "bme280"
+address = 0x77
+limits = { temperature_c = [-30, 50] }
+[[sensor]]
+name = "vis"
+kind = "pwd"
+baud = 9601
+hwmon = "pwmfan"
+"#;
+        let err = load(text).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("needs the serial port"), "{shown}");
+        assert!(shown.contains("9601 is not a rate"), "{shown}");
+        assert!(
+            shown.contains("does not apply to kind = \"pwd\" (only to fan)"),
+            "{shown}"
+        );
+        assert_eq!(err.lines(), vec![6, 9, 10], "{shown}");
+        let c = load(&text.replace(
+            "baud = 9601\nhwmon = \"pwmfan\"\n",
+            "port = \"/dev/ttyUSB0\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.sensors[0].address(), 0x77);
+        assert_eq!(
+            c.sensors[0].effective_limits()[1],
+            ("temperature_c", -30.0, 50.0)
+        );
+        assert_eq!(c.sensors[1].baud(), 9600);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`journal`]: the redb journal (its module doc is the storage spec) and
 //!   [`journal::writer`], the group-commit task that owns every write.
 //! - [`forwarder`]: journal → Kafka, deleting only what Kafka acknowledged.
-//! - [`status`]: counters, link state and the periodic status line.
+//! - [`status`]: counters, link state, sensor health and the periodic
+//!   status line.
+//! - [`sensor_check`]: `edge-agent sensors`, one read of every sensor.
 //! - [`config`]: the one typed config, parsed and validated in one place.
 //! - [`agent`]: wires the stages and shuts them down in order.
 //! - [`clock`], [`cli`]: the injected time source and the command line.
@@ -35,4 +37,5 @@ pub mod config;
 pub mod forwarder;
 pub mod journal;
 pub mod sampler;
+pub mod sensor_check;
 pub mod status;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { print } => check_config(&loaded, print),
         Command::Journal { command } => journal_command(&loaded.config, command),
+        Command::Sensors { json } => sensors_command(&loaded.config, json),
         Command::Run => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -125,9 +126,10 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
     for s in &c.sensors {
         let state = if s.enabled { "" } else { " (disabled)" };
         println!(
-            "  sensor     {} {} every {:?}{state}",
+            "  sensor     {} {} on {} every {:?}{state}",
             s.name,
             s.kind.name(),
+            s.device(),
             s.interval
         );
     }
@@ -141,6 +143,30 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `edge-agent sensors`.
+fn sensors_command(config: &AgentConfig, json: bool) -> ExitCode {
+    use edge_agent::sensor_check;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let now = edge_agent::clock::Clock::now_ns(&edge_agent::clock::SystemClock);
+    let checks = runtime.block_on(sensor_check::check_all(config, now));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&checks).expect("checks serialise")
+        );
+    } else {
+        print!("{}", sensor_check::describe(&checks));
+    }
+    if checks.iter().any(|c| c.failed()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `edge-agent journal stats|export`.

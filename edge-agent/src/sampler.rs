@@ -1,18 +1,20 @@
 //! # The sampler: sensors → readings → journal writer
 //!
-//! One task per enabled sensor reads it on its interval, turns each
+//! One task per enabled sensor reads it on its interval through its
+//! [`Supervisor`] (which opens it, checks its values against their plausible
+//! ranges and re-opens it with backoff after a fault), turns each
 //! observation into a [`Reading`] (adding the `device_id` and `sensor` tags
 //! and the sampling time), and hands it to the journal writer.
 //!
 //! A failing read is counted, logged (rate-limited) and retried at the next
-//! interval; other sensors carry on. If the journal writer cannot keep up and
-//! its queue is full, the reading is dropped and counted rather than letting
-//! memory grow.
+//! interval; other sensors carry on. The sensor's health goes to [`Status`]
+//! after every read. If the journal writer cannot keep up and its queue is
+//! full, the reading is dropped and counted rather than letting memory grow.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hardware::{Observation, Sensor};
+use hardware::{HealthState, Observation, Outcome, Supervisor};
 use telemetry::Reading;
 use telemetry::throttle::Throttle;
 use tokio::sync::mpsc;
@@ -23,15 +25,14 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::status::Status;
 
-/// How long one read may take before it counts as failed.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one read (with opening the device) may take before it counts
+/// as failed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Samples one sensor.
 pub struct Sampler {
     pub device_id: String,
-    pub name: String,
-    pub interval: Duration,
-    pub sensor: Box<dyn Sensor>,
+    pub sensor: Supervisor,
     pub clock: Arc<dyn Clock>,
     pub out: mpsc::Sender<Reading>,
     pub status: Arc<Status>,
@@ -41,27 +42,36 @@ impl Sampler {
     /// Samples until `shutdown`. Dropping `out` on return is what tells the
     /// journal writer this sampler is done.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
+        let name = self.sensor.config().name.clone();
+        let kind = self.sensor.config().kind.name();
+        let device = self.sensor.config().device();
+        let mut ticker = tokio::time::interval(self.sensor.config().interval);
         // After a stall, carry on at the normal pace instead of catching up
         // with a burst of readings stamped a few microseconds apart.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut errors = Throttle::new(Duration::from_secs(60));
         let mut full = Throttle::new(Duration::from_secs(60));
+        self.status.sensor_health(self.sensor.health());
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
             let taken_at = self.clock.now_ns();
-            let result = match tokio::time::timeout(READ_TIMEOUT, self.sensor.read()).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no reading within {READ_TIMEOUT:?}")),
+            let was_failing = self.sensor.health().state == HealthState::Failing;
+            let outcome = tokio::select! {
+                outcome = self.sensor.read(READ_TIMEOUT) => outcome,
+                _ = shutdown.cancelled() => return,
             };
-            match result {
-                Ok(observations) => {
+            self.status.sensor_health(self.sensor.health());
+            match outcome {
+                Outcome::Read(observations) => {
                     errors.reset();
+                    if was_failing {
+                        tracing::info!(sensor = %name, kind, "sensor reads again");
+                    }
                     for obs in observations {
-                        let reading = self.to_reading(obs, taken_at);
+                        let reading = self.to_reading(&name, obs, taken_at);
                         self.status.sampled(1);
                         match self.out.try_send(reading) {
                             Ok(()) => {}
@@ -69,7 +79,7 @@ impl Sampler {
                                 self.status.dropped_queue_full();
                                 if let Some(held_back) = full.allow(std::time::Instant::now()) {
                                     tracing::warn!(
-                                        sensor = %self.name,
+                                        sensor = %name,
                                         similar_not_logged = held_back,
                                         "journal writer is behind; reading dropped"
                                     );
@@ -79,44 +89,53 @@ impl Sampler {
                         }
                     }
                 }
-                Err(error) => {
+                Outcome::Failed(error) => {
                     self.status.sensor_error();
                     if let Some(held_back) = errors.allow(std::time::Instant::now()) {
                         tracing::warn!(
-                            sensor = %self.name,
-                            kind = self.sensor.kind().name(),
+                            sensor = %name,
+                            kind,
+                            %device,
                             %error,
                             similar_not_logged = held_back,
-                            "sensor read failed; retrying at the next interval"
+                            "sensor read failed; reading skipped, retrying"
                         );
                     }
                 }
+                Outcome::Waiting => {}
             }
         }
     }
 
-    fn to_reading(&self, obs: Observation, timestamp_ns: i64) -> Reading {
-        let mut reading = Reading::new(obs.measurement, timestamp_ns)
-            .with_tag("device_id", self.device_id.as_str())
-            .with_tag("sensor", self.name.as_str());
-        for (k, v) in obs.tags {
-            reading.tags.insert(k, v);
-        }
-        for (k, v) in obs.fields {
-            reading.fields.insert(k.to_owned(), v);
-        }
-        reading
+    fn to_reading(&self, name: &str, obs: Observation, timestamp_ns: i64) -> Reading {
+        to_reading(&self.device_id, name, obs, timestamp_ns)
     }
+}
+
+/// The reading an observation of sensor `name` becomes: its measurement,
+/// fields and tags, plus the `device_id` and `sensor` tags and the time.
+pub fn to_reading(device_id: &str, name: &str, obs: Observation, timestamp_ns: i64) -> Reading {
+    let mut reading = Reading::new(obs.measurement, timestamp_ns)
+        .with_tag("device_id", device_id)
+        .with_tag("sensor", name);
+    for (k, v) in obs.tags {
+        reading.tags.insert(k, v);
+    }
+    for (k, v) in obs.fields {
+        reading.fields.insert(k.to_owned(), v);
+    }
+    reading
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use hardware::{SensorError, SensorKind};
+    use hardware::{Sensor, SensorConfig, SensorError, SensorKind};
     use telemetry::FieldValue;
 
-    /// A sensor that fails every other read.
+    /// A sensor whose every other reading is implausible (a negative fan
+    /// speed).
     struct Flaky(u32);
 
     #[async_trait::async_trait]
@@ -126,13 +145,15 @@ mod tests {
         }
         async fn read(&mut self) -> Result<Vec<Observation>, SensorError> {
             self.0 += 1;
-            if self.0.is_multiple_of(2) {
-                return Err(SensorError::Garbage("noise".into()));
-            }
+            let rpm = if self.0.is_multiple_of(2) {
+                -1.0
+            } else {
+                f64::from(self.0)
+            };
             Ok(vec![Observation {
                 measurement: "fan",
                 tags: vec![("fan".into(), "fan0".into())],
-                fields: vec![("fan_rpm", FieldValue::Float(self.0 as f64))],
+                fields: vec![("fan_rpm", FieldValue::Float(rpm))],
             }])
         }
     }
@@ -142,11 +163,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(100);
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
+        let config = SensorConfig::new("cooling", SensorKind::Fan, Duration::from_secs(1));
         let sampler = Sampler {
             device_id: "pi-1".into(),
-            name: "cooling".into(),
-            interval: Duration::from_secs(1),
-            sensor: Box::new(Flaky(0)),
+            sensor: Supervisor::new(config).with_sensor(Box::new(Flaky(0))),
             clock: Arc::new(SystemClock),
             out: tx,
             status: status.clone(),
@@ -161,7 +181,24 @@ mod tests {
             got.push(r);
         }
         assert_eq!(got.len(), 5);
-        assert_eq!(status.snapshot().sensor_errors, 5);
+        let snapshot = status.snapshot();
+        assert_eq!(snapshot.sensor_errors, 5);
+        let health = &snapshot.sensors[0];
+        assert_eq!(
+            (health.name.as_str(), health.readings, health.errors),
+            ("cooling", 5, 5)
+        );
+        assert_eq!(
+            health.reopens, 0,
+            "an implausible value keeps the device open"
+        );
+        assert!(
+            health
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("fan_rpm = -1")
+        );
         let r = &got[0];
         assert_eq!(r.measurement, "fan");
         assert_eq!(r.tag("device_id"), Some("pi-1"));
@@ -175,11 +212,12 @@ mod tests {
         let (tx, _rx) = mpsc::channel(2);
         let status = Arc::new(Status::default());
         let shutdown = CancellationToken::new();
+        let mut config =
+            SensorConfig::new("env", SensorKind::SimulatedWeather, Duration::from_secs(1));
+        config.seed = Some(1);
         let sampler = Sampler {
             device_id: "pi-1".into(),
-            name: "env".into(),
-            interval: Duration::from_secs(1),
-            sensor: hardware::open(SensorKind::SimulatedWeather, Some(1)).unwrap(),
+            sensor: Supervisor::new(config),
             clock: Arc::new(SystemClock),
             out: tx,
             status: status.clone(),

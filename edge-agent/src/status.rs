@@ -8,10 +8,12 @@
 //! INFO status sampled=1200 journaled=1200 backlog=12 forwarded=1188 link="up" ...
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use hardware::{HealthState, SensorHealth};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{Counters, JournalStats};
@@ -63,6 +65,8 @@ pub struct Status {
     /// What the full-journal policy did since start.
     journal_policy: Mutex<Counters>,
     link: Mutex<LinkState>,
+    /// Each sensor's health, by sensor name.
+    sensors: Mutex<BTreeMap<String, SensorHealth>>,
 }
 
 impl Default for Status {
@@ -84,6 +88,7 @@ impl Default for Status {
                 link: Link::Unknown,
                 last_error: None,
             }),
+            sensors: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct Snapshot {
     pub journal_policy: Counters,
     pub link: Link,
     pub last_error: Option<String>,
+    /// Each sensor's health, ordered by name.
+    pub sensors: Vec<SensorHealth>,
 }
 
 impl Status {
@@ -138,6 +145,17 @@ impl Status {
     pub fn unreadable(&self, n: u64) {
         self.unreadable.fetch_add(n, Relaxed);
     }
+    /// Records a sensor's health after a read.
+    pub fn sensor_health(&self, health: &SensorHealth) {
+        let mut sensors = self.sensors.lock().expect("status lock");
+        match sensors.get_mut(&health.name) {
+            Some(h) => h.clone_from(health),
+            None => {
+                sensors.insert(health.name.clone(), health.clone());
+            }
+        }
+    }
+
     pub fn journal_policy(&self, done: &Counters) {
         self.journal_policy.lock().expect("status lock").add(done);
     }
@@ -181,6 +199,13 @@ impl Status {
             journal_policy: *self.journal_policy.lock().expect("status lock"),
             link: link.link,
             last_error: link.last_error.clone(),
+            sensors: self
+                .sensors
+                .lock()
+                .expect("status lock")
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -232,8 +257,19 @@ fn log_status_with_rate(s: &Snapshot, journal: Option<&JournalStats>, send_rate:
         unreadable = s.unreadable,
         delivery_errors = s.delivery_errors,
         last_error = s.last_error.as_deref().unwrap_or(""),
+        sensors_failing = %failing_sensors(&s.sensors),
         "status"
     );
+}
+
+/// `name: last error` of each failing sensor, for the status line.
+fn failing_sensors(sensors: &[SensorHealth]) -> String {
+    let failing: Vec<String> = sensors
+        .iter()
+        .filter(|h| h.state == HealthState::Failing)
+        .map(|h| format!("{}: {}", h.name, h.last_error.as_deref().unwrap_or("?")))
+        .collect();
+    failing.join("; ")
 }
 
 /// Logs a status line every `interval` until shutdown. `journal` reports

@@ -5,10 +5,17 @@
 //! Readings are grouped by series (measurement and tags) and by window
 //! (timestamps floored to a multiple of `journal.downsample_window`). Each
 //! group becomes one reading of measurement `<measurement>_agg` with the same
-//! tags, stamped with the start of its window, holding for every numeric field
+//! tags, stamped with the start of its window, holding for every float field
 //! `<field>_min`, `<field>_max` and `<field>_mean` (floats), and `count`, the
-//! number of readings it replaces (an integer). A non-numeric field keeps its
-//! latest value under its own name. Aggregates are never aggregated again.
+//! number of readings it replaces (an integer). Any other field (integer
+//! codes such as a present-weather code, strings, booleans) keeps its latest
+//! value under its own name: the mean of two weather codes means nothing.
+//! Aggregates are never aggregated again.
+//!
+//! Visibility (fields named `visibility*_m`) is averaged on the extinction
+//! coefficient σ = 3 / V, as meteorological practice requires (the mean of
+//! visibilities overstates it when fog comes and goes); the mean visibility
+//! is then 3 / mean(σ), the harmonic mean.
 
 use std::collections::BTreeMap;
 
@@ -37,8 +44,15 @@ pub fn is_aggregate_line(line: &str) -> bool {
 struct Stats {
     min: f64,
     max: f64,
+    /// The sum of the values, or of the extinction coefficients for a
+    /// visibility.
     sum: f64,
     n: u64,
+}
+
+/// Whether a field is a visibility, averaged on its extinction coefficient.
+fn is_visibility(field: &str) -> bool {
+    field.starts_with("visibility") && field.ends_with("_m")
 }
 
 #[derive(Debug)]
@@ -67,8 +81,9 @@ pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) ->
             });
         group.count += 1;
         for (name, value) in r.fields {
-            match value.as_f64() {
-                Some(v) => {
+            match value {
+                FieldValue::Float(v) => {
+                    let visibility = is_visibility(&name);
                     let s = group.numeric.entry(name).or_insert(Stats {
                         min: v,
                         max: v,
@@ -77,10 +92,12 @@ pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) ->
                     });
                     s.min = s.min.min(v);
                     s.max = s.max.max(v);
-                    s.sum += v;
+                    // A visibility of 0 m is infinite extinction: the mean
+                    // visibility of the window is then 0.
+                    s.sum += if visibility { 3.0 / v } else { v };
                     s.n += 1;
                 }
-                None => {
+                value => {
                     let latest = group
                         .other
                         .entry(name)
@@ -102,10 +119,14 @@ pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) ->
                     .insert(format!("{name}_min"), FieldValue::Float(s.min));
                 agg.fields
                     .insert(format!("{name}_max"), FieldValue::Float(s.max));
-                agg.fields.insert(
-                    format!("{name}_mean"),
-                    FieldValue::Float(s.sum / s.n as f64),
-                );
+                let mean = s.sum / s.n as f64;
+                let mean = if is_visibility(&name) {
+                    3.0 / mean
+                } else {
+                    mean
+                };
+                agg.fields
+                    .insert(format!("{name}_mean"), FieldValue::Float(mean));
             }
             for (name, (_, v)) in g.other {
                 agg.fields.insert(name, v);
@@ -174,6 +195,32 @@ mod tests {
             aggs[0].fields["visibility_m_mean"],
             FieldValue::Float(800.0)
         );
+    }
+
+    #[test]
+    fn visibility_is_averaged_on_the_extinction_coefficient_and_codes_keep_their_latest() {
+        let r = |t, v: f64, code: i64| {
+            Reading::new("visibility", t)
+                .with_tag("sensor", "pwd")
+                .with_field("visibility_m", v)
+                .with_field("visibility_10min_m", v)
+                .with_field("present_weather", FieldValue::Int(code))
+                .with_field("precipitation_mm_h", v / 1000.0)
+        };
+        // Fog patches: 200 m and 10 km. The mean extinction is that of 392 m,
+        // not the 5.1 km an average of the visibilities would claim.
+        let aggs = aggregate(vec![r(1, 200.0, 45), r(2, 10_000.0, 0)], MIN);
+        let f = &aggs[0].fields;
+        let expected = 3.0 / ((3.0 / 200.0 + 3.0 / 10_000.0) / 2.0);
+        assert_eq!(f["visibility_m_mean"], FieldValue::Float(expected));
+        assert!((expected - 392.157).abs() < 0.001);
+        assert_eq!(f["visibility_10min_m_mean"], FieldValue::Float(expected));
+        assert_eq!(f["visibility_m_min"], FieldValue::Float(200.0));
+        assert_eq!(f["precipitation_mm_h_mean"], FieldValue::Float(5.1));
+        assert_eq!(f["present_weather"], FieldValue::Int(0));
+        assert!(!f.contains_key("present_weather_mean"));
+        let zero = aggregate(vec![r(1, 0.0, 45), r(2, 500.0, 45)], MIN);
+        assert_eq!(zero[0].fields["visibility_m_mean"], FieldValue::Float(0.0));
     }
 
     #[test]

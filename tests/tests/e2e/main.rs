@@ -22,6 +22,10 @@
 //!   InfluxDB and Redis at once; the
 //!   uplink SIGKILLed mid-batch five times; the database stopped for a minute;
 //!   two uplinks in one group, one killed. Exact point counts every time.
+//! - [`sensors`]: `edge-agent sensors` and a running agent against fixture
+//!   sysfs trees (Raspberry Pi 4 and 5, x86) and a simulated Vaisala PWD on a
+//!   pseudo-terminal: exact values, named failures, a silent sensor skipped,
+//!   counted and picked up again while the others carry on.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
 
 mod cli;
@@ -32,5 +36,6 @@ mod forwarding;
 mod journal;
 mod offline;
 mod pipeline;
+mod sensors;
 mod tls;
 mod uplink;
