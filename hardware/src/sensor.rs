@@ -124,6 +124,35 @@ impl SensorError {
     }
 }
 
+/// Runs blocking device I/O (I²C ioctls, sysfs attributes that talk to a
+/// chip) on tokio's blocking threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SensorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SensorError::Io(std::io::Error::other(e)))
+}
+
+/// Runs `f` on the device in `slot` on a blocking thread, and puts the
+/// device back. If the caller gives up waiting (a timeout), the slot stays
+/// empty and the next call fails, so the supervisor opens the device again.
+pub async fn with_device<D: Send + 'static, T: Send + 'static>(
+    slot: &mut Option<D>,
+    f: impl FnOnce(&mut D) -> T + Send + 'static,
+) -> Result<T, SensorError> {
+    let mut device = slot
+        .take()
+        .ok_or_else(|| SensorError::Garbage("an earlier read was abandoned".into()))?;
+    let (device, out) = blocking(move || {
+        let out = f(&mut device);
+        (device, out)
+    })
+    .await?;
+    *slot = Some(device);
+    Ok(out)
+}
+
 /// A source of observations.
 #[async_trait::async_trait]
 pub trait Sensor: Send {

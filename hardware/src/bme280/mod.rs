@@ -16,7 +16,7 @@ use linux_embedded_hal::{Delay, I2cdev};
 use telemetry::FieldValue;
 
 use crate::config::SensorConfig;
-use crate::sensor::{Observation, Sensor, SensorError, SensorKind};
+use crate::sensor::{Observation, Sensor, SensorError, SensorKind, blocking, with_device};
 pub use driver::{Bme280, Chip, Measurement};
 
 type LinuxBme280 = Bme280<I2cdev, Delay>;
@@ -33,9 +33,7 @@ impl Bme280Sensor {
     pub async fn open(config: &SensorConfig) -> Result<Self, SensorError> {
         let bus = config.bus();
         let address = config.address();
-        let device = tokio::task::spawn_blocking(move || open_blocking(&bus, address))
-            .await
-            .map_err(|e| SensorError::Io(std::io::Error::other(e)))??;
+        let device = blocking(move || open_blocking(&bus, address)).await??;
         Ok(Bme280Sensor {
             device: Some(device),
         })
@@ -57,17 +55,7 @@ impl Sensor for Bme280Sensor {
     }
 
     async fn read(&mut self) -> Result<Vec<Observation>, SensorError> {
-        let mut device = self
-            .device
-            .take()
-            .ok_or_else(|| SensorError::Garbage("an earlier read was abandoned".into()))?;
-        let (device, result) = tokio::task::spawn_blocking(move || {
-            let result = device.measure();
-            (device, result)
-        })
-        .await
-        .map_err(|e| SensorError::Io(std::io::Error::other(e)))?;
-        self.device = Some(device);
+        let result = with_device(&mut self.device, |device| device.measure()).await?;
         Ok(vec![observation(result.map_err(to_sensor_error)?)])
     }
 }

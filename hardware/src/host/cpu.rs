@@ -12,7 +12,7 @@ use telemetry::FieldValue;
 
 use super::sysfs;
 use crate::config::SensorConfig;
-use crate::sensor::{Observation, Sensor, SensorError, SensorKind};
+use crate::sensor::{Observation, Sensor, SensorError, SensorKind, with_device};
 
 /// CPU temperature components, most specific first: Intel's package sensor,
 /// AMD's control temperature, the Raspberry Pi's SoC sensor.
@@ -41,13 +41,11 @@ enum Route {
     Sysinfo(Box<sysinfo::Components>, String),
     /// An hwmon `tempN_input` or thermal zone `temp` file.
     File(PathBuf),
-    /// Only while a read runs on a blocking thread; a read abandoned by a
-    /// timeout leaves it, and the supervisor opens the sensor again.
-    Taken,
 }
 
 pub struct CpuTemperature {
-    route: Route,
+    /// `None` only while a read runs on a blocking thread.
+    route: Option<Route>,
 }
 
 impl CpuTemperature {
@@ -62,7 +60,7 @@ impl CpuTemperature {
             if let Some(label) = pick(&labels, wanted, CPU_COMPONENTS) {
                 let label = label.to_owned();
                 return Ok(CpuTemperature {
-                    route: Route::Sysinfo(Box::new(components), label),
+                    route: Some(Route::Sysinfo(Box::new(components), label)),
                 });
             }
         }
@@ -74,7 +72,7 @@ impl CpuTemperature {
                 .find(|(l, _)| l == label)
                 .expect("picked from it");
             return Ok(CpuTemperature {
-                route: Route::File(file.1.clone()),
+                route: Some(Route::File(file.1.clone())),
             });
         }
         let zones = sysfs::thermal(&root, "thermal_zone");
@@ -85,7 +83,7 @@ impl CpuTemperature {
                 .find(|z| z.kind == kind)
                 .expect("picked from it");
             return Ok(CpuTemperature {
-                route: Route::File(zone.dir.join("temp")),
+                route: Some(Route::File(zone.dir.join("temp"))),
             });
         }
         Err(SensorError::NotFound(format!(
@@ -133,15 +131,7 @@ impl Sensor for CpuTemperature {
     async fn read(&mut self) -> Result<Vec<Observation>, SensorError> {
         // Reading an hwmon attribute may talk to a chip; keep it off the
         // runtime's worker threads.
-        let route = std::mem::replace(&mut self.route, Route::Taken);
-        let (route, celsius) = tokio::task::spawn_blocking(move || {
-            let mut route = route;
-            let celsius = read_celsius(&mut route);
-            (route, celsius)
-        })
-        .await
-        .map_err(|e| SensorError::Io(std::io::Error::other(e)))?;
-        self.route = route;
+        let celsius = with_device(&mut self.route, read_celsius).await?;
         Ok(vec![Observation {
             measurement: "host",
             tags: Vec::new(),
@@ -165,6 +155,5 @@ fn read_celsius(route: &mut Route) -> Result<f64, SensorError> {
             Ok((f64::from(t) * 1000.0).round() / 1000.0)
         }
         Route::File(path) => Ok(sysfs::millidegrees(sysfs::read_integer(path)?)),
-        Route::Taken => Err(SensorError::Garbage("an earlier read was abandoned".into())),
     }
 }

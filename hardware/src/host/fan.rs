@@ -14,7 +14,7 @@ use telemetry::FieldValue;
 
 use super::sysfs;
 use crate::config::SensorConfig;
-use crate::sensor::{Observation, Sensor, SensorError, SensorKind};
+use crate::sensor::{Observation, Sensor, SensorError, SensorKind, blocking};
 
 /// Where one fan's values are read from.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ struct FanFiles {
 }
 
 pub struct Fans {
-    fans: Vec<FanFiles>,
+    fans: std::sync::Arc<Vec<FanFiles>>,
 }
 
 impl Fans {
@@ -45,7 +45,9 @@ impl Fans {
                     .map_or(String::new(), |h| format!(" with hwmon name {h:?}"))
             )));
         }
-        Ok(Fans { fans })
+        Ok(Fans {
+            fans: std::sync::Arc::new(fans),
+        })
     }
 }
 
@@ -104,9 +106,7 @@ impl Sensor for Fans {
     async fn read(&mut self) -> Result<Vec<Observation>, SensorError> {
         // hwmon attributes of I²C chips are read from the chip on access.
         let fans = self.fans.clone();
-        tokio::task::spawn_blocking(move || fans.iter().map(read_fan).collect())
-            .await
-            .map_err(|e| SensorError::Io(std::io::Error::other(e)))?
+        blocking(move || fans.iter().map(read_fan).collect()).await?
     }
 }
 

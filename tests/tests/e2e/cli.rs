@@ -21,6 +21,17 @@ fn help_explains_every_option_and_the_environment() {
             );
         }
     }
+    let out = binaries::command("edge-agent")
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for expected in ["sensors", "bme280", "pwd", "max_reopen_delay"] {
+        assert!(
+            help.contains(expected),
+            "edge-agent --help lacks {expected:?}:\n{help}"
+        );
+    }
 }
 
 #[test]
