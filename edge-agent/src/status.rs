@@ -257,7 +257,7 @@ fn log_status_with_rate(s: &Snapshot, journal: Option<&JournalStats>, send_rate:
         unreadable = s.unreadable,
         delivery_errors = s.delivery_errors,
         last_error = s.last_error.as_deref().unwrap_or(""),
-        sensors_failing = %failing_sensors(&s.sensors),
+        sensors_failing = failing_sensors(&s.sensors).as_str(),
         "status"
     );
 }

@@ -152,17 +152,18 @@ pub fn parse_message2(body: &str) -> Result<Observation, String> {
         ("alarm", FieldValue::Int(alarm.into())),
         ("hardware_status", FieldValue::Int(hardware.into())),
     ];
-    let floats = [
+    // Physical quantities are floats; weather codes are integers.
+    let quantities = [
         ("visibility_m", tokens[1]),
         ("visibility_10min_m", tokens[2]),
+        ("precipitation_mm_h", rest[3]),
+        ("precipitation_sum_mm", rest[4]),
+        ("snow_sum_mm", rest[5]),
     ];
-    for (name, t) in floats {
+    for (name, t) in quantities {
         if let Some(v) = number(name, t)? {
             fields.push((name, FieldValue::Float(v)));
         }
-    }
-    if let Some(nws) = nws {
-        fields.push(("present_weather_nws", FieldValue::String(nws.into())));
     }
     let codes = [
         ("present_weather", rest[0]),
@@ -174,15 +175,8 @@ pub fn parse_message2(body: &str) -> Result<Observation, String> {
             fields.push((name, FieldValue::Int(v)));
         }
     }
-    let amounts = [
-        ("precipitation_mm_h", rest[3]),
-        ("precipitation_sum_mm", rest[4]),
-        ("snow_sum_mm", rest[5]),
-    ];
-    for (name, t) in amounts {
-        if let Some(v) = number(name, t)? {
-            fields.push((name, FieldValue::Float(v)));
-        }
+    if let Some(nws) = nws {
+        fields.push(("present_weather_nws", FieldValue::String(nws.into())));
     }
     Ok(Observation {
         measurement: "visibility",
