@@ -71,7 +71,7 @@ impl Sampler {
                         tracing::info!(sensor = %name, kind, "sensor reads again");
                     }
                     for obs in observations {
-                        let reading = self.to_reading(&name, obs, taken_at);
+                        let reading = to_reading(&self.device_id, &name, obs, taken_at);
                         self.status.sampled(1);
                         match self.out.try_send(reading) {
                             Ok(()) => {}
@@ -105,10 +105,6 @@ impl Sampler {
                 Outcome::Waiting => {}
             }
         }
-    }
-
-    fn to_reading(&self, name: &str, obs: Observation, timestamp_ns: i64) -> Reading {
-        to_reading(&self.device_id, name, obs, timestamp_ns)
     }
 }
 

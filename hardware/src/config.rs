@@ -95,27 +95,8 @@ pub struct SensorConfig {
     pub hwmon: Option<String>,
 }
 
-/// Which optional keys a kind takes.
-const KEYS: &[(&str, &[SensorKind])] = &[
-    (
-        "seed",
-        &[
-            SensorKind::SimulatedWeather,
-            SensorKind::SimulatedVisibility,
-            SensorKind::SimulatedCpuTemperature,
-            SensorKind::SimulatedFan,
-        ],
-    ),
-    ("bus", &[SensorKind::Bme280]),
-    ("address", &[SensorKind::Bme280]),
-    ("port", &[SensorKind::Pwd]),
-    ("baud", &[SensorKind::Pwd]),
-    ("unit_id", &[SensorKind::Pwd]),
-    ("answer_timeout", &[SensorKind::Pwd]),
-    ("sysfs_root", &[SensorKind::CpuTemperature, SensorKind::Fan]),
-    ("component", &[SensorKind::CpuTemperature]),
-    ("hwmon", &[SensorKind::Fan]),
-];
+/// An optional key's name, whether a table gives it, and which kinds take it.
+type OptionalKey = (&'static str, bool, fn(SensorKind) -> bool);
 
 fn one_second() -> Duration {
     Duration::from_secs(1)
@@ -204,6 +185,30 @@ impl SensorConfig {
         }
     }
 
+    /// Each optional key: its name, whether this table gives it, and which
+    /// kinds take it.
+    fn optional_keys(&self) -> [OptionalKey; 10] {
+        use SensorKind::{Bme280, CpuTemperature, Fan, Pwd};
+        [
+            ("seed", self.seed.is_some(), SensorKind::is_simulated),
+            ("bus", self.bus.is_some(), |k| k == Bme280),
+            ("address", self.address.is_some(), |k| k == Bme280),
+            ("port", self.port.is_some(), |k| k == Pwd),
+            ("baud", self.baud.is_some(), |k| k == Pwd),
+            ("unit_id", self.unit_id.is_some(), |k| k == Pwd),
+            ("answer_timeout", self.answer_timeout.is_some(), |k| {
+                k == Pwd
+            }),
+            ("sysfs_root", self.sysfs_root.is_some(), |k| {
+                matches!(k, CpuTemperature | Fan)
+            }),
+            ("component", self.component.is_some(), |k| {
+                k == CpuTemperature
+            }),
+            ("hwmon", self.hwmon.is_some(), |k| k == Fan),
+        ]
+    }
+
     /// Everything wrong with this table; `at` is its path in the file, e.g.
     /// `sensor[2]`.
     pub fn problems(&self, at: &str) -> Vec<Problem> {
@@ -257,22 +262,13 @@ impl SensorConfig {
                 "must be between 100ms and 60s",
             ));
         }
-        let given = [
-            ("seed", self.seed.is_some()),
-            ("bus", self.bus.is_some()),
-            ("address", self.address.is_some()),
-            ("port", self.port.is_some()),
-            ("baud", self.baud.is_some()),
-            ("unit_id", self.unit_id.is_some()),
-            ("answer_timeout", self.answer_timeout.is_some()),
-            ("sysfs_root", self.sysfs_root.is_some()),
-            ("component", self.component.is_some()),
-            ("hwmon", self.hwmon.is_some()),
-        ];
-        for (name, is_given) in given {
-            let kinds = KEYS.iter().find(|(k, _)| *k == name).map(|(_, k)| *k);
-            if is_given && !kinds.is_some_and(|kinds| kinds.contains(&self.kind)) {
-                let takes: Vec<&str> = kinds.unwrap_or(&[]).iter().map(|k| k.name()).collect();
+        for (name, is_given, applies) in self.optional_keys() {
+            if is_given && !applies(self.kind) {
+                let takes: Vec<&str> = SensorKind::ALL
+                    .into_iter()
+                    .filter(|k| applies(*k))
+                    .map(|k| k.name())
+                    .collect();
                 p.push(Problem::new(
                     key(name),
                     format!(
