@@ -48,6 +48,22 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Sign a desired config (JSON with a "version") for devices whose
+    /// mqtt.config_public_key is set, and print it, ready to publish
+    /// retained on buoy/<device_id>/config. Make a key pair with
+    /// `openssl genpkey -algorithm ed25519 -out config-signing.pem` and
+    /// `openssl pkey -in config-signing.pem -pubout`.
+    SignConfig {
+        /// The ed25519 private key, PKCS#8 PEM.
+        #[arg(long, value_name = "PEM")]
+        key: PathBuf,
+        /// Write the signed config here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The desired config to sign (JSON); `-` reads stdin.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +113,13 @@ Forwarding: fresh readings go to Kafka first and the backlog drains behind them
 ([forward] order = \"live_first\", or \"fifo\"); [forward] max_bytes_per_sec caps the
 bytes on the wire and send_windows = [\"01:00-05:00\"] limits sending to local times
 of day. TLS and SASL go in [kafka.security]; secrets are read from files.
+
+Remote config ([mqtt] enabled = true, url = \"mqtts://broker:8883\"): desired configs
+arrive retained on buoy/<device_id>/config as JSON (the remotely settable keys of this
+file plus \"version\", which only increases); each is checked, stored next to the journal
+and applied without a restart, or rejected with a reason and nothing changed. State is
+reported retained on buoy/<device_id>/state, online/offline on buoy/<device_id>/status.
+With mqtt.config_public_key set, only configs signed by `edge-agent sign-config` apply.
 
 Signals:
   SIGTERM, SIGINT        stop sampling, wait briefly for Kafka acknowledgements,

@@ -19,6 +19,7 @@ use telemetry::units::ByteSize;
 use crate::forwarder::schedule::SendWindow;
 use crate::forwarder::security::{self, KafkaSecurity};
 use crate::journal::{JournalOptions, WhenFull};
+pub use crate::remote_config::settings::MqttConfig;
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/buoy/edge-agent.toml";
@@ -41,6 +42,8 @@ pub struct AgentConfig {
     pub forward: ForwardConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
     /// The sensors to sample, as `[[sensor]]` tables. Default: one simulated
     /// sensor of each kind.
     #[serde(default = "default_sensors", rename = "sensor")]
@@ -410,6 +413,7 @@ impl AgentConfig {
                 "must be at least 100ms",
             ));
         }
+        p.extend(self.mqtt.problems());
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.sensors.iter().enumerate() {
             let at = format!("sensor[{i}]");

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod forwarder;
 pub mod journal;
+pub mod pipeline;
 pub mod remote_config;
 pub mod sampler;
 pub mod sensor_check;

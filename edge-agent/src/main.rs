@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::SignConfig { key, output, file }) = &cli.command {
+        return sign_config(key, output.as_deref(), file);
+    }
     let loaded = match load_config(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { print } => check_config(&loaded, print),
         Command::Journal { command } => journal_command(&loaded.config, command),
         Command::Sensors { json } => sensors_command(&loaded.config, json),
+        Command::SignConfig { .. } => unreachable!("handled before the config is loaded"),
         Command::Run => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -123,6 +127,22 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
             ""
         }
     );
+    let m = &c.mqtt;
+    if m.enabled {
+        println!(
+            "  mqtt       {} as {:?}, desired config on buoy/{}/config{}",
+            m.url,
+            m.client_id(&c.device_id),
+            c.device_id,
+            if m.config_public_key.is_some() {
+                " (signed configs only)"
+            } else {
+                " (unsigned configs accepted)"
+            }
+        );
+    } else {
+        println!("  mqtt       off (local config only)");
+    }
     for s in &c.sensors {
         let state = if s.enabled { "" } else { " (disabled)" };
         println!(
@@ -143,6 +163,48 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `edge-agent sign-config`.
+fn sign_config(key: &Path, output: Option<&Path>, file: &Path) -> ExitCode {
+    use edge_agent::remote_config::desired;
+    use std::io::Read;
+    let signed = (|| -> Result<String, String> {
+        let pem = std::fs::read_to_string(key)
+            .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
+        let key =
+            desired::parse_private_key(&pem).map_err(|e| format!("{}: {e}", key.display()))?;
+        let mut text = Vec::new();
+        let read = if file == Path::new("-") {
+            std::io::stdin().read_to_end(&mut text).map(|_| ())
+        } else {
+            std::fs::read(file).map(|bytes| text = bytes)
+        };
+        read.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        desired::sign(&text, &key).map_err(|e| format!("{}: {e}", file.display()))
+    })();
+    let signed = match signed {
+        Ok(signed) => signed + "\n",
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let written = match output {
+        Some(path) => std::fs::write(path, &signed)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            print!("{signed}");
+            Ok(())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `edge-agent sensors`.

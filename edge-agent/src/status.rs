@@ -156,6 +156,12 @@ impl Status {
         }
     }
 
+    /// Forgets the health of sensors no longer configured.
+    pub fn retain_sensors(&self, names: &[&str]) {
+        let mut sensors = self.sensors.lock().expect("status lock");
+        sensors.retain(|name, _| names.contains(&name.as_str()));
+    }
+
     pub fn journal_policy(&self, done: &Counters) {
         self.journal_policy.lock().expect("status lock").add(done);
     }

@@ -16,15 +16,19 @@
 //!   here (InfluxDB 2 and 3, CnosDB, QuestDB).
 //! - [`load`]: a producer of numbered line-protocol records at a steady rate.
 //! - [`fs`]: a size-limited tmpfs for full-disk tests.
+//! - [`certs`]: a test CA and certificates (openssl).
+//! - [`mqtt`]: mosquitto (plain or TLS with passwords) and a watching client.
 //! - [`proxy`]: a TCP proxy that counts the bytes a client sends.
 //! - [`points`]: readings as databases return them, for exact comparisons.
 
 pub mod binaries;
+pub mod certs;
 pub mod fs;
 pub mod http_fake;
 pub mod influx;
 pub mod kafka;
 pub mod load;
+pub mod mqtt;
 pub mod points;
 pub mod process;
 pub mod proxy;

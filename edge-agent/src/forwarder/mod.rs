@@ -114,14 +114,73 @@ impl Forwarder {
     /// committed and acknowledged) or `forward.shutdown_grace` has passed.
     /// Whatever is not acknowledged by then stays in the journal for the next
     /// start.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ForwarderError> {
-        let (deliveries_tx, mut deliveries) = mpsc::unbounded_channel();
-        let mut producer =
-            producer::create(&self.config, deliveries_tx.clone(), self.status.clone())?;
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwarderError> {
+        self.start()?.run(shutdown, CancellationToken::new()).await
+    }
+
+    /// Creates the producer: the step that can fail (librdkafka refuses the
+    /// settings). The returned [`Started`] forwards when run.
+    pub fn start(self) -> Result<Started, ForwarderError> {
+        let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
+        let producer = producer::create(&self.config, deliveries_tx.clone(), self.status.clone())?;
+        Ok(Started {
+            forwarder: self,
+            producer,
+            deliveries_tx,
+            deliveries,
+        })
+    }
+}
+
+/// A forwarder whose producer exists.
+pub struct Started {
+    forwarder: Forwarder,
+    producer: Producer,
+    deliveries_tx: mpsc::UnboundedSender<producer::Event>,
+    deliveries: mpsc::UnboundedReceiver<producer::Event>,
+}
+
+impl Started {
+    /// Forwards until `shutdown` (see [`Forwarder::run`]) or `handover`. On
+    /// `handover` (a new config replaces this forwarder) it stops sending and
+    /// waits, at most `forward.shutdown_grace`, only for what it already
+    /// handed to librdkafka; the next forwarder sends the rest from the
+    /// journal.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        handover: CancellationToken,
+    ) -> Result<(), ForwarderError> {
+        let Started {
+            forwarder: mut this,
+            producer,
+            deliveries_tx,
+            mut deliveries,
+        } = self;
+        let producer = this
+            .forward(producer, deliveries_tx, &mut deliveries, shutdown, handover)
+            .await?;
+        // Dropping the producer purges its queue; do it off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+        Ok(())
+    }
+}
+
+impl Forwarder {
+    /// The forwarding loop; returns the producer to be dropped.
+    async fn forward(
+        &mut self,
+        mut producer: Producer,
+        deliveries_tx: mpsc::UnboundedSender<producer::Event>,
+        deliveries: &mut mpsc::UnboundedReceiver<producer::Event>,
+        shutdown: CancellationToken,
+        handover: CancellationToken,
+    ) -> Result<Producer, ForwarderError> {
         let head = self.committed.borrow().last_seq;
         let now = Instant::now();
         let mut run = Run::new(&self.config.forward, head, now);
         let mut stopping: Option<Instant> = None;
+        let mut handing_over = false;
         let mut committed_open = true;
         loop {
             let now = Instant::now();
@@ -143,7 +202,9 @@ impl Forwarder {
             if !run.renew_producer && run.resume_at.is_none_or(|t| now >= t) {
                 run.resume_at = None;
                 run.wake_at = None;
-                self.fill(&producer, &mut run).await;
+                if !handing_over {
+                    self.fill(&producer, &mut run).await;
+                }
             }
             let acked = run.lanes.take_acked();
             if !acked.is_empty() {
@@ -151,7 +212,11 @@ impl Forwarder {
             }
             if let Some(deadline) = stopping {
                 let progress = *self.committed.borrow();
-                let drained = progress.sampling_done && run.lanes.drained(progress.last_seq);
+                let drained = if handing_over {
+                    run.lanes.in_flight() == 0
+                } else {
+                    progress.sampling_done && run.lanes.drained(progress.last_seq)
+                };
                 if drained || Instant::now() >= deadline {
                     break;
                 }
@@ -174,7 +239,12 @@ impl Forwarder {
                     run.saw_head(head, Instant::now());
                 }
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = shutdown.cancelled(), if stopping.is_none() => {
+                _ = shutdown.cancelled(), if stopping.is_none() || handing_over => {
+                    handing_over = false;
+                    stopping = Some(Instant::now() + self.config.forward.shutdown_grace);
+                }
+                _ = handover.cancelled(), if stopping.is_none() => {
+                    handing_over = true;
                     stopping = Some(Instant::now() + self.config.forward.shutdown_grace);
                 }
             }
@@ -191,9 +261,7 @@ impl Forwarder {
         if !acked.is_empty() {
             let _ = self.acks.send(acked);
         }
-        // Dropping the producer purges its queue; do it off the runtime.
-        let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
-        Ok(())
+        Ok(producer)
     }
 
     /// After a failure has fully resolved: go back to the oldest failed

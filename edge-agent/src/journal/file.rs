@@ -16,6 +16,8 @@ use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
@@ -42,11 +44,13 @@ pub struct LimitedFile {
     inner: FileBackend,
     /// The same open file, for `fstat` and `fallocate`.
     file: File,
-    limit: u64,
+    /// Shared with the journal, which lowers or raises it when
+    /// `journal.max_bytes` changes at run time.
+    limit: Arc<AtomicU64>,
 }
 
 impl LimitedFile {
-    pub fn new(file: File, limit: u64) -> io::Result<LimitedFile> {
+    pub fn new(file: File, limit: Arc<AtomicU64>) -> io::Result<LimitedFile> {
         let same = file.try_clone()?;
         let inner = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(LimitedFile {
@@ -71,13 +75,11 @@ impl StorageBackend for LimitedFile {
         if len <= current {
             return self.inner.set_len(len);
         }
-        if len > self.limit {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if len > limit {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
-                LimitReached {
-                    wanted: len,
-                    limit: self.limit,
-                },
+                LimitReached { wanted: len, limit },
             ));
         }
         // Reserve the blocks now; mode 0 also extends the file.

@@ -75,7 +75,7 @@ use telemetry::{InvalidReading, Reading, line_protocol};
 
 pub use capacity::WhenFull;
 pub use store::{Journal, JournalOptions};
-pub use writer::{JournalWriter, Progress, WriterHandles};
+pub use writer::{JournalWriter, Progress, WriterHandles, WriterSettings};
 
 /// What can go wrong with the journal. Every variant says which file.
 #[derive(Debug, thiserror::Error)]

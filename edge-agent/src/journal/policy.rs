@@ -73,7 +73,7 @@ impl Journal {
     pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
         let (mut estimate, full_since) = {
             let s = self.space.lock().expect("space lock");
-            (s.estimate(self.options.max_bytes), s.full_since)
+            (s.estimate(self.options().max_bytes), s.full_since)
         };
         let batch = (batch as f64 * RATIO) as u64;
         if estimate.used + estimate.headroom(batch) > estimate.file_len {
@@ -86,7 +86,7 @@ impl Journal {
             let mut s = self.space.lock().expect("space lock");
             s.file_len = file_len;
             s.disk_available = disk;
-            estimate = s.estimate(self.options.max_bytes);
+            estimate = s.estimate(self.options().max_bytes);
         }
         if !estimate.is_full(batch) {
             return Ok(false);
@@ -118,7 +118,7 @@ impl Journal {
             s.blocked_at_disk = None;
         }
         s.disk_available = disk_available;
-        Ok(s.estimate(self.options.max_bytes))
+        Ok(s.estimate(self.options().max_bytes))
     }
 
     /// After redb hit a refused growth: reopen it (it answers nothing else
@@ -127,13 +127,14 @@ impl Journal {
         {
             let mut guard = self.db.write().expect("journal lock");
             drop(guard.take());
-            let db = open_db(&self.path, &self.options).map_err(|f| match f {
-                OpenFailure::Other(e) => e,
-                OpenFailure::Damaged(reason) => JournalError::Full {
-                    path: self.path.clone(),
-                    reason: format!("reopening after a refused growth failed: {reason}"),
-                },
-            })?;
+            let db =
+                open_db(&self.path, &self.options(), &self.file_limit).map_err(|f| match f {
+                    OpenFailure::Other(e) => e,
+                    OpenFailure::Damaged(reason) => JournalError::Full {
+                        path: self.path.clone(),
+                        reason: format!("reopening after a refused growth failed: {reason}"),
+                    },
+                })?;
             *guard = Some(db);
         }
         let disk = disk_available(&self.path);
@@ -153,7 +154,7 @@ impl Journal {
                 return Ok(done);
             }
             let stored_to_free = (to_free as f64 / RATIO) as u64 + 1;
-            let step = match self.options.when_full {
+            let step = match self.options().when_full {
                 WhenFull::Downsample => self.downsample_step(stored_to_free)?,
                 _ => None,
             };
@@ -202,7 +203,7 @@ impl Journal {
     /// per series and window): then the caller drops instead.
     fn downsample_step(&self, stored_to_free: u64) -> Result<Option<Counters>, JournalError> {
         let window = self
-            .options
+            .options()
             .downsample_window
             .as_nanos()
             .min(i64::MAX as u128) as i64;

@@ -179,7 +179,7 @@ impl Journal {
             .map(|(_, _, k, l)| record::reading_len(k, l) as u64)
             .sum();
         if self.may_be_full(batch)? {
-            if self.options.when_full == WhenFull::RejectNew {
+            if self.options().when_full == WhenFull::RejectNew {
                 // Full: what is journaled stays, the rest is refused.
                 counters.rejected_new += records.len() as u64;
                 records = &[];

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -72,7 +73,10 @@ pub struct Opened {
 /// The journal file, opened for this boot.
 pub struct Journal {
     pub(super) path: PathBuf,
-    pub(super) options: JournalOptions,
+    /// Changed at run time by [`Journal::set_policy`].
+    options: Mutex<JournalOptions>,
+    /// The file layer's size limit, shared with [`LimitedFile`].
+    pub(super) file_limit: Arc<AtomicU64>,
     /// `None` only while being reopened.
     pub(super) db: RwLock<Option<Database>>,
     pub(super) boot_index: u32,
@@ -121,7 +125,10 @@ impl Journal {
                 source,
             })?;
         }
-        let (db, damaged) = match open_db(path, &options) {
+        let file_limit = Arc::new(AtomicU64::new(
+            options.file_limit.unwrap_or(options.max_bytes),
+        ));
+        let (db, damaged) = match open_db(path, &options, &file_limit) {
             Ok(db) => (db, None),
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(reason)) => {
@@ -130,7 +137,7 @@ impl Journal {
                         path: path.to_owned(),
                         source,
                     })?;
-                match open_db(path, &options) {
+                match open_db(path, &options, &file_limit) {
                     Ok(db) => (db, Some((moved_to, reason))),
                     Err(OpenFailure::Other(e)) => return Err(e),
                     Err(OpenFailure::Damaged(r)) => {
@@ -155,7 +162,8 @@ impl Journal {
         } = register_boot(&db, boot_id).map_err(open_err)?;
         let journal = Journal {
             path: path.to_owned(),
-            options,
+            options: Mutex::new(options),
+            file_limit,
             db: RwLock::new(Some(db)),
             boot_index,
             boots,
@@ -174,8 +182,29 @@ impl Journal {
         &self.path
     }
 
-    pub fn options(&self) -> &JournalOptions {
-        &self.options
+    /// The options in force now.
+    pub fn options(&self) -> JournalOptions {
+        self.options.lock().expect("options lock").clone()
+    }
+
+    /// Changes the size limit and the full-journal policy of the open
+    /// journal (a remote config did). The page cache keeps its size. A limit
+    /// below what the file already holds makes the next commit free space
+    /// by the policy; the file itself does not shrink.
+    pub fn set_policy(&self, max_bytes: u64, when_full: WhenFull, downsample_window: Duration) {
+        {
+            let mut options = self.options.lock().expect("options lock");
+            options.max_bytes = max_bytes;
+            options.when_full = when_full;
+            options.downsample_window = downsample_window;
+            if options.file_limit.is_none() {
+                self.file_limit.store(max_bytes, Ordering::Relaxed);
+            }
+        }
+        // Space estimates were made against the old limit. (The space lock
+        // is taken after the options lock is released: the policy takes them
+        // the other way round.)
+        self.space.lock().expect("space lock").full_since = None;
     }
 
     fn storage_err(&self) -> impl Fn(redb::Error) -> JournalError + '_ {
@@ -222,7 +251,7 @@ impl Journal {
             .map(|(key, line)| record::reading_len(key, line) as u64)
             .sum();
         if !lines.is_empty() && self.may_be_full(batch)? {
-            match self.options.when_full {
+            match self.options().when_full {
                 WhenFull::RejectNew => {
                     committed.policy.rejected_new = lines.len() as u64;
                     lines.clear();
@@ -340,7 +369,7 @@ impl Journal {
             last_seq,
             next_seq,
             file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
-            max_bytes: self.options.max_bytes,
+            max_bytes: self.options().max_bytes,
             counters: self.counters(),
         })
     }
@@ -506,7 +535,11 @@ pub(crate) fn is_no_space(e: &redb::Error) -> bool {
 /// are not a sound journal (redb's checks, a panic inside redb, tables of the
 /// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
 /// an I/O error is not.
-pub(super) fn open_db(path: &Path, options: &JournalOptions) -> Result<Database, OpenFailure> {
+pub(super) fn open_db(
+    path: &Path,
+    options: &JournalOptions,
+    file_limit: &Arc<AtomicU64>,
+) -> Result<Database, OpenFailure> {
     let io_err = |e: std::io::Error| {
         OpenFailure::Other(JournalError::Open {
             path: path.to_owned(),
@@ -520,8 +553,7 @@ pub(super) fn open_db(path: &Path, options: &JournalOptions) -> Result<Database,
         .truncate(false)
         .open(path)
         .map_err(io_err)?;
-    let limit = options.file_limit.unwrap_or(options.max_bytes);
-    let backend = LimitedFile::new(file, limit).map_err(io_err)?;
+    let backend = LimitedFile::new(file, file_limit.clone()).map_err(io_err)?;
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         redb::Builder::new()
             .set_cache_size(options.cache_bytes)

@@ -48,6 +48,26 @@ pub struct WriterHandles {
     pub acks: mpsc::UnboundedSender<Vec<u64>>,
     /// What has been committed.
     pub committed: watch::Receiver<Progress>,
+    /// Changes the commit interval and batch size of the running writer.
+    pub settings: watch::Sender<WriterSettings>,
+}
+
+/// How often and in what batches the writer commits (`[journal]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterSettings {
+    pub commit_interval: Duration,
+    pub max_batch: usize,
+}
+
+impl WriterSettings {
+    /// `commit_interval = 0s` commits every reading on its own.
+    fn effective_max_batch(&self) -> usize {
+        if self.commit_interval.is_zero() {
+            1
+        } else {
+            self.max_batch.max(1)
+        }
+    }
 }
 
 /// What the writer has committed so far.
@@ -67,6 +87,7 @@ pub struct JournalWriter {
     committed: watch::Sender<Progress>,
     commit_interval: Duration,
     max_batch: usize,
+    settings: watch::Receiver<WriterSettings>,
     status: Arc<Status>,
     policy_log: Throttle,
     /// Policy actions since the last log line about them.
@@ -102,18 +123,19 @@ impl JournalWriter {
             last_seq: last,
             sampling_done: false,
         });
-        let max_batch = if commit_interval.is_zero() {
-            1
-        } else {
-            max_batch.max(1)
+        let initial = WriterSettings {
+            commit_interval,
+            max_batch,
         };
+        let (settings_tx, settings) = watch::channel(initial);
         let writer = JournalWriter {
             journal,
             readings,
             acks,
             committed,
             commit_interval,
-            max_batch,
+            max_batch: initial.effective_max_batch(),
+            settings,
             status,
             policy_log: Throttle::new(Duration::from_secs(60)),
             policy_unlogged: Counters::default(),
@@ -122,6 +144,7 @@ impl JournalWriter {
             readings: readings_tx,
             acks: acks_tx,
             committed: committed_rx,
+            settings: settings_tx,
         };
         Ok((writer, handles))
     }
@@ -131,6 +154,7 @@ impl JournalWriter {
     pub async fn run(mut self) -> Result<(), JournalError> {
         let mut pending = Pending::default();
         let (mut readings_open, mut acks_open) = (true, true);
+        let mut settings_open = true;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut throttle = Throttle::new(Duration::from_secs(60));
         loop {
@@ -200,6 +224,16 @@ impl JournalWriter {
                     None => acks_open = false,
                 },
                 _ = tokio::time::sleep_until(wake), if pending.due.is_some() => {}
+                changed = self.settings.changed(), if settings_open => {
+                    settings_open = changed.is_ok();
+                    let new = *self.settings.borrow_and_update();
+                    self.commit_interval = new.commit_interval;
+                    self.max_batch = new.effective_max_batch();
+                    // A shorter interval applies to what is already waiting.
+                    if let Some(due) = pending.due {
+                        pending.due = Some(due.min(Instant::now() + new.commit_interval));
+                    }
+                }
             }
         }
         let mut attempt = 0;
@@ -369,6 +403,40 @@ mod tests {
         assert_eq!(committed.borrow().last_seq, 10);
         assert_eq!(journal.stats().unwrap().records, 10);
         drop(handles);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_commit_interval_applies_to_the_running_writer() {
+        let Setup {
+            _dir,
+            writer,
+            handles,
+            ..
+        } = setup(Duration::from_secs(3600));
+        let task = tokio::spawn(writer.run());
+        for i in 0..3 {
+            handles.readings.send(reading(i)).await.unwrap();
+        }
+        let mut committed = handles.committed.clone();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(committed.borrow().last_seq, 0, "an hour has not passed");
+        handles
+            .settings
+            .send(WriterSettings {
+                commit_interval: Duration::from_millis(50),
+                max_batch: 100,
+            })
+            .unwrap();
+        // What was waiting is committed at the new interval.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            committed.wait_for(|p| p.last_seq == 3),
+        )
+        .await
+        .expect("committed at the new interval")
+        .unwrap();
+        drop((handles, committed));
         task.await.unwrap().unwrap();
     }
 

@@ -10,6 +10,10 @@
 //! reported state, status and Last Will, TLS), applying a config without
 //! restarting the process with rollback, and `edge-agent sign-config`.
 
+pub mod controller;
 pub mod desired;
+pub mod mqtt;
 pub mod overlay;
+pub mod settings;
+pub mod state;
 pub mod store;

@@ -26,6 +26,9 @@
 //!   sysfs trees (Raspberry Pi 4 and 5, x86) and a simulated Vaisala PWD on a
 //!   pseudo-terminal: exact values, named failures, a silent sensor skipped,
 //!   counted and picked up again while the others carry on.
+//! - [`remote_config`]: desired configs over MQTT (mosquitto with TLS and
+//!   passwords) applied in place, refused whole, signed, rolled back, stored
+//!   across restarts; broker restarts; 10,000 hostile payloads.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
 
 mod cli;
@@ -36,6 +39,7 @@ mod forwarding;
 mod journal;
 mod offline;
 mod pipeline;
+mod remote_config;
 mod sensors;
 mod tls;
 mod uplink;

@@ -7,81 +7,21 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use buoy_tests::binaries;
 use buoy_tests::kafka::{Kafka, Storage};
 use buoy_tests::process::{Service, free_port, require, wait_for_port};
+use buoy_tests::{binaries, certs};
 use telemetry::record::Format;
 
 use crate::common::*;
 
 const KEY_PASSWORD: &str = "correct horse battery staple";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let openssl = require("openssl", "apt-get install openssl");
-    let out = Command::new(openssl)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A new EC key (encrypted with `password`, if given) and a signing request.
-fn key_and_request(dir: &Path, name: &str, subject: &str, password: Option<&str>) {
-    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
-    let mut args = vec![
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-    ];
-    args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
-    let pass = password.map(|p| format!("pass:{p}"));
-    match &pass {
-        Some(pass) => args.extend(["-passout", pass.as_str()]),
-        None => args.push("-nodes"),
-    }
-    openssl(dir, &args);
-}
-
-/// `<name>.pem`: `<name>.csr` signed by the test CA.
-fn sign(dir: &Path, name: &str, extensions: Option<&str>) {
-    let (csr, pem) = (format!("{name}.csr"), format!("{name}.pem"));
-    let mut args = vec!["x509", "-req", "-in", &csr, "-out", &pem, "-days", "2"];
-    args.extend(["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]);
-    if let Some(file) = extensions {
-        args.extend(["-extfile", file]);
-    }
-    openssl(dir, &args);
-}
-
 /// A CA, a server certificate for 127.0.0.1, and a client certificate whose
 /// key is encrypted with [`KEY_PASSWORD`].
 fn certificates(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let ca = [
-        "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-    ];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &ca,
-            &["-subj", "/CN=buoy test CA"],
-        ]
-        .concat(),
-    );
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    key_and_request(dir, "server", "/CN=127.0.0.1", None);
-    sign(dir, "server", Some("san.cnf"));
-    key_and_request(dir, "client", "/CN=e2e-device", Some(KEY_PASSWORD));
-    sign(dir, "client", None);
+    certs::ca_and_server(dir);
+    certs::key_and_request(dir, "client", "/CN=e2e-device", Some(KEY_PASSWORD));
+    certs::sign(dir, "client", None);
     std::fs::write(dir.join("key-password"), format!("{KEY_PASSWORD}\n")).unwrap();
 }
 

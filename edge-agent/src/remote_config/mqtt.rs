@@ -1,0 +1,366 @@
+//! The MQTT session: desired configs in, state and status out.
+//!
+//! - Subscribes to `buoy/<device_id>/config` (QoS 1) after every connect;
+//!   the broker then delivers the retained desired config again, which the
+//!   controller recognises as the one running.
+//! - Publishes `online` retained on `buoy/<device_id>/status` after every
+//!   connect, with `offline` retained as the Last Will, and `offline` itself
+//!   on a clean stop.
+//! - Publishes the reported state retained on `buoy/<device_id>/state` at
+//!   once after a connect, when something in it that matters changes, and
+//!   every `mqtt.state_interval`.
+//! - While the broker is unreachable the agent runs on as it is; the session
+//!   retries with backoff (1 s doubling to `mqtt.max_reconnect_delay`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use telemetry::backoff::Backoff;
+use telemetry::throttle::Throttle;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::controller::ConfigReport;
+use super::settings::MqttConfig;
+use super::state::ReportedState;
+use crate::clock::Clock;
+use crate::forwarder::security::resolve;
+use crate::journal::Journal;
+use crate::status::Status;
+
+/// Largest MQTT packet taken in; larger desired configs are refused anyway
+/// (256 KiB), this leaves room to say so instead of dropping the link.
+const MAX_INCOMING_PACKET: usize = 1 << 20;
+
+/// Least time between two states published because something changed.
+const NEWS_GAP: Duration = Duration::from_millis(250);
+
+/// The device's three topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub config: String,
+    pub state: String,
+    pub status: String,
+}
+
+impl Topics {
+    pub fn new(device_id: &str) -> Topics {
+        Topics {
+            config: format!("buoy/{device_id}/config"),
+            state: format!("buoy/{device_id}/state"),
+            status: format!("buoy/{device_id}/status"),
+        }
+    }
+}
+
+/// What the session reads to make the reported state.
+pub struct StateSource {
+    pub device_id: String,
+    pub report: watch::Receiver<ConfigReport>,
+    pub status: Arc<Status>,
+    pub journal: Arc<Journal>,
+    pub clock: Arc<dyn Clock>,
+    pub started: Instant,
+}
+
+impl StateSource {
+    fn state(&self) -> ReportedState {
+        ReportedState::new(
+            &self.device_id,
+            self.started.elapsed().as_secs(),
+            self.report.borrow().clone(),
+            self.status.snapshot(),
+            self.journal.stats().ok(),
+            self.clock.now_ns(),
+        )
+    }
+}
+
+/// Why the session cannot even be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error("cannot read mqtt.{key} {path}: {source}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mqtt.{key} {path}: {reason}")]
+    Pem {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn read_file(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
+    let path = resolve(path);
+    std::fs::read(&path).map_err(|source| SetupError::File { key, path, source })
+}
+
+/// The client options `settings` give: address, credentials (read from
+/// their files now), TLS, the Last Will.
+pub fn options(
+    settings: &MqttConfig,
+    device_id: &str,
+    topics: &Topics,
+) -> Result<MqttOptions, SetupError> {
+    let broker = settings.broker().map_err(SetupError::Url)?;
+    let mut options = MqttOptions::new(settings.client_id(device_id), &broker.host, broker.port);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
+        .set_last_will(LastWill::new(
+            &topics.status,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &settings.username {
+        let password = match &settings.password_file {
+            Some(file) => {
+                let bytes = read_file("password_file", file)?;
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                text.strip_suffix('\r').unwrap_or(text).to_owned()
+            }
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
+    if broker.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(settings)?),
+        )));
+    }
+    Ok(options)
+}
+
+fn tls_config(settings: &MqttConfig) -> Result<rustls::ClientConfig, SetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem_err = |key: &'static str, path: &std::path::Path, e: rustls::pki_types::pem::Error| {
+        SetupError::Pem {
+            key,
+            path: resolve(path),
+            reason: e.to_string(),
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.ca_file {
+        Some(path) => {
+            let pem = read_file("ca_file", path)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots.add(cert.map_err(|e| pem_err("ca_file", path, e))?)?;
+            }
+            if roots.is_empty() {
+                return Err(SetupError::Pem {
+                    key: "ca_file",
+                    path: resolve(path),
+                    reason: "holds no certificate".into(),
+                });
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => {
+            let pem = read_file("cert_file", cert)?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_err("cert_file", cert, e))?;
+            let pem = read_file("key_file", key)?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| pem_err("key_file", key, e))?;
+            builder.with_client_auth_cert(chain, key_der)?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
+
+/// Runs the session until `shutdown`, then publishes `offline` and
+/// disconnects. Desired config payloads go to `payloads`.
+pub async fn run(
+    settings: MqttConfig,
+    source: StateSource,
+    payloads: mpsc::Sender<Vec<u8>>,
+    shutdown: CancellationToken,
+) {
+    let topics = Topics::new(&source.device_id);
+    let mut backoff = Backoff::new(Duration::from_secs(1), settings.max_reconnect_delay);
+    // The settings' files may appear later (provisioning): keep trying.
+    let options = loop {
+        match options(&settings, &source.device_id, &topics) {
+            Ok(options) => break options,
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random());
+                tracing::error!(error = %e, retry_in = ?delay, "cannot set up the MQTT connection; running on the local config");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    backoff.reset();
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // An ack and a state are small writes in a row: without this, Nagle
+    // and delayed ACKs hold each exchange for tens of milliseconds.
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let session = Session {
+        client,
+        topics,
+        source,
+        payloads,
+        backoff,
+        url: settings.url.clone(),
+        state_interval: settings.state_interval,
+        failures: Throttle::new(Duration::from_secs(300)),
+    };
+    session.run(eventloop, shutdown).await;
+}
+
+struct Session {
+    client: AsyncClient,
+    topics: Topics,
+    source: StateSource,
+    payloads: mpsc::Sender<Vec<u8>>,
+    backoff: Backoff,
+    url: String,
+    state_interval: Duration,
+    failures: Throttle,
+}
+
+type News = (
+    ConfigReport,
+    &'static str,
+    Vec<(String, hardware::HealthState)>,
+);
+
+impl Session {
+    async fn run(mut self, mut eventloop: EventLoop, shutdown: CancellationToken) {
+        let mut connected = false;
+        let mut last_news: Option<News> = None;
+        let mut last_published = tokio::time::Instant::now();
+        let mut report = self.source.report.clone();
+        let mut report_open = true;
+        // News goes out at most every NEWS_GAP (a flood of configs makes one
+        // state, not thousands); counters go out at the state interval.
+        let mut tick = tokio::time::interval(NEWS_GAP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        self.backoff.reset();
+                        self.failures.reset();
+                        tracing::info!(url = %self.url, "connected to MQTT; taking configs from {}", self.topics.config);
+                        let _ = self.client.try_subscribe(&self.topics.config, QoS::AtLeastOnce);
+                        let _ = self.client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, "online");
+                        last_news = None;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topics.config => {
+                        // Back-pressure: while a config is being applied the
+                        // next waits here.
+                        if self.payloads.send(p.payload.to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected = false;
+                        let delay = self.backoff.next_delay(rand::random());
+                        self.log_failure(&e, delay);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                },
+                _ = tick.tick() => {}
+                changed = report.changed(), if report_open => {
+                    // Closed: the controller is gone, the agent is stopping.
+                    report_open = changed.is_ok();
+                }
+                _ = shutdown.cancelled() => {
+                    if connected {
+                        self.say_goodbye(&mut eventloop).await;
+                    }
+                    return;
+                }
+            }
+            if connected {
+                let state = self.source.state();
+                let news = state.news();
+                let since = last_published.elapsed();
+                let due = since >= self.state_interval;
+                let news_due =
+                    last_news.as_ref() != Some(&news) && (last_news.is_none() || since >= NEWS_GAP);
+                if due || news_due {
+                    let json = serde_json::to_vec(&state).expect("the state serialises");
+                    if self
+                        .client
+                        .try_publish(&self.topics.state, QoS::AtLeastOnce, true, json)
+                        .is_ok()
+                    {
+                        last_news = Some(news);
+                        last_published = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn log_failure(&mut self, e: &ConnectionError, delay: Duration) {
+        if let Some(held_back) = self.failures.allow(std::time::Instant::now()) {
+            tracing::warn!(
+                url = %self.url,
+                error = %e,
+                retry_in = ?delay,
+                failures_not_logged = held_back,
+                "MQTT broker unreachable; the agent runs on with its current config and retries"
+            );
+        }
+    }
+
+    /// `offline`, retained, then a clean disconnect (which does not trigger
+    /// the Last Will; the explicit `offline` says the same).
+    async fn say_goodbye(&mut self, eventloop: &mut EventLoop) {
+        let state = serde_json::to_vec(&self.source.state()).expect("the state serialises");
+        let _ = self
+            .client
+            .try_publish(&self.topics.state, QoS::AtLeastOnce, true, state);
+        let _ = self
+            .client
+            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, "offline");
+        let _ = self.client.try_disconnect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The reported state, published retained on `buoy/<device_id>/state`.
+//!
+//! ```json
+//! {"device_id":"pi-0001","agent_version":"0.1.0","uptime_s":3600,
+//!  "config":{"applied_version":4,"last":{"version":5,"result":"rejected","reason":"…"},"accepted":1,"rejected":1},
+//!  "link":{"state":"up"},
+//!  "journal":{"records":12,"file_bytes":1589248,"max_bytes":268435456,"oldest_unsent_age_s":1.2},
+//!  "dropped":{"queue_full":0,"unencodable":0,"dropped_oldest":0,"rejected_new":0,"aggregated":0},
+//!  "sensors":[{"name":"env","kind":"bme280","state":"ok","readings":3600,"errors":0,…}],
+//!  "sampled":3600,"journaled":3600,"forwarded":3588,"time_ns":1700000000000000000}
+//! ```
+
+use serde::Serialize;
+
+use super::controller::ConfigReport;
+use crate::journal::JournalStats;
+use crate::status::Snapshot;
+use hardware::SensorHealth;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportedState {
+    pub device_id: String,
+    pub agent_version: &'static str,
+    pub uptime_s: u64,
+    pub config: ConfigReport,
+    pub link: LinkReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalReport>,
+    pub dropped: DroppedReport,
+    pub sensors: Vec<SensorHealth>,
+    pub sampled: u64,
+    pub journaled: u64,
+    pub forwarded: u64,
+    /// When this state was made (ns since the epoch).
+    pub time_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkReport {
+    /// `unknown` (nothing sent yet), `up` or `down`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalReport {
+    /// Readings not yet acknowledged by Kafka.
+    pub records: u64,
+    pub file_bytes: u64,
+    pub max_bytes: u64,
+    /// How old the oldest unsent reading is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_unsent_age_s: Option<f64>,
+}
+
+/// Readings lost or reduced since start, by cause.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DroppedReport {
+    /// The journal writer's queue was full.
+    pub queue_full: u64,
+    /// The reading could not be encoded.
+    pub unencodable: u64,
+    /// The journal was full: oldest deleted, new refused, raw aggregated.
+    pub dropped_oldest: u64,
+    pub rejected_new: u64,
+    pub aggregated: u64,
+}
+
+impl ReportedState {
+    pub fn new(
+        device_id: &str,
+        uptime_s: u64,
+        config: ConfigReport,
+        status: Snapshot,
+        journal: Option<JournalStats>,
+        now_ns: i64,
+    ) -> ReportedState {
+        ReportedState {
+            device_id: device_id.to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION"),
+            uptime_s,
+            config,
+            link: LinkReport {
+                state: status.link.as_str(),
+                last_error: status.last_error,
+            },
+            journal: journal.map(|j| JournalReport {
+                records: j.records,
+                file_bytes: j.file_bytes,
+                max_bytes: j.max_bytes,
+                oldest_unsent_age_s: j
+                    .oldest_timestamp_ns
+                    .map(|t| (now_ns.saturating_sub(t)).max(0) as f64 / 1e9),
+            }),
+            dropped: DroppedReport {
+                queue_full: status.dropped_queue_full,
+                unencodable: status.rejected,
+                dropped_oldest: status.journal_policy.dropped_oldest,
+                rejected_new: status.journal_policy.rejected_new,
+                aggregated: status.journal_policy.aggregated,
+            },
+            sensors: status.sensors,
+            sampled: status.sampled,
+            journaled: status.journaled,
+            forwarded: status.forwarded,
+            time_ns: now_ns,
+        }
+    }
+
+    /// What makes a state worth publishing at once: the config decision,
+    /// the link state, and which sensors are failing. Counters and ages
+    /// change all the time; they go out with the periodic state.
+    pub fn news(
+        &self,
+    ) -> (
+        ConfigReport,
+        &'static str,
+        Vec<(String, hardware::HealthState)>,
+    ) {
+        (
+            self.config.clone(),
+            self.link.state,
+            self.sensors
+                .iter()
+                .map(|s| (s.name.clone(), s.state))
+                .collect(),
+        )
+    }
+}
