@@ -13,6 +13,8 @@
 //! - [`forwarder`]: journal → Kafka, deleting only what Kafka acknowledged.
 //! - [`status`]: counters, link state, sensor health and the periodic
 //!   status line.
+//! - [`pipeline`]: the running stages, moved to a new config in place.
+//! - [`remote_config`]: desired config over MQTT, reported state.
 //! - [`sensor_check`]: `edge-agent sensors`, one read of every sensor.
 //! - [`config`]: the one typed config, parsed and validated in one place.
 //! - [`agent`]: wires the stages and shuts them down in order.

@@ -1,14 +1,22 @@
-//! # Remote configuration over MQTT (work in progress, issue 7)
+//! # Remote configuration over MQTT
 //!
+//! A desired config arrives retained on `buoy/<device_id>/config`, is
+//! checked, stored and applied to the running pipeline without a restart,
+//! or rejected with a reason and nothing changed. The agent reports its state
+//! on `buoy/<device_id>/state` and `online`/`offline` on
+//! `buoy/<device_id>/status` (also its Last Will).
+//!
+//! - [`settings`]: `[mqtt]`, local only.
 //! - [`desired`]: a desired config payload: parsing, canonical bytes,
 //!   ed25519 signatures, versions. Pure.
 //! - [`overlay`]: the remotely settable keys laid over the local config and
 //!   validated by the same checks as the file. Pure.
 //! - [`store`]: the last accepted payload, replaced atomically on disk.
-//!
-//! Still to come: the `[mqtt]` config, the rumqttc client (desired and
-//! reported state, status and Last Will, TLS), applying a config without
-//! restarting the process with rollback, and `edge-agent sign-config`.
+//! - [`controller`]: the decision on each payload, in order: parse,
+//!   signature, version, validate, persist, apply (rolled back on failure),
+//!   report.
+//! - [`mqtt`]: the session: subscribe, publish state and status, reconnect.
+//! - [`state`]: the reported state.
 
 pub mod controller;
 pub mod desired;
