@@ -18,9 +18,10 @@
 //! - `status`: the status line's reporter restarts.
 //!
 //! Only creating the producer can fail (librdkafka refuses a combination
-//! of settings). It is the last step; when it fails, the steps already taken
-//! are undone by moving back to the old config the same way, and the error
-//! says whether that worked.
+//! of settings). It is the last step, and the old forwarder keeps running
+//! until it succeeds; when it fails, the steps already taken are undone by
+//! moving back to the old config the same way, and the error says whether
+//! that worked.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ struct RunningSampler {
 }
 
 struct RunningForwarder {
+    /// The config it forwards under.
+    config: Arc<AgentConfig>,
     handover: CancellationToken,
     task: JoinHandle<Result<(), ForwarderError>>,
 }
@@ -132,7 +135,7 @@ impl Pipeline {
             reporter,
         };
         let forwarder = pipeline.new_forwarder(&config).start()?;
-        pipeline.run_forwarder(forwarder);
+        pipeline.run_forwarder(forwarder, &config);
         for s in config.enabled_sensors() {
             pipeline.start_sampler(s);
         }
@@ -204,7 +207,7 @@ impl Pipeline {
     async fn switch(
         &mut self,
         from: &AgentConfig,
-        to: &AgentConfig,
+        to: &Arc<AgentConfig>,
     ) -> Result<Changes, ForwarderError> {
         let mut changes = Changes::default();
         let (a, b) = (&from.journal, &to.journal);
@@ -229,7 +232,13 @@ impl Pipeline {
             changes.reporter = true;
         }
         self.switch_samplers(to, &mut changes).await;
-        if from.kafka != to.kafka || from.forward != to.forward || self.forwarder.is_none() {
+        // Against the running forwarder's config, not `from`: after a failed
+        // apply the old forwarder is still running and stays.
+        let forwarder_stale = self
+            .forwarder
+            .as_ref()
+            .is_none_or(|f| f.config.kafka != to.kafka || f.config.forward != to.forward);
+        if forwarder_stale {
             // Created before the old one stops: if librdkafka refuses the
             // settings, the old forwarder is still running.
             let next = self.new_forwarder(to).start()?;
@@ -239,7 +248,7 @@ impl Pipeline {
                     tracing::warn!(error = %e, "the previous forwarder had failed");
                 }
             }
-            self.run_forwarder(next);
+            self.run_forwarder(next, to);
             changes.forwarder = true;
         }
         Ok(changes)
@@ -302,9 +311,9 @@ impl Pipeline {
         );
     }
 
-    fn new_forwarder(&self, config: &AgentConfig) -> Forwarder {
+    fn new_forwarder(&self, config: &Arc<AgentConfig>) -> Forwarder {
         Forwarder::new(
-            Arc::new(config.clone()),
+            config.clone(),
             self.journal.clone(),
             self.committed.clone(),
             self.acks.clone().expect("acks are open until shutdown"),
@@ -312,10 +321,14 @@ impl Pipeline {
         )
     }
 
-    fn run_forwarder(&mut self, started: crate::forwarder::Started) {
+    fn run_forwarder(&mut self, started: crate::forwarder::Started, config: &Arc<AgentConfig>) {
         let handover = CancellationToken::new();
         let task = tokio::spawn(started.run(self.shutdown.clone(), handover.clone()));
-        self.forwarder = Some(RunningForwarder { handover, task });
+        self.forwarder = Some(RunningForwarder {
+            config: config.clone(),
+            handover,
+            task,
+        });
     }
 
     /// Stops every stage in order, once `shutdown` was cancelled: the

@@ -138,12 +138,17 @@ fn resolve_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> PathBuf {
 }
 
 fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SecretFileError> {
-    let path = resolve(path);
-    let text = std::fs::read_to_string(&path).map_err(|source| SecretFileError {
+    read_secret_file(path).map_err(|source| SecretFileError {
         key,
-        path: path.clone(),
+        path: resolve(path),
         source,
-    })?;
+    })
+}
+
+/// A secret from a file (resolved as [`resolve`] says), without its one
+/// trailing newline.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let text = std::fs::read_to_string(resolve(path))?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let text = text.strip_suffix('\r').unwrap_or(text);
     Ok(Secret(text.to_owned()))

@@ -97,7 +97,12 @@ pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
             };
         }
     };
-    let checked = desired::parse(&payload).and_then(|d| {
+    let parsed = desired::parse(&payload);
+    let stored = parsed
+        .as_ref()
+        .ok()
+        .map(|d| (d.version, d.canonical.clone()));
+    let checked = parsed.and_then(|d| {
         desired::check_signature(&d, public_key(local).as_ref())?;
         let config = overlay(local, &d.settings)?;
         Ok((d, config))
@@ -114,26 +119,23 @@ pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
             Startup {
                 config,
                 report,
-                stored: Some((d.version, d.canonical)),
+                stored,
             }
         }
         Err(e) => {
-            let version = desired::parse(&payload)
-                .ok()
-                .map(|d| (d.version, d.canonical));
             let reason = format!(
                 "the stored remote config no longer applies ({e}); running the local config"
             );
             tracing::error!(path = %store.path().display(), "{reason}");
             report.last = Some(Decision {
-                version: version.as_ref().map(|v| v.0),
+                version: stored.as_ref().map(|v| v.0),
                 result: Verdict::Rejected,
                 reason: Some(reason),
             });
             Startup {
                 config: local.clone(),
                 report,
-                stored: version,
+                stored,
             }
         }
     }

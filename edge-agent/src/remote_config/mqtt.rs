@@ -28,7 +28,7 @@ use super::controller::ConfigReport;
 use super::settings::MqttConfig;
 use super::state::ReportedState;
 use crate::clock::Clock;
-use crate::forwarder::security::resolve;
+use crate::forwarder::security::{read_secret_file, resolve};
 use crate::journal::Journal;
 use crate::status::Status;
 
@@ -127,12 +127,14 @@ pub fn options(
         ));
     if let Some(user) = &settings.username {
         let password = match &settings.password_file {
-            Some(file) => {
-                let bytes = read_file("password_file", file)?;
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                let text = text.strip_suffix('\n').unwrap_or(&text);
-                text.strip_suffix('\r').unwrap_or(text).to_owned()
-            }
+            Some(file) => read_secret_file(file)
+                .map_err(|source| SetupError::File {
+                    key: "password_file",
+                    path: resolve(file),
+                    source,
+                })?
+                .expose()
+                .to_owned(),
             None => String::new(),
         };
         options.set_credentials(user, password);
@@ -308,14 +310,13 @@ impl Session {
                     return;
                 }
             }
-            if connected {
+            let since = last_published.elapsed();
+            // Within NEWS_GAP of the last state nothing goes out: do not
+            // even make one (a flood of configs is a hot path).
+            if connected && (last_news.is_none() || since >= NEWS_GAP) {
                 let state = self.source.state();
                 let news = state.news();
-                let since = last_published.elapsed();
-                let due = since >= self.state_interval;
-                let news_due =
-                    last_news.as_ref() != Some(&news) && (last_news.is_none() || since >= NEWS_GAP);
-                if due || news_due {
+                if since >= self.state_interval || last_news.as_ref() != Some(&news) {
                     let json = serde_json::to_vec(&state).expect("the state serialises");
                     if self
                         .client
