@@ -83,7 +83,17 @@ fn frame(i: u64, seq: u64) -> Vec<u8> {
     let r = reading(i);
     let line = telemetry::line_protocol::encode(&r).expect("encodable");
     let mut out = Vec::new();
-    record::encode_reading(&mut out, seq, 0, r.tag("device_id").unwrap(), &line);
+    record::encode_reading(
+        &mut out,
+        seq,
+        0,
+        r.tag("device_id").unwrap(),
+        &line,
+        Some(record::Taken {
+            mono_ns: i,
+            synced: true,
+        }),
+    );
     out
 }
 
@@ -134,7 +144,7 @@ fn append_through_writer(dir: &Path, interval: Duration, n: u64) -> Append {
         let sender = handles.readings.clone();
         let feeder = tokio::spawn(async move {
             for r in readings {
-                sender.send(r).await.unwrap();
+                sender.send(r.into()).await.unwrap();
             }
         });
         let mut committed = handles.committed.clone();

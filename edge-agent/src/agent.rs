@@ -15,10 +15,15 @@
 //! With `[mqtt]` enabled, the last accepted remote config (stored next to the
 //! journal) is laid over the local one before anything starts, and configs
 //! arriving later are applied to the running [`Pipeline`] in place.
+//!
+//! Beside the stages: the status socket ([`local_status`]), metrics
+//! ([`crate::metrics`], when `[metrics] listen` is set), and systemd's
+//! readiness and watchdog ([`service_manager`]), pinged from the main loop
+//! below so that a stalled loop gets the agent restarted.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -29,23 +34,64 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
 use crate::journal::{self, Journal};
 use crate::pipeline::{Pipeline, StageFailed};
-use crate::remote_config::controller::{self, Controller, Decision, Startup, Verdict};
-use crate::remote_config::mqtt::{self, StateSource};
+use crate::remote_config::controller::{
+    self, ConfigReport, Controller, Decision, Startup, Verdict,
+};
+use crate::remote_config::mqtt;
+use crate::remote_config::state::StateSource;
 use crate::remote_config::store::Store;
 use crate::status::{self, Status};
+use crate::{local_status, service_manager};
+
+/// What the agent runs with besides its config; tests put in their own.
+pub struct Setup {
+    /// Counters every stage updates (what the status line reports).
+    pub status: Arc<Status>,
+    pub clock: Arc<dyn Clock>,
+    /// The boot new readings are journaled under.
+    pub boot_id: String,
+}
+
+impl Setup {
+    /// The real clock and this machine's boot id.
+    pub fn system() -> Setup {
+        Setup {
+            status: Arc::new(Status::default()),
+            clock: Arc::new(SystemClock::default()),
+            boot_id: journal::current_boot_id(),
+        }
+    }
+}
 
 /// Runs the agent until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_status(config, shutdown, Arc::new(Status::default())).await
+    run_with(config, shutdown, Setup::system()).await
 }
 
 /// [`run`], updating `status` as it goes (what the status line reports).
 pub async fn run_with_status(
-    local: AgentConfig,
+    config: AgentConfig,
     shutdown: CancellationToken,
     status: Arc<Status>,
 ) -> anyhow::Result<()> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let setup = Setup {
+        status,
+        ..Setup::system()
+    };
+    run_with(config, shutdown, setup).await
+}
+
+/// [`run`] with what `setup` gives.
+pub async fn run_with(
+    local: AgentConfig,
+    shutdown: CancellationToken,
+    setup: Setup,
+) -> anyhow::Result<()> {
+    let Setup {
+        status,
+        clock,
+        boot_id,
+    } = setup;
     let store = Store::in_dir(
         local
             .journal
@@ -60,7 +106,6 @@ pub async fn run_with_status(
         .then(|| controller::startup(&local, &store));
     let config = remote.as_ref().map_or(&local, |s| &s.config).clone();
 
-    let boot_id = journal::current_boot_id();
     let path = config.journal.path.clone();
     let options = config.journal.options();
     let (journal, opened) =
@@ -121,27 +166,35 @@ pub async fn run_with_status(
 
     let (apply_tx, mut apply_rx) = mpsc::channel(1);
     let mut remote_tasks = JoinSet::new();
-    if let Some(startup) = remote {
+    let source = |report| StateSource {
+        device_id: local.device_id.clone(),
+        report,
+        status: status.clone(),
+        journal: journal.clone(),
+        clock: clock.clone(),
+        started: Instant::now(),
+    };
+    let source = if let Some(startup) = remote {
         let (controller, report) = Controller::new(local.clone(), store, startup, apply_tx);
         let (payloads_tx, payloads) = mpsc::channel(16);
         remote_tasks.spawn(controller.run(payloads));
-        let source = StateSource {
-            device_id: local.device_id.clone(),
-            report,
-            status: status.clone(),
-            journal: journal.clone(),
-            clock: clock.clone(),
-            started: Instant::now(),
-        };
+        let source = source(report);
         remote_tasks.spawn(mqtt::run(
             local.mqtt.clone(),
-            source,
+            source.clone(),
             payloads_tx,
             shutdown.clone(),
         ));
+        source
     } else {
         drop(apply_tx);
-    }
+        source(tokio::sync::watch::channel(ConfigReport::default()).1)
+    };
+    let local_servers = serve_local(&local, &source, &shutdown).await;
+    service_manager::ready();
+    let watchdog = service_manager::watchdog_interval();
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let stall_at = service_manager::stall_hook().map(|after| tokio::time::Instant::now() + after);
 
     // Run until asked to stop, unless the forwarder or writer fails first.
     let failure = loop {
@@ -152,13 +205,23 @@ pub async fn run_with_status(
                 let result = pipeline.apply(Arc::new(request.config)).await;
                 let _ = request.done.send(result.map_err(|e| e.to_string()));
             }
+            _ = ping.tick(), if watchdog.is_some() => {
+                if stall_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    service_manager::stall();
+                }
+                service_manager::alive(&source.state());
+            }
         }
     };
+    service_manager::stopping();
     shutdown.cancel();
     // A config still waiting is refused ("the agent is stopping").
     drop(apply_rx);
     let stopped = pipeline.stop().await;
     while remote_tasks.join_next().await.is_some() {}
+    for server in local_servers {
+        let _ = server.await;
+    }
     status::log_status(&status.snapshot(), journal.stats().ok().as_ref());
     match failure.map(Err).unwrap_or(stopped) {
         Err(e) => Err(e.into()),
@@ -167,6 +230,33 @@ pub async fn run_with_status(
             Ok(())
         }
     }
+}
+
+/// Starts the status socket and, if configured, the metrics endpoint. Neither
+/// is worth stopping the sampling for: a failure is logged.
+/// Returns their tasks, which end on `shutdown`.
+async fn serve_local(
+    config: &AgentConfig,
+    source: &StateSource,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut servers = Vec::new();
+    match local_status::serve(&config.status_socket(), source.clone(), shutdown.clone()) {
+        Ok(server) => servers.push(server),
+        Err(e) => tracing::error!("{e}; `edge-agent status` will not reach this agent"),
+    }
+    // A bad address was refused with the rest of the config.
+    if let Ok(Some(addr)) = telemetry::metrics_http::listen_addr(&config.metrics.listen) {
+        let source = source.clone();
+        let render = move || crate::metrics::render(&source.state());
+        match telemetry::metrics_http::serve(addr, render, shutdown.clone()).await {
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "metrics.listen: cannot listen; no metrics")
+            }
+        }
+    }
+    servers
 }
 
 /// The stored remote config cannot start: run the local one, and say so in

@@ -32,6 +32,17 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Ask the running agent (over its status socket, status.socket) what it
+    /// is doing: Kafka link, backlog and its age, journal size against its
+    /// limit, dropped readings, sensor health, config version, clock, last
+    /// error. Exit 0 when healthy, 1 when something needs looking at (link
+    /// down, a sensor failing, the journal full), 3 when no agent answers:
+    /// usable as a health check.
+    Status {
+        /// Print the agent's answer as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open every enabled sensor once and print its reading (as line
     /// protocol) or the exact error, with a hint; exit 1 if any failed. The
     /// first thing to run on a new device. Stop the agent first: it holds
@@ -101,6 +112,9 @@ Environment:
                          BUOY_KAFKA_BROKERS=a:9092,b:9092, BUOY_JOURNAL_COMMIT_INTERVAL=2s
   RUST_LOG               log filter (default: info), e.g. RUST_LOG=debug
   STATE_DIRECTORY        default journal directory (set by systemd's StateDirectory=)
+  NOTIFY_SOCKET, WATCHDOG_USEC
+                         set by systemd (Type=notify, WatchdogSec=): the agent reports
+                         readiness and pings the watchdog from its main loop
   CREDENTIALS_DIRECTORY  where relative [kafka.security] secret files are looked up
                          (set by systemd's LoadCredential=)
 
@@ -121,10 +135,22 @@ and applied without a restart, or rejected with a reason and nothing changed. St
 reported retained on buoy/<device_id>/state, online/offline on buoy/<device_id>/status.
 With mqtt.config_public_key set, only configs signed by `edge-agent sign-config` apply.
 
+Clock: readings are stamped with the wall time, the time since boot and whether the
+clock is synchronised (adjtimex; NTP running). Readings taken before it is (a Pi
+without RTC) wait in the journal up to forward.hold_unsynced and are sent with
+timestamps corrected from the time since boot; those that cannot be corrected (a
+boot that never synced) are tagged clock=\"unsynced\". Kafka headers buoy-boot,
+buoy-mono and buoy-clock carry the stamps.
+
+Operating: `edge-agent status` asks the running agent (exit 0 healthy, 1 problems,
+3 not running); [metrics] listen = \"127.0.0.1:9275\" serves Prometheus metrics
+(off by default).
+
 Signals:
   SIGTERM, SIGINT        stop sampling, wait briefly for Kafka acknowledgements,
                          commit the journal and exit 0; a second signal exits at once
 
 Exit status:
   0 clean stop, 1 runtime failure (or the journal is in use or unreadable; for
-  `sensors`, a sensor failed), 2 invalid config";
+  `sensors`, a sensor failed; for `status`, the agent reports problems),
+  2 invalid config, 3 (`status`) no agent answers";

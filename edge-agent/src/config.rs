@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub status: StatusConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The sensors to sample, as `[[sensor]]` tables. Default: one simulated
     /// sensor of each kind.
     #[serde(default = "default_sensors", rename = "sensor")]
@@ -237,6 +239,12 @@ pub struct ForwardConfig {
     /// acknowledged. Unacknowledged ones stay in the journal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Readings taken while the system clock is not synchronised (a
+    /// Raspberry Pi before NTP) wait in the journal this long for it to be
+    /// set, so they can be sent with corrected timestamps; after that they
+    /// are sent tagged `clock="unsynced"`. `0s`: never wait.
+    #[serde(with = "humantime_serde")]
+    pub hold_unsynced: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -250,6 +258,7 @@ impl Default for ForwardConfig {
             max_in_flight: 20_000,
             max_retry_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            hold_unsynced: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -262,13 +271,43 @@ pub struct StatusConfig {
     /// state) is logged. `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub log_interval: Duration,
+    /// The Unix socket `edge-agent status` asks (mode 0660). Default:
+    /// `edge-agent.sock` next to the journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
             log_interval: Duration::from_secs(60),
+            socket: None,
         }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics over HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics` (Prometheus text format): readings
+    /// sampled, journaled and forwarded, backlog and its age, journal size,
+    /// drops, link, sensor health, clock. Empty (the default) turns it off;
+    /// e.g. `127.0.0.1:9275`. Keep it on loopback.
+    pub listen: String,
+}
+
+impl AgentConfig {
+    /// Where the status socket is.
+    pub fn status_socket(&self) -> PathBuf {
+        self.status.socket.clone().unwrap_or_else(|| {
+            self.journal
+                .path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .join("edge-agent.sock")
+        })
     }
 }
 
@@ -318,6 +357,17 @@ impl AgentConfig {
     /// Everything semantically wrong with this config.
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
+        if let Err(e) = telemetry::metrics_http::listen_addr(&self.metrics.listen) {
+            p.push(Problem::new("metrics.listen", e));
+        }
+        if let Some(socket) = &self.status.socket
+            && socket.as_os_str().len() > 100
+        {
+            p.push(Problem::new(
+                "status.socket",
+                "a Unix socket path may be at most about 100 bytes long",
+            ));
+        }
         if let Err(e) = telemetry::reading::check_name("device id", &self.device_id) {
             p.push(Problem::new("device_id", e.to_string()));
         } else if let Some(c) = self

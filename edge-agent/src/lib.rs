@@ -18,7 +18,11 @@
 //! - [`sensor_check`]: `edge-agent sensors`, one read of every sensor.
 //! - [`config`]: the one typed config, parsed and validated in one place.
 //! - [`agent`]: wires the stages and shuts them down in order.
-//! - [`clock`], [`cli`]: the injected time source and the command line.
+//! - [`local_status`]: `edge-agent status` over a Unix socket;
+//!   [`metrics`]: Prometheus text; [`service_manager`]: systemd readiness
+//!   and watchdog.
+//! - [`clock`]: wall time, time since boot, and whether the clock is set.
+//! - [`cli`]: the command line.
 //!
 //! ## Invariants
 //! - Every sampled reading is either committed to the journal, or counted as
@@ -38,8 +42,11 @@ pub mod clock;
 pub mod config;
 pub mod forwarder;
 pub mod journal;
+pub mod local_status;
+pub mod metrics;
 pub mod pipeline;
 pub mod remote_config;
 pub mod sampler;
 pub mod sensor_check;
+pub mod service_manager;
 pub mod status;

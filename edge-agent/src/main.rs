@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { print } => check_config(&loaded, print),
         Command::Journal { command } => journal_command(&loaded.config, command),
         Command::Sensors { json } => sensors_command(&loaded.config, json),
+        Command::Status { json } => status_command(&loaded.config, json),
         Command::SignConfig { .. } => unreachable!("handled before the config is loaded"),
         Command::Run => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -127,6 +128,15 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
             ""
         }
     );
+    println!(
+        "  status     edge-agent status asks {}; metrics {}",
+        c.status_socket().display(),
+        if c.metrics.listen.is_empty() {
+            "off".to_owned()
+        } else {
+            format!("on http://{}/metrics", c.metrics.listen)
+        }
+    );
     let m = &c.mqtt;
     if m.enabled {
         println!(
@@ -207,6 +217,28 @@ fn sign_config(key: &Path, output: Option<&Path>, file: &Path) -> ExitCode {
     }
 }
 
+/// `edge-agent status`.
+fn status_command(config: &AgentConfig, json: bool) -> ExitCode {
+    use edge_agent::local_status;
+    let state = match local_status::ask(&config.status_socket()) {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(local_status::EXIT_NOT_RUNNING);
+        }
+    };
+    if json {
+        println!("{state}");
+    } else {
+        print!("{}", local_status::describe(&state));
+    }
+    if local_status::problems(&state).is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(local_status::EXIT_UNHEALTHY)
+    }
+}
+
 /// `edge-agent sensors`.
 fn sensors_command(config: &AgentConfig, json: bool) -> ExitCode {
     use edge_agent::sensor_check;
@@ -214,7 +246,7 @@ fn sensors_command(config: &AgentConfig, json: bool) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let now = edge_agent::clock::Clock::now_ns(&edge_agent::clock::SystemClock);
+    let now = edge_agent::clock::wall_now_ns();
     let checks = runtime.block_on(sensor_check::check_all(config, now));
     if json {
         println!(
@@ -258,7 +290,7 @@ fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
                 if json {
                     println!("{}", serde_json::to_string(&i).expect("stats serialise"));
                 } else {
-                    let now = edge_agent::clock::Clock::now_ns(&edge_agent::clock::SystemClock);
+                    let now = edge_agent::clock::wall_now_ns();
                     print!("{}", inspect::describe(&i, now));
                 }
             }),

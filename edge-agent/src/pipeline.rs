@@ -26,8 +26,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::journal::Sampled;
 use hardware::Supervisor;
-use telemetry::Reading;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +92,7 @@ pub struct Pipeline {
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     /// Kept to start samplers with; dropped at shutdown so the writer ends.
-    readings: Option<mpsc::Sender<Reading>>,
+    readings: Option<mpsc::Sender<Sampled>>,
     acks: Option<mpsc::UnboundedSender<Vec<u64>>>,
     committed: watch::Receiver<Progress>,
     writer_settings: watch::Sender<WriterSettings>,
@@ -319,6 +319,7 @@ impl Pipeline {
             self.acks.clone().expect("acks are open until shutdown"),
             self.status.clone(),
         )
+        .with_clock(self.clock.clone())
     }
 
     fn run_forwarder(&mut self, started: crate::forwarder::Started, config: &Arc<AgentConfig>) {

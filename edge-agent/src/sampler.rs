@@ -23,6 +23,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::journal::Sampled;
+use crate::journal::record::Taken;
 use crate::status::Status;
 
 /// How long one read (with opening the device) may take before it counts
@@ -34,7 +36,7 @@ pub struct Sampler {
     pub device_id: String,
     pub sensor: Supervisor,
     pub clock: Arc<dyn Clock>,
-    pub out: mpsc::Sender<Reading>,
+    pub out: mpsc::Sender<Sampled>,
     pub status: Arc<Status>,
 }
 
@@ -57,7 +59,11 @@ impl Sampler {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let taken_at = self.clock.now_ns();
+            let stamp = self.clock.stamp();
+            let taken = Taken {
+                mono_ns: stamp.mono_ns,
+                synced: stamp.synced,
+            };
             let was_failing = self.sensor.health().state == HealthState::Failing;
             let outcome = tokio::select! {
                 outcome = self.sensor.read(READ_TIMEOUT) => outcome,
@@ -71,9 +77,13 @@ impl Sampler {
                         tracing::info!(sensor = %name, kind, "sensor reads again");
                     }
                     for obs in observations {
-                        let reading = to_reading(&self.device_id, &name, obs, taken_at);
+                        let reading = to_reading(&self.device_id, &name, obs, stamp.wall_ns);
                         self.status.sampled(1);
-                        match self.out.try_send(reading) {
+                        let sampled = Sampled {
+                            reading,
+                            taken: Some(taken),
+                        };
+                        match self.out.try_send(sampled) {
                             Ok(()) => {}
                             Err(TrySendError::Full(_)) => {
                                 self.status.dropped_queue_full();
@@ -163,7 +173,7 @@ mod tests {
         let sampler = Sampler {
             device_id: "pi-1".into(),
             sensor: Supervisor::new(config).with_sensor(Box::new(Flaky(0))),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemClock::default()),
             out: tx,
             status: status.clone(),
         };
@@ -195,7 +205,9 @@ mod tests {
                 .unwrap()
                 .contains("fan_rpm = -1")
         );
-        let r = &got[0];
+        let taken = got[0].taken.expect("the sampler stamps every reading");
+        assert!(taken.mono_ns > 0);
+        let r = &got[0].reading;
         assert_eq!(r.measurement, "fan");
         assert_eq!(r.tag("device_id"), Some("pi-1"));
         assert_eq!(r.tag("sensor"), Some("cooling"));
@@ -214,7 +226,7 @@ mod tests {
         let sampler = Sampler {
             device_id: "pi-1".into(),
             sensor: Supervisor::new(config),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemClock::default()),
             out: tx,
             status: status.clone(),
         };

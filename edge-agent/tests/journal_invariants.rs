@@ -58,7 +58,10 @@ fn sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
     assert_eq!(a.seqs, 1..3);
     let b = j.commit(&[reading(3)], &[1, 2]).unwrap();
     assert_eq!((b.seqs.clone(), b.deleted), (3..4, 2));
-    assert_eq!(j.commit(&[], &[3]).unwrap().deleted, 1);
+    assert_eq!(
+        j.commit::<telemetry::Reading>(&[], &[3]).unwrap().deleted,
+        1
+    );
     assert_eq!(j.stats().unwrap().records, 0);
     drop(j);
     let j = open(&path, JournalOptions::for_inspection(), "boot-b");
@@ -100,7 +103,12 @@ fn unencodable_readings_are_rejected_without_losing_the_rest() {
     assert_eq!(c.seqs, 1..3);
     assert_eq!(c.rejected.len(), 1);
     assert_eq!(j.stats().unwrap().records, 2);
-    assert_eq!(j.commit(&[], &[7, 8]).unwrap().deleted, 0);
+    assert_eq!(
+        j.commit::<telemetry::Reading>(&[], &[7, 8])
+            .unwrap()
+            .deleted,
+        0
+    );
 }
 
 /// Appends `n` readings in commits of `batch`, checking the file size after
@@ -167,7 +175,7 @@ fn reject_new_keeps_what_is_journaled_and_counts_every_refused_reading() {
     assert_eq!(stats.counters.dropped_oldest, 0);
     // Kafka takes the oldest half: new readings are accepted again.
     let acked: Vec<u64> = (1..=kept / 2).collect();
-    j.commit(&[], &acked).unwrap();
+    j.commit::<telemetry::Reading>(&[], &acked).unwrap();
     std::thread::sleep(Duration::from_millis(2_100));
     let done = j.commit(&[reading(1), reading(2)], &[]).unwrap();
     assert_eq!(done.policy.rejected_new, 0);

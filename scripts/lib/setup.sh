@@ -58,6 +58,24 @@ need_kafka_python() {
 }
 
 # The Tansu broker, built once into ~/.cargo/bin (about 12 minutes).
+CARGO_DEB_VERSION=3.8.0
+
+# What scripts/package needs: cargo-deb, the arm64 cross toolchain and Rust
+# target, and perl and make for the OpenSSL linked into librdkafka.
+need_packaging() {
+    need_rust
+    need_build_dependencies
+    need_debian_packages gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross \
+        perl make dpkg-dev
+    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
+        rustup target add aarch64-unknown-linux-gnu
+    export PATH="$PATH:$HOME/.cargo/bin"
+    if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        say "installing cargo-deb $CARGO_DEB_VERSION"
+        cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+    fi
+}
+
 need_tansu() {
     export PATH="$PATH:$HOME/.cargo/bin"
     if command -v tansu >/dev/null 2>&1; then

@@ -4,8 +4,8 @@
 //! reading in the edge agent's sampler, the journal stores it, Kafka carries it,
 //! and the uplink writes it as a point to a time-series database. This crate
 //! defines that model and its two wire encodings, plus the few pure helpers
-//! both binaries share. It spawns nothing and does no I/O, except reading a
-//! config file ([`config_file::read_file`]).
+//! both binaries share. It does no I/O, except reading a config file
+//! ([`config_file::read_file`]) and serving metrics ([`metrics_http`]).
 //!
 //! ## Layout
 //! - [`reading`]: the model ([`Reading`], [`FieldValue`]) and the rules a reading
@@ -20,6 +20,7 @@
 //!   and problems reported by line.
 //! - [`units`], [`backoff`], [`throttle`]: byte sizes in configs, retry delays,
 //!   and rate limits for repeated log lines.
+//! - [`metrics_http`]: `GET /metrics` for both binaries.
 //!
 //! ## Invariants
 //! - Anything an encoder accepts, the matching parser returns unchanged
@@ -30,6 +31,7 @@
 pub mod backoff;
 pub mod config_file;
 pub mod line_protocol;
+pub mod metrics_http;
 pub mod reading;
 pub mod record;
 pub mod telegraf_json;

@@ -12,6 +12,14 @@ pub const HEADER_SEQ: &str = "buoy-seq";
 pub const HEADER_BOOT: &str = "buoy-boot";
 /// Header naming the value's encoding.
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// Kafka header: nanoseconds since boot when the reading was taken (with
+/// `buoy-boot`, a timestamp independent of the wall clock).
+pub const HEADER_MONO: &str = "buoy-mono";
+/// Kafka header: `synced` (the wall clock was synchronised when the reading
+/// was taken), `corrected` (it was not; the timestamp was recomputed from the
+/// time since boot once it was) or `unsynced` (it never was in that boot; the
+/// reading is tagged `clock=unsynced`).
+pub const HEADER_CLOCK: &str = "buoy-clock";
 
 use crate::config_file::Problem;
 

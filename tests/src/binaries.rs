@@ -57,7 +57,11 @@ pub fn command(binary: &str) -> Command {
             c.env_remove(key);
         }
     }
-    c.env_remove("STATE_DIRECTORY").env("RUST_LOG", "info");
+    c.env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "info");
     c
 }
 

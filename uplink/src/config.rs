@@ -198,33 +198,19 @@ fn default_sinks() -> Vec<SinkConfig> {
 }
 
 /// `[metrics]`: Prometheus metrics over HTTP.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address serving `GET /metrics` (Prometheus text format): consumer lag
     /// per partition, lines written, batch latency, retries, dead letters.
-    /// Empty turns it off.
+    /// Empty (the default) turns it off; e.g. `127.0.0.1:9274`.
     pub listen: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: "127.0.0.1:9274".into(),
-        }
-    }
 }
 
 impl MetricsConfig {
     /// The address to listen on, or `None` when metrics are off.
     pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{:?} is not an address like 127.0.0.1:9274", self.listen))
+        telemetry::metrics_http::listen_addr(&self.listen)
     }
 }
 

@@ -55,11 +55,16 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let server = match config.metrics.listen_addr().map_err(anyhow::Error::msg)? {
         Some(addr) => Some(
-            metrics
-                .clone()
-                .serve(addr, shutdown.clone())
-                .await
-                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?,
+            telemetry::metrics_http::serve(
+                addr,
+                {
+                    let metrics = metrics.clone();
+                    move || metrics.render()
+                },
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?,
         ),
         None => None,
     };
@@ -68,6 +73,13 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let pipeline = uplink::pipeline::Pipeline::new(&config, metrics).await?;
+    // systemd's Type=notify: started (outside systemd this does nothing).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    });
     pipeline.run(shutdown).await?;
     if let Some(server) = server {
         server.abort();

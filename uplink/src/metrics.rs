@@ -1,6 +1,6 @@
 //! # Metrics: Prometheus text on a local port
 //!
-//! `GET /metrics` on `metrics.listen` (default `127.0.0.1:9274`):
+//! `GET /metrics` on `metrics.listen` (off by default; e.g. `127.0.0.1:9274`):
 //!
 //! | metric | what |
 //! |---|---|
@@ -16,15 +16,9 @@
 //! | `uplink_sink_misconfigured{sink}` | 1 while the sink answers 401, 403 or 404 |
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -228,53 +222,6 @@ impl Metrics {
                 .await;
             }
         })
-    }
-
-    /// Serves `GET /metrics` on `addr` until `stop`.
-    pub async fn serve(
-        self: Arc<Self>,
-        addr: SocketAddr,
-        stop: CancellationToken,
-    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        Ok(tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "metrics: accept failed");
-                            continue;
-                        }
-                    },
-                };
-                let metrics = self.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        async move {
-                            if request.uri().path() == "/metrics" {
-                                Response::builder()
-                                    .header(
-                                        "content-type",
-                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                    )
-                                    .body(Full::new(Bytes::from(metrics.render())))
-                            } else {
-                                Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                            }
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }))
     }
 }
 

@@ -30,10 +30,13 @@
 //! - [`producer`]: librdkafka's configuration and callbacks.
 //! - `state`: what one run of the forwarder keeps track of.
 //! - [`security`]: TLS and SASL settings, secrets read from files.
+//! - [`restamp`]: readings taken before the clock was set are held, then
+//!   sent with corrected timestamps (or tagged, if that cannot be done).
 
 pub mod budget;
 pub mod lanes;
 pub mod producer;
+pub mod restamp;
 pub mod schedule;
 pub mod security;
 mod state;
@@ -46,12 +49,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use telemetry::record::{Format, HEADER_BOOT, HEADER_CONTENT_TYPE, HEADER_SEQ};
+use telemetry::record::{
+    Format, HEADER_BOOT, HEADER_CLOCK, HEADER_CONTENT_TYPE, HEADER_MONO, HEADER_SEQ,
+};
 use telemetry::telegraf_json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentConfig, Order};
 use crate::journal::{Journal, JournalRecord, Progress, ReadResult};
 use crate::status::{Link, Status};
@@ -80,9 +86,12 @@ pub struct Forwarder {
     /// Acknowledged sequence numbers, to the journal writer.
     acks: mpsc::UnboundedSender<Vec<u64>>,
     status: Arc<Status>,
+    /// Whether timestamps can be believed (see [`restamp`]).
+    clock: Arc<dyn Clock>,
 }
 
 /// Why one record was not handed over.
+#[derive(Debug)]
 enum SendError {
     /// librdkafka's queue is full: wait for deliveries, then continue.
     QueueFull,
@@ -106,7 +115,14 @@ impl Forwarder {
             committed,
             acks,
             status,
+            clock: Arc::new(SystemClock::default()),
         }
+    }
+
+    /// Uses `clock` to decide about readings taken before the clock was set.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Forwards until `shutdown`. It then keeps forwarding until the journal
@@ -350,7 +366,7 @@ impl Forwarder {
         }
         let exempt = forward.live_exempt;
         Allowed {
-            live: open || exempt,
+            live: (open || exempt) && !run.live_held,
             backlog: open,
             backlog_in_flight: run.backlog_in_flight(),
         }
@@ -360,6 +376,10 @@ impl Forwarder {
     /// librdkafka's queue have room.
     async fn fill(&mut self, producer: &Producer, run: &mut Run) {
         let live_first = self.config.forward.order == Order::LiveFirst;
+        // Held readings are looked at again on every fill, and at least
+        // every second.
+        run.live_held = false;
+        let clock = self.clock.stamp();
         loop {
             let committed = self.committed.borrow().last_seq;
             let now = Instant::now();
@@ -404,7 +424,7 @@ impl Forwarder {
                 run.lanes.skipped_to(next.up_to);
                 continue;
             }
-            for item in batch {
+            'records: for item in batch {
                 let record = match item {
                     Ok(record) => record,
                     Err(bad) => {
@@ -420,7 +440,22 @@ impl Forwarder {
                 {
                     return;
                 }
-                match self.send(producer, &record) {
+                let verdict = restamp::decide(
+                    record.taken,
+                    *record.boot_id == *self.journal.boot_id(),
+                    clock,
+                    self.config.forward.hold_unsynced,
+                );
+                if verdict == restamp::Verdict::Hold {
+                    run.wake_no_later_than(Instant::now() + Duration::from_secs(1));
+                    if next.lane == LaneKind::Live {
+                        // The backlog may still go.
+                        run.live_held = true;
+                        break 'records;
+                    }
+                    return;
+                }
+                match self.send(producer, &record, verdict) {
                     Ok(raw) => {
                         run.lanes.sent(record.seq);
                         run.record_bytes = 0.9 * run.record_bytes + 0.1 * raw as f64;
@@ -462,13 +497,18 @@ impl Forwarder {
 
     /// Hands one record to librdkafka; returns its raw size (value, key and
     /// headers), what the budget is charged before compression.
-    fn send(&self, producer: &Producer, record: &JournalRecord) -> Result<usize, SendError> {
+    fn send(
+        &self,
+        producer: &Producer,
+        record: &JournalRecord,
+        verdict: restamp::Verdict,
+    ) -> Result<usize, SendError> {
         let format = self.config.kafka.format;
+        let line = restamp::apply(&record.line, verdict).map_err(SendError::Encode)?;
         let value: Cow<'_, str> = match format {
-            Format::Influx => Cow::Borrowed(&record.line),
+            Format::Influx => line,
             Format::Json => {
-                let reading = record
-                    .reading()
+                let reading = telemetry::line_protocol::parse_line(&line, 0)
                     .map_err(|e| SendError::Encode(e.to_string()))?;
                 Cow::Owned(
                     telegraf_json::encode(&reading)
@@ -478,7 +518,8 @@ impl Forwarder {
         };
         let raw = value.len() + record.key.len() + RECORD_OVERHEAD;
         let seq = record.seq.to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let mono = record.taken.map(|t| t.mono_ns.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: HEADER_SEQ,
                 value: Some(seq.as_str()),
@@ -491,6 +532,18 @@ impl Forwarder {
                 key: HEADER_CONTENT_TYPE,
                 value: Some(format.content_type()),
             });
+        if let Some(mono) = &mono {
+            headers = headers.insert(Header {
+                key: HEADER_MONO,
+                value: Some(mono.as_str()),
+            });
+        }
+        if let Some(clock) = verdict.header() {
+            headers = headers.insert(Header {
+                key: HEADER_CLOCK,
+                value: Some(clock),
+            });
+        }
         // The Kafka timestamp is left to librdkafka (send time): stamping a
         // month-old backlog reading with its sampling time would let the
         // broker's retention delete it on arrival.

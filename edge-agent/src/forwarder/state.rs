@@ -57,6 +57,9 @@ pub struct Run {
     /// When each committed head was first seen: the age of the live lane's
     /// oldest unsent reading.
     pub heads: VecDeque<(u64, Instant)>,
+    /// The live lane's next reading waits for the clock to be set
+    /// ([`super::restamp`]): the live lane may not send until the next look.
+    pub live_held: bool,
     /// The send windows were closed at the last look (for logging changes).
     pub window_closed: bool,
     /// The loss of the broker connection was logged (once per outage).
@@ -88,6 +91,7 @@ impl Run {
             },
             record_bytes: 200.0,
             heads: VecDeque::from([(head, now)]),
+            live_held: false,
             window_closed: false,
             told_lost: false,
         }

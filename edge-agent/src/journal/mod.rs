@@ -125,6 +125,50 @@ pub struct JournalRecord {
     pub key: String,
     /// The reading as line protocol.
     pub line: String,
+    /// When it was taken, besides its timestamp (`None` for aggregates and
+    /// readings journaled by older versions).
+    pub taken: Option<record::Taken>,
+}
+
+/// A reading as the sampler hands it to the journal: with the time since
+/// boot and whether the clock was believed when it was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub reading: Reading,
+    pub taken: Option<record::Taken>,
+}
+
+impl From<Reading> for Sampled {
+    fn from(reading: Reading) -> Self {
+        Sampled {
+            reading,
+            taken: None,
+        }
+    }
+}
+
+/// What [`Journal::commit`] takes: a reading, and maybe when it was taken.
+pub trait Journaled {
+    fn reading(&self) -> &Reading;
+    fn taken(&self) -> Option<record::Taken>;
+}
+
+impl Journaled for Reading {
+    fn reading(&self) -> &Reading {
+        self
+    }
+    fn taken(&self) -> Option<record::Taken> {
+        None
+    }
+}
+
+impl Journaled for Sampled {
+    fn reading(&self) -> &Reading {
+        &self.reading
+    }
+    fn taken(&self) -> Option<record::Taken> {
+        self.taken
+    }
 }
 
 impl JournalRecord {

@@ -33,8 +33,9 @@ const POLICY_STEP: usize = 50_000;
 /// measuring again (under `reject_new`, every commit asks).
 const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 
-/// New records a policy step appends (aggregates): Kafka key and line.
-type Appended = Vec<(String, String)>;
+/// New records a policy step appends (aggregates): Kafka key and line
+/// (aggregates carry no [`record::Taken`]: they are made, not sampled).
+type Appended = Vec<(String, String, Option<record::Taken>)>;
 
 /// File bytes per stored byte: redb packs appended records densely (1.05
 /// measured here); a little more, to err towards measuring.
@@ -251,13 +252,13 @@ impl Journal {
         for (key, readings) in by_key {
             for agg in downsample::aggregate(readings, window) {
                 if let Ok(line) = line_protocol::encode(&agg) {
-                    aggregates.push((key.clone(), line));
+                    aggregates.push((key.clone(), line, None));
                 }
             }
         }
         let agg_bytes: u64 = aggregates
             .iter()
-            .map(|(k, l)| record::reading_len(k, l) as u64)
+            .map(|(k, l, _)| record::reading_len(k, l) as u64)
             .sum();
         if agg_bytes * 2 > raw_bytes {
             return Ok(None);

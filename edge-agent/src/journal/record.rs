@@ -5,12 +5,16 @@
 //! ```text
 //! offset size
 //!  0     2    magic 0xB5 0x4A (0xB5 cannot start a UTF-8 character)
-//!  2     1    kind: 1 = reading, 2 = boot, 3 = meta value
+//!  2     1    kind: 1 = reading, 2 = boot, 3 = meta value, 4 = stamped reading
 //!  3     4    payload length, u32 LE
 //!  7     4    CRC-32 (IEEE) of bytes 2..7 and the payload
 //! 11     n    payload
 //! ```
 //! Reading payload: `[seq u64 LE][boot index u32 LE][key length u16 LE][key][line protocol]`.
+//! Stamped reading payload: `[seq u64 LE][boot index u32 LE][monotonic ns u64 LE]
+//! [flags u8: 1 = clock synchronised][key length u16 LE][key][line protocol]`:
+//! what the agent writes since it checks the clock (see [`crate::clock`]);
+//! plain readings (older journals, aggregates) are read as before.
 //! Boot payload: `[boot index u32 LE][boot id, UTF-8]`.
 //! Meta payload: `[value u64 LE][name, UTF-8]`: `next_seq` (the journal's
 //! high-water mark, so salvage never numbers a new reading like an old one)
@@ -24,6 +28,18 @@ const HEADER: usize = 2 + 1 + 4 + 4;
 const KIND_READING: u8 = 1;
 const KIND_BOOT: u8 = 2;
 const KIND_META: u8 = 3;
+const KIND_STAMPED: u8 = 4;
+/// What a stamped reading adds to a plain one.
+const STAMP_LEN: usize = 8 + 1;
+const FLAG_SYNCED: u8 = 1;
+
+/// When a reading was taken, besides its timestamp: the time since boot,
+/// and whether the wall clock was believed then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub mono_ns: u64,
+    pub synced: bool,
+}
 
 /// A decoded reading frame, borrowing from the stored bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +48,8 @@ pub struct RecordRef<'a> {
     pub boot: u32,
     pub key: &'a str,
     pub line: &'a str,
+    /// `None` for plain readings.
+    pub taken: Option<Taken>,
 }
 
 /// Anything a raw scan can find.
@@ -42,18 +60,34 @@ pub enum Frame<'a> {
     Meta { name: &'a str, value: u64 },
 }
 
-/// The bytes a reading frame takes for this key and line.
+/// The bytes a (stamped) reading frame takes for this key and line.
 pub fn reading_len(key: &str, line: &str) -> usize {
-    HEADER + 8 + 4 + 2 + key.len().min(u16::MAX as usize) + line.len()
+    HEADER + 8 + 4 + STAMP_LEN + 2 + key.len().min(u16::MAX as usize) + line.len()
 }
 
-/// Appends a reading frame to `out`.
-pub fn encode_reading(out: &mut Vec<u8>, seq: u64, boot: u32, key: &str, line: &str) {
+/// Appends a reading frame to `out`: a stamped one if `taken` is known.
+pub fn encode_reading(
+    out: &mut Vec<u8>,
+    seq: u64,
+    boot: u32,
+    key: &str,
+    line: &str,
+    taken: Option<Taken>,
+) {
     // Keys are device ids, validated to be short; cap defensively.
     let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-    frame(out, KIND_READING, |p| {
+    let kind = if taken.is_some() {
+        KIND_STAMPED
+    } else {
+        KIND_READING
+    };
+    frame(out, kind, |p| {
         p.extend_from_slice(&seq.to_le_bytes());
         p.extend_from_slice(&boot.to_le_bytes());
+        if let Some(t) = taken {
+            p.extend_from_slice(&t.mono_ns.to_le_bytes());
+            p.push(if t.synced { FLAG_SYNCED } else { 0 });
+        }
         p.extend_from_slice(&(key.len() as u16).to_le_bytes());
         p.extend_from_slice(key);
         p.extend_from_slice(line.as_bytes());
@@ -145,7 +179,8 @@ fn decode(bytes: &[u8]) -> Result<(Frame<'_>, usize), String> {
         return Err("record checksum does not match: the bytes were damaged".into());
     }
     let frame = match kind {
-        KIND_READING => Frame::Reading(reading_payload(payload)?),
+        KIND_READING => Frame::Reading(reading_payload(payload, false)?),
+        KIND_STAMPED => Frame::Reading(reading_payload(payload, true)?),
         KIND_BOOT => {
             if payload.len() < 4 {
                 return Err("boot record is too short".into());
@@ -169,14 +204,20 @@ fn decode(bytes: &[u8]) -> Result<(Frame<'_>, usize), String> {
     Ok((frame, HEADER + len))
 }
 
-fn reading_payload(p: &[u8]) -> Result<RecordRef<'_>, String> {
-    if p.len() < 14 {
+fn reading_payload(p: &[u8], stamped: bool) -> Result<RecordRef<'_>, String> {
+    let stamp_len = if stamped { STAMP_LEN } else { 0 };
+    if p.len() < 14 + stamp_len {
         return Err("reading record is too short".into());
     }
     let seq = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
     let boot = u32::from_le_bytes(p[8..12].try_into().expect("4 bytes"));
-    let key_len = u16::from_le_bytes(p[12..14].try_into().expect("2 bytes")) as usize;
-    let rest = &p[14..];
+    let taken = stamped.then(|| Taken {
+        mono_ns: u64::from_le_bytes(p[12..20].try_into().expect("8 bytes")),
+        synced: p[20] & FLAG_SYNCED != 0,
+    });
+    let p = &p[12 + stamp_len..];
+    let key_len = u16::from_le_bytes(p[..2].try_into().expect("2 bytes")) as usize;
+    let rest = &p[2..];
     if rest.len() < key_len {
         return Err("reading record is shorter than its key".into());
     }
@@ -189,6 +230,7 @@ fn reading_payload(p: &[u8]) -> Result<RecordRef<'_>, String> {
         boot,
         key,
         line,
+        taken,
     })
 }
 
@@ -224,9 +266,14 @@ pub fn scan(bytes: &[u8]) -> impl Iterator<Item = (usize, Frame<'_>)> {
 mod tests {
     use super::*;
 
+    const TAKEN: Taken = Taken {
+        mono_ns: 12_345_678_901,
+        synced: false,
+    };
+
     fn reading(seq: u64) -> Vec<u8> {
         let mut buf = Vec::new();
-        encode_reading(&mut buf, seq, 3, "pi-1", "m v=1 1");
+        encode_reading(&mut buf, seq, 3, "pi-1", "m v=1 1", Some(TAKEN));
         buf
     }
 
@@ -240,8 +287,17 @@ mod tests {
                 seq: 42,
                 boot: 3,
                 key: "pi-1",
-                line: "m v=1 1"
+                line: "m v=1 1",
+                taken: Some(TAKEN),
             })
+        );
+        // Plain readings (journals from before stamps, aggregates) still
+        // read back.
+        let mut plain = Vec::new();
+        encode_reading(&mut plain, 43, 3, "pi-1", "m v=1 1", None);
+        assert_eq!(
+            decode_reading(&plain).map(|r| (r.seq, r.taken)),
+            Ok((43, None))
         );
         let mut boot = Vec::new();
         encode_boot(&mut boot, 7, "b-7");

@@ -31,6 +31,10 @@ use super::store::{
 };
 use super::{Counters, Journal, JournalError};
 
+/// A reading found in a damaged file: sequence number, boot index, key,
+/// line and when it was taken.
+type Salvaged = (u64, u32, String, String, Option<record::Taken>);
+
 /// The scan window.
 const CHUNK: usize = 4 << 20;
 /// Bytes carried over between windows: a frame longer than this that
@@ -129,7 +133,7 @@ pub fn salvage(
                 return Ok(());
             }
             let boot = boots.get(&r.boot).copied().unwrap_or(unknown_boot);
-            batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned()));
+            batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned(), r.taken));
             if batch.len() >= IMPORT_BATCH {
                 journal.import(&batch, Counters::default())?;
                 batch.clear();
@@ -171,12 +175,12 @@ impl Journal {
     /// under `reject_new` a full journal refuses them, counted.
     pub(super) fn import(
         &self,
-        mut records: &[(u64, u32, String, String)],
+        mut records: &[Salvaged],
         mut counters: Counters,
     ) -> Result<(), JournalError> {
         let batch: u64 = records
             .iter()
-            .map(|(_, _, k, l)| record::reading_len(k, l) as u64)
+            .map(|(_, _, k, l, _)| record::reading_len(k, l) as u64)
             .sum();
         if self.may_be_full(batch)? {
             if self.options().when_full == WhenFull::RejectNew {
@@ -195,9 +199,9 @@ impl Journal {
                 let mut change = 0;
                 let mut next = next_seq(&table, &meta)?;
                 let mut value = Vec::new();
-                for (seq, boot, key, line) in records {
+                for (seq, boot, key, line, taken) in records {
                     value.clear();
-                    record::encode_reading(&mut value, *seq, *boot, key, line);
+                    record::encode_reading(&mut value, *seq, *boot, key, line, *taken);
                     if let Some(old) = table.insert(*seq, value.as_slice())? {
                         change -= old.value().len() as i64;
                     }

@@ -17,12 +17,13 @@ use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageError, TableDefinition, WriteTransaction,
 };
-use telemetry::{Reading, line_protocol};
+use telemetry::line_protocol;
 
+use super::Journaled;
 use super::capacity::WhenFull;
 use super::file::{self, LimitedFile};
 use super::policy::SpaceState;
-use super::record::{self, RecordRef};
+use super::record::{self, RecordRef, Taken};
 use super::salvage;
 use super::{
     Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
@@ -227,6 +228,15 @@ impl Journal {
         f(db).map_err(self.storage_err())
     }
 
+    /// The boot id this journal was opened in (what new readings are
+    /// journaled under).
+    pub fn boot_id(&self) -> Arc<str> {
+        self.boots
+            .get(&self.boot_index)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("unknown"))
+    }
+
     /// The persisted counters, as of the last commit.
     pub fn counters(&self) -> Counters {
         *self.counters.lock().expect("counters lock")
@@ -237,18 +247,27 @@ impl Journal {
     /// `journal.when_full` says. Readings that cannot be encoded are left out
     /// and returned in [`Committed::rejected`]; readings refused because the
     /// journal is full (`reject_new`) are counted in [`Committed::policy`].
-    pub fn commit(&self, readings: &[Reading], delete: &[u64]) -> Result<Committed, JournalError> {
+    pub fn commit<R: Journaled>(
+        &self,
+        readings: &[R],
+        delete: &[u64],
+    ) -> Result<Committed, JournalError> {
         let mut committed = Committed::default();
         let mut lines = Vec::with_capacity(readings.len());
-        for reading in readings {
+        for r in readings {
+            let reading = r.reading();
             match line_protocol::encode(reading) {
-                Ok(line) => lines.push((reading.tag("device_id").unwrap_or_default(), line)),
+                Ok(line) => lines.push((
+                    reading.tag("device_id").unwrap_or_default(),
+                    line,
+                    r.taken(),
+                )),
                 Err(e) => committed.rejected.push(e),
             }
         }
         let batch: u64 = lines
             .iter()
-            .map(|(key, line)| record::reading_len(key, line) as u64)
+            .map(|(key, line, _)| record::reading_len(key, line) as u64)
             .sum();
         if !lines.is_empty() && self.may_be_full(batch)? {
             match self.options().when_full {
@@ -412,6 +431,7 @@ fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResu
             boot,
             key,
             line,
+            taken,
         }) if stored == seq => Ok(JournalRecord {
             seq,
             boot_id: boots
@@ -420,6 +440,7 @@ fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResu
                 .unwrap_or_else(|| Arc::from("unknown")),
             key: key.to_owned(),
             line: line.to_owned(),
+            taken,
         }),
         Ok(r) => Err(Unreadable {
             seq,
@@ -436,20 +457,20 @@ pub(super) fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
     Ok(tx)
 }
 
-/// Appends `lines` (Kafka key, line protocol) numbered from `first`; returns
+/// Appends `lines` (Kafka key, line protocol, when taken) numbered from `first`; returns
 /// the numbers given and the bytes stored.
 pub(super) fn append<K: AsRef<str>>(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
     boot: u32,
     first: u64,
-    lines: &[(K, String)],
+    lines: &[(K, String, Option<Taken>)],
 ) -> Result<(std::ops::Range<u64>, i64), redb::Error> {
     let mut next = first;
     let mut added = 0;
     let mut value = Vec::with_capacity(256);
-    for (key, line) in lines {
+    for (key, line, taken) in lines {
         value.clear();
-        record::encode_reading(&mut value, next, boot, key.as_ref(), line);
+        record::encode_reading(&mut value, next, boot, key.as_ref(), line, *taken);
         table.insert(next, value.as_slice())?;
         added += value.len() as i64;
         next += 1;

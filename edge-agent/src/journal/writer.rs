@@ -25,13 +25,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use telemetry::Reading;
 use telemetry::backoff::Backoff;
 use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Counters, Journal, JournalError};
+use super::{Counters, Journal, JournalError, Sampled};
 use crate::status::Status;
 
 /// Readings that may wait in the channel in front of the writer.
@@ -42,7 +41,7 @@ const FINAL_ATTEMPTS: u32 = 3;
 /// The ends of the writer's channels, handed to the other stages.
 pub struct WriterHandles {
     /// Where samplers send readings.
-    pub readings: mpsc::Sender<Reading>,
+    pub readings: mpsc::Sender<Sampled>,
     /// Where the forwarder sends acknowledged sequence numbers. Unbounded,
     /// but never holds more than the forwarder's in-flight window.
     pub acks: mpsc::UnboundedSender<Vec<u64>>,
@@ -82,7 +81,7 @@ pub struct Progress {
 
 pub struct JournalWriter {
     journal: Arc<Journal>,
-    readings: mpsc::Receiver<Reading>,
+    readings: mpsc::Receiver<Sampled>,
     acks: mpsc::UnboundedReceiver<Vec<u64>>,
     committed: watch::Sender<Progress>,
     commit_interval: Duration,
@@ -97,7 +96,7 @@ pub struct JournalWriter {
 /// What is waiting to be committed.
 #[derive(Default)]
 struct Pending {
-    readings: Vec<Reading>,
+    readings: Vec<Sampled>,
     acked: Vec<u64>,
     /// When the oldest of them arrived plus the commit interval.
     due: Option<Instant>,
@@ -345,8 +344,8 @@ impl JournalWriter {
 mod tests {
     use super::*;
 
-    fn reading(i: i64) -> Reading {
-        Reading::new("weather", 1_700_000_000_000_000_000 + i)
+    fn reading(i: i64) -> telemetry::Reading {
+        telemetry::Reading::new("weather", 1_700_000_000_000_000_000 + i)
             .with_tag("device_id", "pi-1")
             .with_field("pressure_hpa", i as f64)
     }
@@ -393,7 +392,7 @@ mod tests {
         let task = tokio::spawn(writer.run());
         let mut committed = handles.committed.clone();
         for i in 0..10 {
-            handles.readings.send(reading(i)).await.unwrap();
+            handles.readings.send(reading(i).into()).await.unwrap();
         }
         // Nothing is committed before the interval has passed...
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -416,7 +415,7 @@ mod tests {
         } = setup(Duration::from_secs(3600));
         let task = tokio::spawn(writer.run());
         for i in 0..3 {
-            handles.readings.send(reading(i)).await.unwrap();
+            handles.readings.send(reading(i).into()).await.unwrap();
         }
         let mut committed = handles.committed.clone();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -452,7 +451,7 @@ mod tests {
         let task = tokio::spawn(writer.run());
         // All five are queued before the writer wakes: still five commits.
         for i in 0..5 {
-            handles.readings.send(reading(i)).await.unwrap();
+            handles.readings.send(reading(i).into()).await.unwrap();
         }
         let mut committed = handles.committed.clone();
         committed.wait_for(|p| p.last_seq == 5).await.unwrap();
@@ -472,7 +471,7 @@ mod tests {
         } = setup(Duration::from_secs(3600));
         let task = tokio::spawn(writer.run());
         for i in 0..150 {
-            handles.readings.send(reading(i)).await.unwrap();
+            handles.readings.send(reading(i).into()).await.unwrap();
         }
         // max_batch (100) forces a commit long before the hour is up.
         let mut committed = handles.committed.clone();

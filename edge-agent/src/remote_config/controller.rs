@@ -40,7 +40,7 @@ pub struct Decision {
 }
 
 /// The config part of the reported state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ConfigReport {
     /// The version of the remote config running; 0: the local config only.
     pub applied_version: u64,

@@ -13,7 +13,7 @@
 //!   retries with backoff (1 s doubling to `mqtt.max_reconnect_delay`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
@@ -21,16 +21,13 @@ use rumqttc::{
 };
 use telemetry::backoff::Backoff;
 use telemetry::throttle::Throttle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::controller::ConfigReport;
 use super::settings::MqttConfig;
-use super::state::ReportedState;
-use crate::clock::Clock;
+use super::state::StateSource;
 use crate::forwarder::security::{read_secret_file, resolve};
-use crate::journal::Journal;
-use crate::status::Status;
 
 /// Largest MQTT packet taken in; larger desired configs are refused anyway
 /// (256 KiB), this leaves room to say so instead of dropping the link.
@@ -54,29 +51,6 @@ impl Topics {
             state: format!("buoy/{device_id}/state"),
             status: format!("buoy/{device_id}/status"),
         }
-    }
-}
-
-/// What the session reads to make the reported state.
-pub struct StateSource {
-    pub device_id: String,
-    pub report: watch::Receiver<ConfigReport>,
-    pub status: Arc<Status>,
-    pub journal: Arc<Journal>,
-    pub clock: Arc<dyn Clock>,
-    pub started: Instant,
-}
-
-impl StateSource {
-    fn state(&self) -> ReportedState {
-        ReportedState::new(
-            &self.device_id,
-            self.started.elapsed().as_secs(),
-            self.report.borrow().clone(),
-            self.status.snapshot(),
-            self.journal.stats().ok(),
-            self.clock.now_ns(),
-        )
     }
 }
 

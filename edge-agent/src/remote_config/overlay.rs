@@ -35,7 +35,7 @@ const REMOTE: &[(&str, Option<&[&str]>)] = &[
         Some(&["topic", "format", "compression", "delivery_timeout"]),
     ),
     ("forward", None),
-    ("status", None),
+    ("status", Some(&["log_interval"])),
 ];
 
 /// The config `settings` make of `local`.
@@ -103,8 +103,9 @@ fn not_remote_why(key: &str) -> &'static str {
         "mqtt" | "kafka.brokers" => {
             "a wrong value would cut the device off; change it on the device"
         }
-        "journal.path" | "kafka.security" | "kafka.properties" | "journal.cache_size" => {
-            "it is local to the device (files, secrets, memory)"
+        "journal.path" | "kafka.security" | "kafka.properties" | "journal.cache_size"
+        | "status.socket" | "metrics" => {
+            "it is local to the device (files, secrets, memory, ports)"
         }
         _ => "not a setting a desired config may carry",
     }

@@ -1,4 +1,6 @@
-//! The reported state, published retained on `buoy/<device_id>/state`.
+//! The reported state: published retained on `buoy/<device_id>/state`,
+//! answered on the local status socket (`edge-agent status`) and exported as
+//! metrics.
 //!
 //! ```json
 //! {"device_id":"pi-0001","agent_version":"0.1.0","uptime_s":3600,
@@ -7,15 +9,51 @@
 //!  "journal":{"records":12,"file_bytes":1589248,"max_bytes":268435456,"oldest_unsent_age_s":1.2},
 //!  "dropped":{"queue_full":0,"unencodable":0,"dropped_oldest":0,"rejected_new":0,"aggregated":0},
 //!  "sensors":[{"name":"env","kind":"bme280","state":"ok","readings":3600,"errors":0,…}],
+//!  "clock":{"synced":true},
 //!  "sampled":3600,"journaled":3600,"forwarded":3588,"time_ns":1700000000000000000}
 //! ```
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::controller::ConfigReport;
-use crate::journal::JournalStats;
-use crate::status::Snapshot;
-use hardware::SensorHealth;
+use crate::clock::Clock;
+use crate::journal::{Journal, JournalStats};
+use crate::status::{Snapshot, Status};
+use hardware::{HealthState, SensorHealth};
+
+/// Share of `journal.max_bytes` above which the journal counts as full.
+const FULL_SHARE: f64 = 0.95;
+
+/// What the reported state is made from.
+#[derive(Clone)]
+pub struct StateSource {
+    pub device_id: String,
+    pub report: watch::Receiver<ConfigReport>,
+    pub status: Arc<Status>,
+    pub journal: Arc<Journal>,
+    pub clock: Arc<dyn Clock>,
+    pub started: Instant,
+}
+
+impl StateSource {
+    pub fn state(&self) -> ReportedState {
+        let now = self.clock.stamp();
+        let mut state = ReportedState::new(
+            &self.device_id,
+            self.started.elapsed().as_secs(),
+            self.report.borrow().clone(),
+            self.status.snapshot(),
+            self.journal.stats().ok(),
+            now.wall_ns,
+        );
+        state.clock.synced = now.synced;
+        state
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportedState {
@@ -31,8 +69,16 @@ pub struct ReportedState {
     pub sampled: u64,
     pub journaled: u64,
     pub forwarded: u64,
+    pub clock: ClockReport,
     /// When this state was made (ns since the epoch).
     pub time_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClockReport {
+    /// Whether the wall clock is believed (see `crate::clock`); while it is
+    /// not, new readings wait in the journal for it to be set.
+    pub synced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,8 +150,41 @@ impl ReportedState {
             sampled: status.sampled,
             journaled: status.journaled,
             forwarded: status.forwarded,
+            clock: ClockReport { synced: true },
             time_ns: now_ns,
         }
+    }
+
+    /// What an operator should look at, one line each; none when healthy.
+    /// `edge-agent status` exits non-zero when there is any.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.link.state == "down" {
+            p.push(format!(
+                "Kafka link down: {}",
+                self.link.last_error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        for s in self
+            .sensors
+            .iter()
+            .filter(|s| s.state == HealthState::Failing)
+        {
+            p.push(format!(
+                "sensor {} failing: {}",
+                s.name,
+                s.last_error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        match &self.journal {
+            None => p.push("the journal cannot be read".into()),
+            Some(j) if j.file_bytes as f64 >= j.max_bytes as f64 * FULL_SHARE => p.push(format!(
+                "journal full ({} of {} bytes): the full-journal policy is dropping or aggregating readings",
+                j.file_bytes, j.max_bytes
+            )),
+            Some(_) => {}
+        }
+        p
     }
 
     /// What makes a state worth publishing at once: the config decision,

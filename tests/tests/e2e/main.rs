@@ -30,14 +30,24 @@
 //!   passwords) applied in place, refused whole, signed, rolled back, stored
 //!   across restarts; broker restarts; 10,000 hostile payloads.
 //! - [`cli`]: `--help`, and `check-config` reporting problems by line.
+//! - [`operations`]: `edge-agent status` against a running agent and none,
+//!   the metrics endpoint, and the systemd watchdog seeing a stalled loop.
+//! - [`clock`]: readings taken before the clock was set reach Kafka with
+//!   corrected timestamps; those of a boot that never synced are tagged.
+//! - [`deployment`]: the systemd units' security exposure, the .deb packages
+//!   installed into a scratch root and upgraded, the arm64 binary under
+//!   qemu.
 
 mod cli;
+mod clock;
 mod common;
 mod dead_letters;
+mod deployment;
 mod dialects;
 mod forwarding;
 mod journal;
 mod offline;
+mod operations;
 mod pipeline;
 mod remote_config;
 mod sensors;
