@@ -95,6 +95,26 @@ async fn wait_until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
     }
 }
 
+/// Stops the agent cleanly; returns what kafka-python finds on the topic
+/// and how many readings the agent saw acknowledged.
+async fn stop_and_read(
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    status: &Status,
+    kafka: &Kafka,
+) -> (Vec<KafkaRecord>, usize) {
+    shutdown.cancel();
+    task.await.unwrap().expect("a clean stop");
+    let forwarded = status.snapshot().forwarded as usize;
+    let records = read_topic(
+        &kafka.bootstrap(),
+        "telemetry",
+        Duration::from_secs(20),
+        Some(forwarded),
+    );
+    (records, forwarded)
+}
+
 fn header<'a>(r: &'a KafkaRecord, key: &str) -> &'a str {
     r.headers.get(key).map(String::as_str).unwrap_or_default()
 }
@@ -137,17 +157,8 @@ async fn readings_taken_before_the_clock_is_set_arrive_with_corrected_monotonic_
         || status.snapshot().forwarded >= held + 40,
     )
     .await;
-    shutdown.cancel();
-    task.await.unwrap().expect("a clean stop");
+    let (records, forwarded) = stop_and_read(shutdown, task, &status, &kafka).await;
     let test_end = clock::wall_now_ns();
-    let forwarded = status.snapshot().forwarded as usize;
-
-    let records = read_topic(
-        &kafka.bootstrap(),
-        "telemetry",
-        Duration::from_secs(20),
-        Some(forwarded),
-    );
     assert!(
         records.len() >= forwarded,
         "{} of {forwarded}",
@@ -239,15 +250,7 @@ async fn readings_of_a_boot_that_never_synced_are_tagged() {
         || status.snapshot().forwarded >= journaled_a + 20,
     )
     .await;
-    shutdown.cancel();
-    task.await.unwrap().expect("a clean stop");
-    let forwarded = status.snapshot().forwarded as usize;
-    let records = read_topic(
-        &kafka.bootstrap(),
-        "telemetry",
-        Duration::from_secs(20),
-        Some(forwarded),
-    );
+    let (records, _) = stop_and_read(shutdown, task, &status, &kafka).await;
 
     let (a, b): (Vec<&KafkaRecord>, Vec<&KafkaRecord>) = records
         .iter()
