@@ -22,7 +22,8 @@
 //!   [`metrics`]: Prometheus text; [`service_manager`]: systemd readiness
 //!   and watchdog.
 //! - [`clock`]: wall time, time since boot, and whether the clock is set.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`durable`]: small state files replaced
+//!   atomically.
 //!
 //! ## Invariants
 //! - Every sampled reading is either committed to the journal, or counted as
@@ -40,6 +41,7 @@ pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod forwarder;
 pub mod journal;
 pub mod local_status;

@@ -70,6 +70,31 @@ fn sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
 }
 
 #[test]
+fn a_deleted_journal_does_not_hand_out_its_numbers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.redb");
+    let j = open(&path, JournalOptions::for_inspection(), "boot-a");
+    let readings: Vec<Reading> = (0..5_000).map(reading).collect();
+    let used = j.commit(&readings, &[]).unwrap().seqs;
+    drop(j);
+    // The operator deletes the journal (say, to throw a backlog away).
+    std::fs::remove_file(&path).unwrap();
+    let j = open(&path, JournalOptions::for_inspection(), "boot-b");
+    let next = j.commit(&[reading(1)], &[]).unwrap().seqs;
+    assert!(
+        next.start >= used.end,
+        "{next:?} reuses numbers of the deleted journal ({used:?})"
+    );
+    // From there on, contiguous again, also across a reopen.
+    drop(j);
+    let j = open(&path, JournalOptions::for_inspection(), "boot-c");
+    assert_eq!(
+        j.commit(&[reading(2)], &[]).unwrap().seqs,
+        next.end..next.end + 1
+    );
+}
+
+#[test]
 fn records_read_back_in_order_with_their_boot_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
@@ -325,10 +350,14 @@ fn damaged_file_is_quarantined_and_salvaged(damage: impl FnOnce(&mut Vec<u8>)) -
     let stats = j.stats().unwrap();
     assert_eq!(stats.counters.quarantined, 1);
     assert_eq!(stats.counters.salvaged, q.salvaged);
-    // New readings are numbered after everything salvaged.
-    let max = salvaged.last().map_or(0, |r| r.seq);
+    // New readings are numbered after every number the damaged journal
+    // handed out, including the newest, which the damage may have taken.
     let next = j.commit(&[reading(99)], &[]).unwrap().seqs;
-    assert!(next.start > max);
+    assert!(
+        next.start > readings.len() as u64,
+        "new readings start at {} and would reuse numbers of lost ones",
+        next.start
+    );
     assert_ne!(original, bytes);
     q.salvaged
 }

@@ -19,7 +19,10 @@
 //! ## Invariants
 //! 1. Sequence numbers are contiguous `u64` values starting at 1 and are never
 //!    reused: the next number is stored in the same transaction as the
-//!    readings it numbers, so it survives the journal emptying.
+//!    readings it numbers, so it survives the journal emptying, and numbers
+//!    are reserved in a file next to the journal before they are used
+//!    ([`reservation`]), so they survive the journal being damaged or
+//!    deleted (new readings then start after a gap).
 //! 2. A commit that has returned is durable (`Durability::Immediate`, which
 //!    fsyncs). On power loss only readings not yet committed are lost.
 //! 3. A reading is deleted only after Kafka has acknowledged it, or by the
@@ -54,9 +57,10 @@
 //! - [`policy`]: measuring space, and making room when full.
 //! - [`writer`]: the group-commit task.
 //! - [`inspect`]: `edge-agent journal stats` and `export`.
-//! - [`record`], [`file`], [`capacity`], [`downsample`], [`salvage`]: the
-//!   frame format, the size-limited file, the space arithmetic, aggregation,
-//!   and recovery from a damaged file.
+//! - [`record`], [`file`], [`capacity`], [`downsample`], [`salvage`],
+//!   [`reservation`]: the frame format, the size-limited file, the space
+//!   arithmetic, aggregation, recovery from a damaged file, and sequence
+//!   numbers reserved outside it.
 
 pub mod capacity;
 pub mod downsample;
@@ -64,6 +68,7 @@ pub mod file;
 pub mod inspect;
 pub mod policy;
 pub mod record;
+pub mod reservation;
 pub mod salvage;
 pub mod store;
 pub mod writer;

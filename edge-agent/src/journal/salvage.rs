@@ -5,9 +5,11 @@
 //! scans the file's raw bytes for checksummed frames ([`record::scan`]), in
 //! 4 MiB windows so memory stays bounded. Every intact reading frame is
 //! imported with its own sequence number, so it is forwarded like any other
-//! journaled reading, and the fresh journal numbers new readings after the
-//! highest sequence number found (the journal's own high-water mark is a
-//! frame too, rewritten by every commit). The damaged journal's counters
+//! journaled reading. The fresh journal numbers new readings after every
+//! number the damaged one may have handed out: past the highest found, its
+//! high-water mark (a meta frame) if found, and the limit kept outside the
+//! file ([`super::reservation`]), since the newest readings may be exactly
+//! what the damage took. The damaged journal's counters
 //! (dropped, aggregated, quarantined, ...) are recovered the same way and
 //! carry over.
 //!
@@ -145,7 +147,10 @@ pub fn salvage(
     journal.import(&batch, Counters::default())?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
-    journal.raise_next_seq(meta.get(NEXT_SEQ).copied().unwrap_or(0))?;
+    // Numbers past the highest found may have been lost with the damage
+    // (and be in Kafka already): new readings start past all of them.
+    let high_water = meta.get(NEXT_SEQ).copied().unwrap_or(0);
+    journal.raise_next_seq(high_water.max(journal.reservation.limit()))?;
     // The damaged journal's counters carry over, plus this quarantine.
     let mut carried =
         Counters::from_values(Counters::KEYS.map(|k| meta.get(k).copied().unwrap_or(0)));
@@ -221,7 +226,7 @@ impl Journal {
     }
 
     /// Makes sure new readings are numbered from at least `next_seq`.
-    fn raise_next_seq(&self, next_seq: u64) -> Result<(), JournalError> {
+    pub(super) fn raise_next_seq(&self, next_seq: u64) -> Result<(), JournalError> {
         self.with_db(|db| {
             let tx = begin(db)?;
             {

@@ -24,6 +24,7 @@ use super::capacity::WhenFull;
 use super::file::{self, LimitedFile};
 use super::policy::SpaceState;
 use super::record::{self, RecordRef, Taken};
+use super::reservation::Reservation;
 use super::salvage;
 use super::{
     Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
@@ -84,6 +85,8 @@ pub struct Journal {
     pub(super) boots: HashMap<u32, Arc<str>>,
     pub(super) space: Mutex<SpaceState>,
     pub(super) counters: Mutex<Counters>,
+    /// Sequence numbers reserved outside the file.
+    pub(super) reservation: Reservation,
 }
 
 /// Why the file could not be opened.
@@ -129,6 +132,7 @@ impl Journal {
         let file_limit = Arc::new(AtomicU64::new(
             options.file_limit.unwrap_or(options.max_bytes),
         ));
+        let existed = path.exists();
         let (db, damaged) = match open_db(path, &options, &file_limit) {
             Ok(db) => (db, None),
             Err(OpenFailure::Other(e)) => return Err(e),
@@ -170,12 +174,20 @@ impl Journal {
             boots,
             space: Mutex::new(SpaceState::default()),
             counters: Mutex::new(counters),
+            reservation: Reservation::load(path),
         };
         journal.measure()?;
         let quarantined = match damaged {
             None => None,
             Some((moved_to, reason)) => Some(salvage::salvage(&journal, moved_to, reason)?),
         };
+        let limit = journal.reservation.limit();
+        if !existed && limit > 0 {
+            // The journal was deleted: its numbers are not handed out again.
+            tracing::info!(path = %path.display(), next_seq = limit,
+                "new journal; sequence numbers continue after those of the journal it replaces");
+            journal.raise_next_seq(limit)?;
+        }
         Ok((journal, Opened { quarantined }))
     }
 
@@ -302,6 +314,7 @@ impl Journal {
                 add_counters(&mut meta, &done)?;
                 (seqs, deleted, added - removed)
             };
+            self.reservation.cover(seqs.end);
             tx.commit()?;
             Ok((seqs, deleted, change))
         });

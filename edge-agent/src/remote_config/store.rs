@@ -7,8 +7,6 @@
 //! fsync'd, renamed over the old one, and the directory fsync'd. A crash at
 //! any point leaves either the old payload or the new one, never a mix.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where the accepted config lives.
@@ -40,16 +38,7 @@ impl Store {
 
     /// Replaces the stored payload durably.
     pub fn save(&self, payload: &[u8]) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(payload)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        File::open(dir)?.sync_all()
+        crate::durable::replace(&self.path, payload)
     }
 
     /// Puts back what [`Store::load`] returned earlier (a rollback).
