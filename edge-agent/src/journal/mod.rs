@@ -53,7 +53,9 @@
 //! | `meta` | name | a meta frame: `next_seq`, `stored_bytes` and the [`Counters`] |
 //!
 //! ## Layout
-//! - [`store`]: [`Journal`]: open (with quarantine), commit, read.
+//! - [`store`]: [`Journal`]: open (with quarantine), commit, read;
+//!   `open`: redb's integrity check and ours; `tables`: the tables and the
+//!   operations transactions share.
 //! - [`policy`]: measuring space, and making room when full.
 //! - [`writer`]: the group-commit task.
 //! - [`inspect`]: `edge-agent journal stats` and `export`.
@@ -66,11 +68,13 @@ pub mod capacity;
 pub mod downsample;
 pub mod file;
 pub mod inspect;
+mod open;
 pub mod policy;
 pub mod record;
 pub mod reservation;
 pub mod salvage;
 pub mod store;
+mod tables;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -114,7 +118,7 @@ impl JournalError {
     pub fn is_no_space(&self) -> bool {
         match self {
             JournalError::Full { .. } => true,
-            JournalError::Storage { source, .. } => store::is_no_space(source),
+            JournalError::Storage { source, .. } => tables::is_no_space(source),
             _ => false,
         }
     }

@@ -20,10 +20,9 @@ use telemetry::{Reading, line_protocol};
 
 use super::capacity::{Space, WhenFull};
 use super::downsample::{self, is_aggregate_line};
+use super::open::{OpenFailure, open_db};
 use super::record;
-use super::store::{
-    META, OpenFailure, READINGS, add_counters, append, begin, keep_next_seq, next_seq, open_db,
-};
+use super::tables::{META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
 use super::{Counters, Journal, JournalError};
 
 /// Most records one step of the policy removes, so that a step is a

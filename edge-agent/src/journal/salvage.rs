@@ -28,7 +28,7 @@ use redb::ReadableTable;
 
 use super::capacity::WhenFull;
 use super::record::{self, Frame};
-use super::store::{
+use super::tables::{
     BOOTS, META, NEXT_SEQ, READINGS, add_counters, begin, get, keep_next_seq, next_seq, put,
 };
 use super::{Counters, Journal, JournalError};

@@ -13,27 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    StorageError, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use telemetry::line_protocol;
 
 use super::Journaled;
 use super::capacity::WhenFull;
-use super::file::{self, LimitedFile};
+use super::open::{OpenFailure, Registered, open_db, read_boots, register_boot};
 use super::policy::SpaceState;
-use super::record::{self, RecordRef, Taken};
+use super::record::{self, RecordRef};
 use super::reservation::Reservation;
 use super::salvage;
+use super::tables::{BOOTS, META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
 use super::{
     Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
 };
-
-pub(crate) const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
-pub(crate) const BOOTS: TableDefinition<u32, &[u8]> = TableDefinition::new("boots");
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(super) const NEXT_SEQ: &str = "next_seq";
 
 /// How the journal is opened and bounded (from `[journal]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,13 +80,6 @@ pub struct Journal {
     pub(super) counters: Mutex<Counters>,
     /// Sequence numbers reserved outside the file.
     pub(super) reservation: Reservation,
-}
-
-/// Why the file could not be opened.
-pub(super) enum OpenFailure {
-    /// The file is damaged: quarantine it.
-    Damaged(String),
-    Other(JournalError),
 }
 
 impl Journal {
@@ -461,248 +447,4 @@ fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResu
         }),
         Err(reason) => Err(Unreadable { seq, reason }),
     }
-}
-
-/// A durable write transaction.
-pub(super) fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(Durability::Immediate)?;
-    Ok(tx)
-}
-
-/// Appends `lines` (Kafka key, line protocol, when taken) numbered from `first`; returns
-/// the numbers given and the bytes stored.
-pub(super) fn append<K: AsRef<str>>(
-    table: &mut redb::Table<'_, u64, &'static [u8]>,
-    boot: u32,
-    first: u64,
-    lines: &[(K, String, Option<Taken>)],
-) -> Result<(std::ops::Range<u64>, i64), redb::Error> {
-    let mut next = first;
-    let mut added = 0;
-    let mut value = Vec::with_capacity(256);
-    for (key, line, taken) in lines {
-        value.clear();
-        record::encode_reading(&mut value, next, boot, key.as_ref(), line, *taken);
-        table.insert(next, value.as_slice())?;
-        added += value.len() as i64;
-        next += 1;
-    }
-    Ok((first..next, added))
-}
-
-/// The number the next appended reading gets: one past the newest record,
-/// or the high-water mark kept in `meta` once the newest were deleted.
-pub(super) fn next_seq(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<u64, redb::Error> {
-    let last = table.last()?.map_or(0, |(k, _)| k.value());
-    Ok(get(meta, NEXT_SEQ)?.max(last + 1))
-}
-
-/// Keeps `next` in `meta` when the table alone no longer shows it (its
-/// newest records were deleted). Writing it only then spares the meta page
-/// a rewrite on every commit: a page less of flash wear per commit.
-pub(super) fn keep_next_seq(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    next: u64,
-) -> Result<(), redb::Error> {
-    let last = table.last()?.map_or(0, |(k, _)| k.value());
-    if last + 1 < next && get(meta, NEXT_SEQ)? < next {
-        put(meta, NEXT_SEQ, next)?;
-    }
-    Ok(())
-}
-
-/// A meta value. Stored as a checksummed frame naming itself, so that
-/// salvage finds `next_seq` and the counters in a damaged file.
-pub(super) fn get(
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<u64, redb::Error> {
-    let Some(v) = meta.get(key)? else {
-        return Ok(0);
-    };
-    match record::decode_meta(v.value()) {
-        Ok((name, value)) if name == key => Ok(value),
-        _ => Err(redb::Error::Corrupted(format!(
-            "the journal's {key} value is damaged"
-        ))),
-    }
-}
-
-pub(super) fn put(
-    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    key: &str,
-    value: u64,
-) -> Result<(), redb::Error> {
-    let mut frame = Vec::with_capacity(32);
-    record::encode_meta(&mut frame, key, value);
-    meta.insert(key, frame.as_slice())?;
-    Ok(())
-}
-
-pub(super) fn add_counters(
-    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    add: &Counters,
-) -> Result<(), redb::Error> {
-    for (key, n) in Counters::KEYS.iter().zip(add.values()) {
-        if n > 0 {
-            let now = get(meta, key)?;
-            put(meta, key, now + n)?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether a redb error is a lack of space.
-pub(crate) fn is_no_space(e: &redb::Error) -> bool {
-    match e {
-        redb::Error::Io(io) => file::is_no_space(io),
-        _ => false,
-    }
-}
-
-/// Opens the file with redb's integrity check. Anything that says the bytes
-/// are not a sound journal (redb's checks, a panic inside redb, tables of the
-/// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
-/// an I/O error is not.
-pub(super) fn open_db(
-    path: &Path,
-    options: &JournalOptions,
-    file_limit: &Arc<AtomicU64>,
-) -> Result<Database, OpenFailure> {
-    let io_err = |e: std::io::Error| {
-        OpenFailure::Other(JournalError::Open {
-            path: path.to_owned(),
-            source: redb::Error::Io(e),
-        })
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err)?;
-    let backend = LimitedFile::new(file, file_limit.clone()).map_err(io_err)?;
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .set_check_integrity_on_open(true)
-            .create_with_backend(backend)
-    }));
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(OpenFailure::Other(JournalError::InUse {
-                path: path.to_owned(),
-            }));
-        }
-        Ok(Err(DatabaseError::Storage(StorageError::Corrupted(reason)))) => {
-            return Err(OpenFailure::Damaged(reason));
-        }
-        Ok(Err(DatabaseError::Storage(StorageError::Io(e))))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            return Err(OpenFailure::Damaged(e.to_string()));
-        }
-        Ok(Err(e)) => {
-            return Err(OpenFailure::Other(JournalError::Open {
-                path: path.to_owned(),
-                source: e.into(),
-            }));
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Err(OpenFailure::Damaged(format!(
-                "redb could not read it ({what})"
-            )));
-        }
-    };
-    // Our own tables must open with the right types and their first and
-    // last records decode.
-    let check = (|| -> Result<(), String> {
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let table = tx.open_table(READINGS).map_err(|e| e.to_string())?;
-            tx.open_table(BOOTS).map_err(|e| e.to_string())?;
-            tx.open_table(META).map_err(|e| e.to_string())?;
-            for end in [table.first(), table.last()] {
-                if let Some((_, v)) = end.map_err(|e| e.to_string())? {
-                    record::decode_reading(v.value())?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| e.to_string())
-    })();
-    match check {
-        Ok(()) => Ok(db),
-        Err(reason) => Err(OpenFailure::Damaged(reason)),
-    }
-}
-
-/// Finds or adds `boot_id` (if any) in the `boots` table; returns its index, the whole
-/// table (one entry per boot the journal has seen, a handful), the persisted
-/// counters.
-fn register_boot(db: &Database, boot_id: Option<&str>) -> Result<Registered, redb::Error> {
-    let tx = begin(db)?;
-    let (index, boots, counters);
-    {
-        let mut table = tx.open_table(BOOTS)?;
-        let mut known = read_boots(&table)?;
-        index = match boot_id.map(|b| (b, known.iter().find(|(_, v)| &***v == b))) {
-            None => u32::MAX,
-            Some((_, Some((&i, _)))) => i,
-            Some((boot_id, None)) => {
-                let i = known.keys().max().map_or(0, |m| m + 1);
-                let mut value = Vec::new();
-                record::encode_boot(&mut value, i, boot_id);
-                table.insert(i, value.as_slice())?;
-                known.insert(i, Arc::from(boot_id));
-                i
-            }
-        };
-        boots = known;
-        let meta = tx.open_table(META)?;
-        let mut values = [0; 6];
-        for (v, key) in values.iter_mut().zip(Counters::KEYS) {
-            *v = get(&meta, key)?;
-        }
-        counters = Counters::from_values(values);
-    }
-    tx.commit()?;
-    Ok(Registered {
-        boot_index: index,
-        boots,
-        counters,
-    })
-}
-
-/// What [`register_boot`] found.
-struct Registered {
-    boot_index: u32,
-    boots: HashMap<u32, Arc<str>>,
-    counters: Counters,
-}
-
-fn read_boots(
-    table: &impl ReadableTable<u32, &'static [u8]>,
-) -> Result<HashMap<u32, Arc<str>>, redb::Error> {
-    let mut boots = HashMap::new();
-    for entry in table.iter()? {
-        let (k, v) = entry?;
-        let id = record::decode_boot(v.value()).map_or("unknown", |(_, id)| id);
-        boots.insert(k.value(), Arc::<str>::from(id));
-    }
-    Ok(boots)
 }
