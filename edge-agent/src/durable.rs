@@ -8,11 +8,7 @@ use std::path::Path;
 
 /// Replaces the content of `path` with `bytes` (creating its directory).
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir_of(path))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     {
@@ -21,5 +17,16 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    sync_dir_of(path)
+}
+
+/// Makes a rename or creation of `path` durable: fsyncs its directory.
+pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    File::open(dir_of(path))?.sync_all()
+}
+
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }

@@ -7,9 +7,9 @@
 //! imported with its own sequence number, so it is forwarded like any other
 //! journaled reading. The fresh journal numbers new readings after every
 //! number the damaged one may have handed out: past the highest found, its
-//! high-water mark (a meta frame) if found, and the limit kept outside the
-//! file ([`super::reservation`]), since the newest readings may be exactly
-//! what the damage took. The damaged journal's counters
+//! high-water mark (a meta frame) if found, and (applied on open) the limit
+//! kept outside the file ([`super::reservation`]), since the newest readings
+//! may be exactly what the damage took. The damaged journal's counters
 //! (dropped, aggregated, quarantined, ...) are recovered the same way and
 //! carry over.
 //!
@@ -81,11 +81,7 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
         .find(|p| !p.exists())
         .expect("a free name");
     std::fs::rename(path, &target)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()?;
+    crate::durable::sync_dir_of(path)?;
     Ok(target)
 }
 
@@ -147,10 +143,10 @@ pub fn salvage(
     journal.import(&batch, Counters::default())?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
-    // Numbers past the highest found may have been lost with the damage
-    // (and be in Kafka already): new readings start past all of them.
-    let high_water = meta.get(NEXT_SEQ).copied().unwrap_or(0);
-    journal.raise_next_seq(high_water.max(journal.reservation.limit()))?;
+    // The damaged journal's own high-water mark, if found. (Numbers past
+    // even that may have gone with the damage: opening raises the fresh
+    // journal to the reservation's limit too.)
+    journal.raise_next_seq(meta.get(NEXT_SEQ).copied().unwrap_or(0))?;
     // The damaged journal's counters carry over, plus this quarantine.
     let mut carried =
         Counters::from_values(Counters::KEYS.map(|k| meta.get(k).copied().unwrap_or(0)));

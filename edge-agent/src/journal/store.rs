@@ -163,15 +163,18 @@ impl Journal {
             reservation: Reservation::load(path),
         };
         journal.measure()?;
+        // The file was created now: the journal it replaces (deleted, or
+        // moved aside as damaged) may have handed out numbers past anything
+        // this one knows of; they are not handed out again.
+        let fresh = !existed || damaged.is_some();
         let quarantined = match damaged {
             None => None,
             Some((moved_to, reason)) => Some(salvage::salvage(&journal, moved_to, reason)?),
         };
         let limit = journal.reservation.limit();
-        if !existed && limit > 0 {
-            // The journal was deleted: its numbers are not handed out again.
+        if fresh && limit > 0 {
             tracing::info!(path = %path.display(), next_seq = limit,
-                "new journal; sequence numbers continue after those of the journal it replaces");
+                "new journal file; sequence numbers continue after those of the one it replaces");
             journal.raise_next_seq(limit)?;
         }
         Ok((journal, Opened { quarantined }))
