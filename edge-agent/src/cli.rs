@@ -126,7 +126,11 @@ re-opened with backoff while the others carry on; `edge-agent sensors` checks th
 Forwarding: fresh readings go to Kafka first and the backlog drains behind them
 ([forward] order = \"live_first\", or \"fifo\"); [forward] max_bytes_per_sec caps the
 bytes on the wire and send_windows = [\"01:00-05:00\"] limits sending to local times
-of day. TLS and SASL go in [kafka.security]; secrets are read from files.
+of day. TLS and SASL go in [kafka.security]; secrets are read from files. A Kafka
+producer session is replaced by a fresh one when the connection to the brokers is
+lost, when Kafka refuses readings three times in a row, or when Kafka answers but
+acknowledges nothing for [forward] renew_after (60s); unacknowledged readings stay
+in the journal, and the renewals are counted in the status.
 
 Remote config ([mqtt] enabled = true, url = \"mqtts://broker:8883\"): desired configs
 arrive retained on buoy/<device_id>/config as JSON (the remotely settable keys of this

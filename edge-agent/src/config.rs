@@ -245,6 +245,13 @@ pub struct ForwardConfig {
     /// are sent tagged `clock="unsynced"`. `0s`: never wait.
     #[serde(with = "humantime_serde")]
     pub hold_unsynced: Duration,
+    /// A producer session whose deliveries have been failing this long with
+    /// nothing acknowledged, while Kafka answers (it refuses readings, or
+    /// the topic exists and readings time out), is replaced by a fresh one.
+    /// Refusals three times in a row replace it sooner, and so does a lost
+    /// connection. `0s`: only those.
+    #[serde(with = "humantime_serde")]
+    pub renew_after: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -259,6 +266,7 @@ impl Default for ForwardConfig {
             max_retry_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             hold_unsynced: Duration::from_secs(15 * 60),
+            renew_after: Duration::from_secs(60),
         }
     }
 }
@@ -455,6 +463,13 @@ impl AgentConfig {
             p.push(Problem::new(
                 "forward.max_in_flight",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if !self.forward.renew_after.is_zero() && self.forward.renew_after < Duration::from_secs(5)
+        {
+            p.push(Problem::new(
+                "forward.renew_after",
+                "must be 0s (only renew on refusals and lost connections) or at least 5s",
             ));
         }
         if self.forward.max_retry_delay < Duration::from_millis(100) {

@@ -134,15 +134,19 @@ pub fn describe(s: &Value) -> String {
         humantime::format_duration(Duration::from_secs(s["uptime_s"].as_u64().unwrap_or(0)))
     );
     let link = &s["link"];
+    let renewals = match link["producer_renewals"].as_u64() {
+        Some(n) if n > 0 => format!(", {n} fresh producer sessions since start"),
+        _ => String::new(),
+    };
     let _ = match link["last_error"].as_str() {
         Some(e) => writeln!(
             out,
-            "  link       {} (last error: {e})",
+            "  link       {} (last error: {e}){renewals}",
             link["state"].as_str().unwrap_or("?")
         ),
         None => writeln!(
             out,
-            "  link       {}",
+            "  link       {}{renewals}",
             link["state"].as_str().unwrap_or("?")
         ),
     };

@@ -12,6 +12,7 @@
 //! | `edge_agent_oldest_unsent_age_seconds` | how old the oldest of them is |
 //! | `edge_agent_journal_bytes`, `_journal_max_bytes` | the journal file against its limit |
 //! | `edge_agent_link_up` | 1 while Kafka acknowledges readings |
+//! | `edge_agent_producer_renewals_total` | fresh Kafka producer sessions since start |
 //! | `edge_agent_sensor_ok{sensor}`, `_sensor_errors_total{sensor}` | each sensor's health |
 //! | `edge_agent_clock_synced` | 1 while the wall clock is believed |
 //! | `edge_agent_config_version` | the remote config version running (0: local) |
@@ -100,6 +101,12 @@ pub fn render(s: &ReportedState) -> String {
         "link_up",
         "1 while Kafka acknowledges readings",
         f64::from(u8::from(s.link.state == "up")),
+    );
+    counter(
+        &mut r,
+        "producer_renewals",
+        "Fresh Kafka producer sessions started since start (lost brokers, fatal error, no progress)",
+        s.link.producer_renewals,
     );
     let ok = Family::<Labels, Gauge>::default();
     let errors = Family::<Labels, Counter>::default();

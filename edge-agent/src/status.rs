@@ -58,6 +58,9 @@ pub struct Status {
     forwarded: AtomicU64,
     deleted: AtomicU64,
     delivery_errors: AtomicU64,
+    /// Fresh Kafka producer sessions started in place of one that lost its
+    /// brokers, hit a fatal error or stopped making progress.
+    producer_renewals: AtomicU64,
     /// Bytes the producer put on the wire (known when a budget is set).
     wire_bytes: AtomicU64,
     /// Journal records that could not be decoded and were skipped.
@@ -81,6 +84,7 @@ impl Default for Status {
             forwarded: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             delivery_errors: AtomicU64::new(0),
+            producer_renewals: AtomicU64::new(0),
             wire_bytes: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
             journal_policy: Mutex::new(Counters::default()),
@@ -105,6 +109,7 @@ pub struct Snapshot {
     pub forwarded: u64,
     pub deleted: u64,
     pub delivery_errors: u64,
+    pub producer_renewals: u64,
     pub wire_bytes: u64,
     pub unreadable: u64,
     /// What the full-journal policy did since start (the journal's own
@@ -137,6 +142,10 @@ impl Status {
     }
     pub fn forwarded(&self, n: u64) {
         self.forwarded.fetch_add(n, Relaxed);
+    }
+    /// A fresh Kafka producer session replaced the previous one.
+    pub fn producer_renewed(&self) {
+        self.producer_renewals.fetch_add(1, Relaxed);
     }
     /// Bytes on the wire since start, as librdkafka counts them.
     pub fn wire_bytes(&self, total: u64) {
@@ -200,6 +209,7 @@ impl Status {
             forwarded: self.forwarded.load(Relaxed),
             deleted: self.deleted.load(Relaxed),
             delivery_errors: self.delivery_errors.load(Relaxed),
+            producer_renewals: self.producer_renewals.load(Relaxed),
             wire_bytes: self.wire_bytes.load(Relaxed),
             unreadable: self.unreadable.load(Relaxed),
             journal_policy: *self.journal_policy.lock().expect("status lock"),
@@ -262,6 +272,7 @@ fn log_status_with_rate(s: &Snapshot, journal: Option<&JournalStats>, send_rate:
         rejected = s.rejected,
         unreadable = s.unreadable,
         delivery_errors = s.delivery_errors,
+        producer_renewals = s.producer_renewals,
         last_error = s.last_error.as_deref().unwrap_or(""),
         sensors_failing = failing_sensors(&s.sensors).as_str(),
         "status"

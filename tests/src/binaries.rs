@@ -136,6 +136,22 @@ pub fn status_number(log: &str, key: &str) -> Option<u64> {
     last_status(log, key)?.get(key)?.parse().ok()
 }
 
+/// The running agent's reported state, asked over its status socket
+/// (`edge-agent.sock` next to the journal in `dir`, where the configs of
+/// these tests put it); `None` while no agent answers there.
+pub fn agent_state(dir: &Path) -> Option<serde_json::Value> {
+    edge_agent::local_status::ask(&dir.join("edge-agent.sock")).ok()
+}
+
+/// A number at `path` (keys separated by `/`) of the reported state, 0
+/// when it is absent.
+pub fn state_number(state: &serde_json::Value, path: &str) -> u64 {
+    path.split('/')
+        .fold(state, |v, key| &v[key])
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// What the journal holds, read after the agent has exited.
 pub fn journal_stats(path: &Path) -> edge_agent::journal::JournalStats {
     use edge_agent::journal::{Journal, JournalOptions};

@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
 
 use crate::process::{Service, free_port, require, wait_for, wait_for_port};
 
@@ -26,10 +26,28 @@ pub enum Storage {
     Sqlite,
 }
 
+/// A Tansu broker owned by the test. When the test fails, its log is kept
+/// (under `target/tmp/kept-logs/`) and its tail printed.
 pub struct Kafka {
     pub service: Service,
     /// The port clients bootstrap from (the advertised one).
     pub port: u16,
+    /// The port Tansu listens on (the advertised one unless a proxy sits
+    /// between).
+    listen: u16,
+    dir: PathBuf,
+    storage: Storage,
+    /// Restarts by [`Kafka::heal_once`].
+    healed: u32,
+}
+
+/// How Tansu is doing, as far as a client can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Answering,
+    /// The process exited, its storage task panicked (every request then
+    /// fails until it restarts: pitfalls.md), or it does not answer metadata.
+    Wedged(String),
 }
 
 impl Kafka {
@@ -76,7 +94,95 @@ impl Kafka {
         Kafka {
             service,
             port: advertised,
+            listen: port,
+            dir: dir.to_owned(),
+            storage,
+            healed: 0,
         }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same ports and
+    /// directory; with `Storage::Sqlite` it finds its data again.
+    pub fn restart(&mut self) {
+        self.service.kill();
+        if self.storage == Storage::Sqlite {
+            index_tansu_headers(&self.dir);
+        }
+        let healed = self.healed;
+        *self = Kafka::start_advertising(self.listen, self.port, &self.dir, self.storage);
+        self.healed = healed;
+    }
+
+    /// Whether Tansu answers: the process runs, its log shows no panic (a
+    /// panicked storage task fails every later request), and a fresh client
+    /// gets metadata within 10 s.
+    pub fn health(&mut self) -> Health {
+        if let Some(status) = self.service.exited() {
+            return Health::Wedged(format!("Tansu exited ({status})"));
+        }
+        // Tansu reports a dead storage task only by the panic message on its
+        // stderr; there is nothing else to ask.
+        if let Some(line) = self
+            .service
+            .log()
+            .lines()
+            .find(|l| l.contains("panicked at"))
+        {
+            return Health::Wedged(format!("Tansu panicked: {line}"));
+        }
+        let client: BaseProducer = match ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => return Health::Wedged(format!("no client for Tansu: {e}")),
+        };
+        match client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+        {
+            Ok(_) => Health::Answering,
+            Err(e) => Health::Wedged(format!("Tansu does not answer metadata: {e}")),
+        }
+    }
+
+    /// When the agent makes no progress in `stage`, tells the broker's fault
+    /// from the agent's: if Tansu (sqlite storage) is wedged, it is
+    /// restarted, once per test, and that is logged; a second wedge, or a
+    /// wedge with memory storage (a restart would lose the topic), fails the
+    /// test plainly as the broker's fault. Returns whether it restarted the broker (the caller
+    /// then waits again); `false` means Tansu answers, so the stall is the
+    /// agent's.
+    pub fn heal_once(&mut self, stage: &str) -> bool {
+        let Health::Wedged(why) = self.health() else {
+            return false;
+        };
+        assert_eq!(
+            self.storage,
+            Storage::Sqlite,
+            "Tansu is wedged during \"{stage}\" ({why}): the broker failed, not the agent; with memory storage a \
+             restart would lose the topic, so the harness does not restart it. Its log ends:\n{}",
+            self.service.log_tail(40)
+        );
+        assert_eq!(
+            self.healed,
+            0,
+            "Tansu is wedged again during \"{stage}\" ({why}), after the harness already restarted it once: \
+             the broker failed, not the agent. Its log ends:\n{}",
+            self.service.log_tail(40)
+        );
+        eprintln!(
+            "harness: Tansu is wedged during \"{stage}\" ({why}); restarting it once (the agent's readings wait in its journal). Its log ended:\n{}",
+            self.service.log_tail(20)
+        );
+        self.healed += 1;
+        self.restart();
+        true
+    }
+
+    /// How often [`Kafka::heal_once`] restarted the broker.
+    pub fn restarts_by_harness(&self) -> u32 {
+        self.healed
     }
 
     pub fn bootstrap(&self) -> String {
@@ -87,6 +193,40 @@ impl Kafka {
     /// on first use) and waits until they are visible.
     pub async fn create_topics(&self, topics: &[&str]) {
         create_topics(&self.bootstrap(), topics).await;
+    }
+}
+
+impl Drop for Kafka {
+    /// A failing test keeps the broker's log and prints its tail, so a
+    /// failure can be told apart from a broker that died.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // The test runs from target/<profile>/deps/.
+        let kept = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.ancestors().nth(3)?.join("tmp/kept-logs")))
+            .unwrap_or_else(std::env::temp_dir);
+        let name = format!(
+            "tansu-{}-{}-{}",
+            std::process::id(),
+            self.port,
+            self.service
+                .log_path()
+                .file_name()
+                .map_or("tansu.log".into(), |n| n.to_string_lossy())
+        );
+        let copied = std::fs::create_dir_all(&kept)
+            .and_then(|()| std::fs::copy(self.service.log_path(), kept.join(&name)));
+        eprintln!(
+            "Tansu's log (kept: {}) ends:\n{}",
+            match copied {
+                Ok(_) => kept.join(&name).display().to_string(),
+                Err(e) => format!("not kept: {e}"),
+            },
+            self.service.log_tail(30)
+        );
     }
 }
 

@@ -36,6 +36,41 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `lines` lines the service printed.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Where the service logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// How the process ended, if it has (it is reaped then).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Freezes the process (SIGSTOP): it holds its connections and answers
+    /// nothing until [`Service::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.pid() as i32;
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "cannot signal {} ({pid})", self.name);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -148,6 +183,52 @@ pub fn wait_for<T>(
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `check` returns `Some`, for as long as `progress` keeps
+/// changing: the deadline is measured progress, not a fixed time, so a
+/// loaded machine that is slow but moving does not fail the test. Fails
+/// when `progress` has not changed for `stall` (or, as a last resort, after
+/// `limit`), naming `stage`, the last progress seen and `context`.
+pub fn wait_while_progressing<T, P: PartialEq + std::fmt::Debug>(
+    stage: &str,
+    stall: Duration,
+    limit: Duration,
+    check: impl FnMut() -> (Option<T>, P),
+    context: impl Fn() -> String,
+) -> T {
+    try_wait_while_progressing(stage, stall, limit, check)
+        .unwrap_or_else(|stalled| panic!("{stalled}\n{}", context()))
+}
+
+/// Like [`wait_while_progressing`], returning the failure instead of
+/// panicking, for a caller that can still tell whose fault the stall is.
+pub fn try_wait_while_progressing<T, P: PartialEq + std::fmt::Debug>(
+    stage: &str,
+    stall: Duration,
+    limit: Duration,
+    mut check: impl FnMut() -> (Option<T>, P),
+) -> Result<T, String> {
+    let started = Instant::now();
+    let (mut last, mut moved_at) = (None, Instant::now());
+    loop {
+        let (done, progress) = check();
+        if let Some(v) = done {
+            return Ok(v);
+        }
+        if last.as_ref() != Some(&progress) {
+            last = Some(progress);
+            moved_at = Instant::now();
+        } else if moved_at.elapsed() > stall || started.elapsed() > limit {
+            return Err(format!(
+                "stage \"{stage}\" stalled: no progress for {:.0?} ({:.0?} in all); last progress: {:?}",
+                moved_at.elapsed(),
+                started.elapsed(),
+                last
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -29,16 +29,20 @@
 //! - [`schedule`]: send windows by local time of day.
 //! - [`producer`]: librdkafka's configuration and callbacks.
 //! - `state`: what one run of the forwarder keeps track of.
+//! - [`session`]: when a producer session is given up for a fresh one
+//!   (pure, unit-tested); [`diagnosis`]: what a failed delivery means.
 //! - [`security`]: TLS and SASL settings, secrets read from files.
 //! - [`restamp`]: readings taken before the clock was set are held, then
 //!   sent with corrected timestamps (or tagged, if that cannot be done).
 
 pub mod budget;
+pub mod diagnosis;
 pub mod lanes;
 pub mod producer;
 pub mod restamp;
 pub mod schedule;
 pub mod security;
+pub mod session;
 mod state;
 
 use std::borrow::Cow;
@@ -61,8 +65,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentConfig, Order};
 use crate::journal::{Journal, JournalRecord, Progress, ReadResult};
 use crate::status::{Link, Status};
+use diagnosis::{Diagnosis, calls_for_diagnosis, episode_of};
 use lanes::{Allowed, LaneKind};
 use producer::{Event, Producer};
+use session::{Episode, Renewal};
 use state::Run;
 
 /// Most journal records read in one go.
@@ -208,14 +214,16 @@ impl Forwarder {
             if run.lanes.ready_to_rewind() {
                 self.rewind(&producer, &mut run).await;
             }
-            if run.renew_producer && run.lanes.in_flight() == 0 {
+            if run.renew.is_some() && run.lanes.in_flight() == 0 {
                 run.wire_base += producer.context().wire_bytes();
                 producer = self
                     .replace_producer(producer, deliveries_tx.clone())
                     .await?;
-                run.renew_producer = false;
+                run.renew = None;
+                run.session.renewed();
+                self.status.producer_renewed();
             }
-            if !run.renew_producer && run.resume_at.is_none_or(|t| now >= t) {
+            if run.renew.is_none() && run.resume_at.is_none_or(|t| now >= t) {
                 run.resume_at = None;
                 run.wake_at = None;
                 if !handing_over {
@@ -291,15 +299,28 @@ impl Forwarder {
         }
         let delay = run.backoff.next_delay(rand::random());
         run.resume_at = Some(Instant::now() + delay);
-        let diagnosis = match run.last_failure.take() {
-            Some(e) if calls_for_diagnosis(&e) => self.diagnose(producer).await,
-            Some(e) => {
-                format!("Kafka refused readings ({e}); they stay in the journal and are sent again")
+        let (episode, diagnosis) = match run.last_failure.take() {
+            Some(e) if calls_for_diagnosis(&e) => {
+                let d = self.diagnose(producer).await;
+                (d.episode(), d.explain(&self.config.kafka))
             }
-            None => {
-                "delivery failed; the readings stay in the journal and are sent again".to_owned()
-            }
+            Some(e) => (
+                episode_of(&e),
+                format!(
+                    "Kafka refused readings ({e}); they stay in the journal and are sent again"
+                ),
+            ),
+            None => (
+                Episode::Unreachable,
+                "delivery failed; the readings stay in the journal and are sent again".to_owned(),
+            ),
         };
+        run.session.episode(episode, Instant::now());
+        if run.renew.is_none()
+            && let Some(reason) = run.session.decide(Instant::now())
+        {
+            self.renew(reason, producer, run);
+        }
         self.status.link_error(diagnosis.clone());
         let changed = diagnosis != run.last_diagnosis;
         if let Some(held_back) = run
@@ -318,28 +339,25 @@ impl Forwarder {
     }
 
     /// Asks the broker why deliveries time out: unreachable, or topic missing?
-    async fn diagnose(&self, producer: &Producer) -> String {
+    async fn diagnose(&self, producer: &Producer) -> Diagnosis {
         let producer = producer.clone();
         let topic = self.config.kafka.topic.clone();
-        let brokers = self.config.kafka.brokers.join(",");
         tokio::task::spawn_blocking(move || {
-            match producer.client().fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-                Err(e) => format!(
-                    "cannot reach Kafka at {brokers} ({e}); readings stay in the journal and are sent when it returns"
-                ),
+            match producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            {
+                Err(e) => Diagnosis::Unreachable(e.to_string()),
                 Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == topic) {
-                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => format!(
-                        "Kafka at {brokers} did not acknowledge readings in time; they stay in the journal and are sent again"
-                    ),
-                    _ => format!(
-                        "Kafka topic {topic:?} does not exist on {brokers}; create it (the agent never creates topics). \
-                         Readings stay in the journal and are sent once it exists"
-                    ),
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                        Diagnosis::TimedOut
+                    }
+                    _ => Diagnosis::TopicMissing,
                 },
             }
         })
         .await
-        .unwrap_or_else(|e| format!("cannot diagnose the delivery failure: {e}"))
+        .unwrap_or_else(|e| Diagnosis::Unreachable(format!("cannot diagnose: {e}")))
     }
 
     /// Which lanes the send windows let through now.
@@ -564,7 +582,7 @@ impl Forwarder {
         let delivery = match event {
             Event::Delivery(delivery) => delivery,
             Event::BrokerLost => {
-                if !run.renew_producer && run.lanes.in_flight() > 0 && !run.told_lost {
+                if run.renew.is_none() && run.lanes.in_flight() > 0 && !run.told_lost {
                     run.told_lost = true;
                     tracing::info!(
                         in_flight = run.lanes.in_flight(),
@@ -572,7 +590,7 @@ impl Forwarder {
                          and a fresh producer session starts"
                     );
                 }
-                run.renew_producer = true;
+                run.renew.get_or_insert(Renewal::BrokerLost);
                 // What was queued comes back as failed deliveries, to be read
                 // from the journal again.
                 producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
@@ -583,6 +601,7 @@ impl Forwarder {
             Ok(()) => {
                 run.lanes.delivered(delivery.seq);
                 run.delivered(Instant::now());
+                run.session.acknowledged();
                 self.status.forwarded(1);
                 if self.status.link_up() != Link::Up {
                     run.backoff.reset();
@@ -610,8 +629,25 @@ impl Forwarder {
                 reason,
                 "the Kafka producer hit a fatal error; it will be recreated"
             );
-            run.renew_producer = true;
+            run.renew.get_or_insert(Renewal::Fatal);
         }
+    }
+
+    /// Starts replacing the producer for `reason` (not a lost connection
+    /// nor a fatal error, which are told where they are noticed): what it
+    /// holds comes back as failed deliveries, and the loop replaces it once
+    /// nothing is in flight.
+    fn renew(&self, reason: Renewal, producer: &Producer, run: &mut Run) {
+        if let Some(held_back) = run.renewal_log.allow(std::time::Instant::now()) {
+            tracing::warn!(
+                reason = reason.as_str(),
+                renewals_before = self.status.snapshot().producer_renewals,
+                renewals_not_logged = held_back,
+                "{reason}: a fresh Kafka producer session starts; the readings stay in the journal"
+            );
+        }
+        run.renew = Some(reason);
+        producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
     }
 
     /// Drops a producer that hit a fatal error and creates a fresh one.
@@ -627,20 +663,4 @@ impl Forwarder {
             self.status.clone(),
         )?)
     }
-}
-
-/// Whether a failure calls for asking the broker what is wrong: librdkafka
-/// reports a missing topic as a timeout when the topic never appears, and
-/// readings purged after a lost connection say nothing about why.
-fn calls_for_diagnosis(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::PurgeQueue
-                | RDKafkaErrorCode::PurgeInflight
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-        )
-    )
 }

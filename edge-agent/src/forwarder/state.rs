@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::budget::Budget;
 use super::lanes::Lanes;
+use super::session::{Renewal, SessionWatch};
 use crate::config::{ForwardConfig, Order};
 
 /// The backlog may have about this much of deliveries in flight...
@@ -38,10 +39,15 @@ pub struct Run {
     pub resume_at: Option<Instant>,
     /// Look again at this instant (budget refilled, send window open).
     pub wake_at: Option<Instant>,
-    /// Replace the producer once nothing is in flight: it hit a fatal
-    /// error, or every broker went away (a broker that restarted may not know
-    /// the old producer session; a fresh one starts clean).
-    pub renew_producer: bool,
+    /// Replace the producer once nothing is in flight, and why: it hit a
+    /// fatal error, every broker went away (a broker that restarted may not
+    /// know the old producer session; a fresh one starts clean), or the
+    /// session stopped making progress ([`SessionWatch`]).
+    pub renew: Option<Renewal>,
+    /// What the current producer session has shown since its last
+    /// acknowledgement.
+    pub session: SessionWatch,
+    pub renewal_log: Throttle,
     /// The most recent delivery error since the last rewind.
     pub last_failure: Option<KafkaError>,
     /// The last diagnosis logged, to log again at once when it changes.
@@ -77,7 +83,9 @@ impl Run {
             backoff: Backoff::new(Duration::from_millis(250), forward.max_retry_delay),
             resume_at: None,
             wake_at: None,
-            renew_producer: false,
+            renew: None,
+            session: SessionWatch::new(forward.renew_after),
+            renewal_log: Throttle::new(Duration::from_secs(60)),
             last_failure: None,
             last_diagnosis: String::new(),
             failure_log: Throttle::new(Duration::from_secs(60)),

@@ -87,6 +87,9 @@ pub struct LinkReport {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Fresh Kafka producer sessions started since start, in place of one
+    /// that lost its brokers, hit a fatal error or stopped making progress.
+    pub producer_renewals: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,6 +133,7 @@ impl ReportedState {
             link: LinkReport {
                 state: status.link.as_str(),
                 last_error: status.last_error,
+                producer_renewals: status.producer_renewals,
             },
             journal: journal.map(|j| JournalReport {
                 records: j.records,

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use buoy_tests::binaries;
 use buoy_tests::influx::Influx;
-use buoy_tests::kafka::{KafkaRecord, read_topic};
+use buoy_tests::kafka::{Kafka, KafkaRecord, read_topic};
 use buoy_tests::points::{self, Point, PointKey, differences};
-use buoy_tests::process::{Service, wait_for};
+use buoy_tests::process::{Service, try_wait_while_progressing, wait_while_progressing};
 use buoy_tests::victoria::Victoria;
+use serde_json::Value;
 use telemetry::Reading;
 use telemetry::record::Format;
 use telemetry::telegraf_json::{self, JsonPayload, TimestampUnit};
@@ -206,13 +207,20 @@ listen = "127.0.0.1:{metrics}"
     )
 }
 
-/// Waits until the agent's status line reports `key` ≥ `at_least`.
-pub fn wait_for_status(agent: &Service, key: &str, at_least: u64, timeout: Duration) -> u64 {
-    wait_for(
+/// Waits until the agent's status line reports `key` ≥ `at_least`. The
+/// deadline is progress: it fails only when `key` has not moved for
+/// `stall` (or after ten times that in all), so a loaded machine that is
+/// slow but moving passes.
+pub fn wait_for_status(agent: &Service, key: &str, at_least: u64, stall: Duration) -> u64 {
+    wait_while_progressing(
         &format!("the agent to report {key} >= {at_least}"),
-        timeout,
-        || binaries::status_number(&agent.log(), key).filter(|&n| n >= at_least),
-        || agent.log(),
+        stall,
+        stall * 10,
+        || {
+            let n = binaries::status_number(&agent.log(), key);
+            (n.filter(|&n| n >= at_least), n)
+        },
+        || agent.log_tail(60),
     )
 }
 
@@ -400,5 +408,45 @@ where
             return held;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long an agent's stage may go without progress before the harness
+/// asks whose fault it is. Progress, not a fixed time, sets the deadline,
+/// so a loaded machine that is slow but moving passes.
+pub const STALL: Duration = Duration::from_secs(60);
+/// The last-resort limit of one stage, progress or not.
+pub const STAGE_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// Waits through `stage` until `done` holds for the agent's reported state
+/// (asked over its status socket), as long as `progress` of it moves. On a
+/// stall, a wedged Tansu is restarted once ([`Kafka::heal_once`]) and the
+/// wait goes on; if Tansu answers, the stall is the agent's and the test
+/// fails naming the stage, with the tails of both logs.
+pub fn agent_stage(
+    kafka: &mut Kafka,
+    agent: &Service,
+    dir: &Path,
+    stage: &str,
+    done: impl Fn(&Value) -> bool,
+    progress: impl Fn(&Value) -> u64,
+) -> Value {
+    loop {
+        let waited = try_wait_while_progressing(stage, STALL, STAGE_LIMIT, || {
+            match binaries::agent_state(dir) {
+                Some(state) if done(&state) => (Some(state), None),
+                Some(state) => (None, Some(progress(&state))),
+                None => (None, None),
+            }
+        });
+        match waited {
+            Ok(state) => return state,
+            Err(stalled) if !kafka.heal_once(stage) => panic!(
+                "{stalled}\nTansu answers, so the agent is at fault. Its state: {}\nits log ends:\n{}",
+                binaries::agent_state(dir).map_or("(no answer)".into(), |s| s.to_string()),
+                agent.log_tail(40)
+            ),
+            Err(_) => {}
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use buoy_tests::binaries;
-use buoy_tests::kafka::{Kafka, Storage, index_tansu_headers, read_topic};
+use buoy_tests::kafka::{Kafka, Storage, read_topic};
 use buoy_tests::process::free_port;
 use buoy_tests::proxy::Proxy;
 use edge_agent::journal::{Journal, JournalOptions};
@@ -236,11 +236,12 @@ async fn the_bandwidth_budget_holds_on_the_wire() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_reading_arrives_when_the_broker_is_killed_while_sampling_fast() {
+    // Readings journaled in each stage (about 25 s each at full speed).
+    const PER_STAGE: u64 = 40_000;
     let _one_at_a_time = buoy_tests::exclusive().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let broker_dir = dir.path().join("kafka");
-    let mut kafka = Kafka::start_on(port, &broker_dir, Storage::Sqlite);
+    let mut kafka = Kafka::start(&broker_dir, Storage::Sqlite);
     kafka.create_topics(&["telemetry"]).await;
     // 1,600 readings/s, hundreds of times a field rate.
     let mut agent = binaries::start(
@@ -248,21 +249,57 @@ async fn every_reading_arrives_when_the_broker_is_killed_while_sampling_fast() {
         dir.path(),
         &agent_config(dir.path(), &kafka.bootstrap(), Format::Influx, 2, "5ms"),
     );
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let number = binaries::state_number;
+    let journaled = |s: &serde_json::Value| number(s, "journaled");
+    let forwarded = |s: &serde_json::Value| number(s, "forwarded");
+    let before = agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "sampling and forwarding with the broker up",
+        |s| journaled(s) >= PER_STAGE && forwarded(s) > 0,
+        journaled,
+    );
+
     kafka.service.kill();
-    let at_kill = binaries::status_number(&agent.log(), "forwarded").unwrap();
-    index_tansu_headers(&broker_dir);
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let at_kill = forwarded(&before);
+    let outage_from = journaled(&before);
+    let during = agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "sampling on with the broker dead",
+        |s| journaled(s) >= outage_from + PER_STAGE && s["link"]["state"] == "down",
+        journaled,
+    );
     assert!(agent.is_running());
-    let link = binaries::last_status(&agent.log(), "link").unwrap();
-    assert_eq!(link["link"], "down", "{link:?}");
-    kafka = Kafka::start_on(port, &broker_dir, Storage::Sqlite);
-    tokio::time::sleep(Duration::from_secs(120).saturating_sub(start.elapsed())).await;
-    let forwarded = binaries::status_number(&agent.log(), "forwarded").unwrap();
-    assert!(forwarded > at_kill, "forwarding resumed after the restart");
+    eprintln!("broker dead: {during}");
+
+    kafka.restart();
+    let restarted = Instant::now();
+    let outage_to = journaled(&during);
+    let after = agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "draining the outage's backlog after the restart",
+        // Every reading journaled before the restart has left the journal:
+        // the oldest one waiting is younger than the restart.
+        |s| {
+            let oldest = s["journal"]["oldest_unsent_age_s"].as_f64().unwrap_or(0.0);
+            oldest < restarted.elapsed().as_secs_f64() && journaled(s) >= outage_to + PER_STAGE / 4
+        },
+        forwarded,
+    );
+    assert!(
+        forwarded(&after) > at_kill,
+        "forwarding resumed after the restart"
+    );
     let journaled = stop_agent_and_count(&mut agent, &dir.path().join("journal.redb"));
-    eprintln!("{journaled} readings in two minutes, {at_kill} forwarded before the kill");
+    eprintln!(
+        "{journaled} readings, {at_kill} forwarded before the kill; the harness restarted a wedged Tansu {} times",
+        kafka.restarts_by_harness()
+    );
 
     // Tansu's sqlite storage is slow to fetch from (pitfalls.md), so the
     // reader waits longer than usual.
@@ -280,4 +317,102 @@ async fn every_reading_arrives_when_the_broker_is_killed_while_sampling_fast() {
     );
     let readings: BTreeMap<u64, Reading> = readings_by_seq(&records, Format::Influx);
     assert_all_sequence_numbers(&readings, journaled);
+}
+
+/// Issue 17: after a restart the broker answered the agent's old producer
+/// session with errors and acknowledged nothing more, and the agent stayed
+/// stuck. Here a restarted Tansu (memory storage) does not know the old
+/// session and answers its every request with `UnknownProducerId`, which
+/// librdkafka retries until the readings time out; the agent must start a
+/// fresh session by itself (`forward.renew_after`) and drain the journal.
+/// Then the broker is frozen for longer than the delivery timeout:
+/// librdkafka bumps the session's epoch and Tansu refuses it
+/// (`ProducerFenced`); the journal must drain again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_broker_refuses_after_a_restart_is_renewed_and_the_journal_drains() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["telemetry"]).await;
+    let head = agent_config_head(
+        dir.path(),
+        &kafka.bootstrap(),
+        Format::Influx,
+        "renew_after = \"10s\"",
+        "",
+    );
+    let mut config = head;
+    for (i, kind) in ["simulated_weather", "simulated_fan"].iter().enumerate() {
+        config.push_str(&format!(
+            "[[sensor]]\nname = \"s{i}\"\nkind = \"{kind}\"\ninterval = \"5ms\"\nseed = {i}\n"
+        ));
+    }
+    let mut agent = binaries::start("edge-agent", dir.path(), &config);
+    let number = binaries::state_number;
+    let forwarded = |s: &serde_json::Value| number(s, "forwarded");
+    let renewals = |s: &serde_json::Value| number(s, "link/producer_renewals");
+    agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "forwarding to the first broker",
+        |s| forwarded(s) >= 2_000,
+        forwarded,
+    );
+
+    // The restart: memory storage comes back empty, so the topic is made
+    // again. Readings journaled from now on were never in the old broker.
+    kafka.service.kill();
+    let first_unseen = binaries::agent_state(dir.path()).map_or(0, |s| number(&s, "journaled")) + 1;
+    kafka.restart();
+    kafka.create_topics(&["telemetry"]).await;
+    let back = agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "forwarding again after the restart",
+        |s| forwarded(s) > first_unseen + 2_000,
+        |s| forwarded(s) + renewals(s),
+    );
+    assert!(
+        renewals(&back) >= 1,
+        "the old session was unknown to the restarted broker, so only a fresh one gets through: {back}"
+    );
+
+    // Frozen longer than the delivery timeout (5 s): queued readings time
+    // out, librdkafka bumps the epoch, and the broker refuses the session.
+    kafka.service.pause();
+    std::thread::sleep(Duration::from_secs(9));
+    kafka.service.resume();
+    let forwarded_back = forwarded(&back);
+    let healed = agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "forwarding again after the broker refused the session",
+        |s| forwarded(s) >= forwarded_back + 4_000,
+        // Sampling goes on regardless: progress is what reaches Kafka, or a
+        // renewal.
+        |s| forwarded(s) + renewals(s),
+    );
+    eprintln!("after the restart: {back}\nafter the freeze: {healed}");
+    let journaled = stop_agent_and_count(&mut agent, &dir.path().join("journal.redb"));
+    assert_eq!(kafka.restarts_by_harness(), 0, "Tansu stayed up");
+
+    let records = read_topic(
+        &kafka.bootstrap(),
+        "telemetry",
+        Duration::from_secs(30),
+        Some((journaled + 1 - first_unseen) as usize),
+    );
+    let readings = readings_by_seq(&records, Format::Influx);
+    let missing: Vec<u64> = (first_unseen..=journaled)
+        .filter(|s| !readings.contains_key(s))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "readings journaled after the restart missing from the topic: {missing:?}..."
+    );
+    assert!(readings.keys().all(|&s| s <= journaled));
 }
