@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use buoy_tests::binaries;
-use buoy_tests::kafka::{Kafka, Storage, read_topic};
-use buoy_tests::process::free_port;
+use buoy_tests::kafka::{Health, Kafka, Storage, read_topic};
+use buoy_tests::process::{free_port, wait_for};
 use buoy_tests::proxy::Proxy;
 use edge_agent::journal::{Journal, JournalOptions};
 use rdkafka::config::ClientConfig;
@@ -243,12 +243,14 @@ async fn every_reading_arrives_when_the_broker_is_killed_while_sampling_fast() {
     let broker_dir = dir.path().join("kafka");
     let mut kafka = Kafka::start(&broker_dir, Storage::Sqlite);
     kafka.create_topics(&["telemetry"]).await;
-    // 1,600 readings/s, hundreds of times a field rate.
-    let mut agent = binaries::start(
-        "edge-agent",
-        dir.path(),
-        &agent_config(dir.path(), &kafka.bootstrap(), Format::Influx, 2, "5ms"),
-    );
+    // 1,600 readings/s, hundreds of times a field rate. A Tansu stall longer
+    // than the delivery timeout makes librdkafka bump its session's epoch,
+    // which kills Tansu's sqlite storage (pitfalls.md); on a loaded machine
+    // its commits stall for seconds, so the timeout is nearer production's
+    // (60 s) than the other tests' 5 s.
+    let config = agent_config(dir.path(), &kafka.bootstrap(), Format::Influx, 2, "5ms")
+        .replace("delivery_timeout = \"5s\"", "delivery_timeout = \"30s\"");
+    let mut agent = binaries::start("edge-agent", dir.path(), &config);
     let number = binaries::state_number;
     let journaled = |s: &serde_json::Value| number(s, "journaled");
     let forwarded = |s: &serde_json::Value| number(s, "forwarded");
@@ -415,4 +417,71 @@ async fn a_session_the_broker_refuses_after_a_restart_is_renewed_and_the_journal
         "readings journaled after the restart missing from the topic: {missing:?}..."
     );
     assert!(readings.keys().all(|&s| s <= journaled));
+}
+
+/// Issue 17, which side failed: a Tansu stall longer than the delivery
+/// timeout makes librdkafka bump its idempotent session's epoch, and Tansu's
+/// sqlite storage panics on the next produce ("more or less than one row",
+/// lite.rs:503); every later request fails until it restarts. The harness
+/// must say so instead of blaming the agent, restart the broker once, and
+/// the agent must then drain its journal into it with nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wedged_broker_is_told_apart_from_the_agent_and_restarted_once() {
+    let _one_at_a_time = buoy_tests::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::start(&dir.path().join("kafka"), Storage::Sqlite);
+    kafka.create_topics(&["telemetry"]).await;
+    let mut agent = binaries::start(
+        "edge-agent",
+        dir.path(),
+        &agent_config(dir.path(), &kafka.bootstrap(), Format::Influx, 1, "10ms"),
+    );
+    let forwarded = |s: &serde_json::Value| binaries::state_number(s, "forwarded");
+    agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "forwarding before the stall",
+        |s| forwarded(s) >= 2_000,
+        forwarded,
+    );
+    assert_eq!(kafka.health(), Health::Answering);
+
+    // Longer than the agent's delivery timeout (5 s).
+    kafka.service.pause();
+    std::thread::sleep(Duration::from_secs(9));
+    kafka.service.resume();
+    let log = kafka.service.log_path().to_owned();
+    let why = wait_for(
+        "Tansu to wedge after the epoch bump",
+        Duration::from_secs(60),
+        || match kafka.health() {
+            Health::Wedged(why) => Some(why),
+            Health::Answering => None,
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    eprintln!("Tansu wedged: {why}");
+    assert!(kafka.heal_once("after the stall"), "{why}");
+    assert_eq!(kafka.health(), Health::Answering);
+    let at_heal = binaries::agent_state(dir.path()).map_or(0, |s| forwarded(&s));
+    agent_stage(
+        &mut kafka,
+        &agent,
+        dir.path(),
+        "forwarding to the restarted broker",
+        |s| forwarded(s) >= at_heal + 2_000,
+        forwarded,
+    );
+    let journaled = stop_agent_and_count(&mut agent, &dir.path().join("journal.redb"));
+    assert_eq!(kafka.restarts_by_harness(), 1);
+    // A fresh broker over the same data, so the reader is not refused.
+    kafka.restart();
+    let records = read_topic(
+        &kafka.bootstrap(),
+        "telemetry",
+        Duration::from_secs(60),
+        Some(journaled as usize),
+    );
+    assert_all_sequence_numbers(&readings_by_seq(&records, Format::Influx), journaled);
 }
