@@ -462,6 +462,21 @@ async fn a_wedged_broker_is_told_apart_from_the_agent_and_restarted_once() {
         || std::fs::read_to_string(&log).unwrap_or_default(),
     );
     eprintln!("Tansu wedged: {why}");
+    // The agent's stalled session would panic a restarted sqlite Tansu again
+    // (pitfalls.md): the broker comes back only once the agent has noticed it
+    // gone and started a fresh session.
+    let renewed = binaries::agent_state(dir.path())
+        .map_or(0, |s| binaries::state_number(&s, "link/producer_renewals"));
+    kafka.service.kill();
+    wait_for(
+        "the agent to renew its session while the broker is dead",
+        Duration::from_secs(120),
+        || {
+            binaries::agent_state(dir.path())
+                .filter(|s| binaries::state_number(s, "link/producer_renewals") > renewed)
+        },
+        || "no renewal".into(),
+    );
     assert!(kafka.heal_once("after the stall"), "{why}");
     assert_eq!(kafka.health(), Health::Answering);
     let at_heal = binaries::agent_state(dir.path()).map_or(0, |s| forwarded(&s));
