@@ -103,7 +103,6 @@ fn options() -> JournalOptions {
         max_bytes: 4 * GIB,
         when_full: WhenFull::DropOldest,
         downsample_window: Duration::from_secs(300),
-        file_limit: None,
     }
 }
 

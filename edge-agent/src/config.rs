@@ -106,7 +106,6 @@ impl JournalConfig {
             max_bytes: self.max_bytes.bytes(),
             when_full: self.when_full,
             downsample_window: self.downsample_window,
-            file_limit: None,
         }
     }
 }

@@ -1,32 +1,34 @@
 //! Small state files replaced atomically and durably: written to a temporary
-//! file, fsync'd, renamed over the old one, and the directory fsync'd. A
-//! crash at any point leaves either the old content or the new, never a mix.
+//! file, synced, renamed over the old one, and the directory synced. A power
+//! cut at any point leaves either the old content or the new, never a mix
+//! (shown against [`crate::disk::power_cut`] in `tests/power_cuts.rs`).
 
-use std::fs::File;
-use std::io::Write;
+use std::io;
 use std::path::Path;
 
+use crate::disk::{Disk, Mode, dir_of};
+
 /// Replaces the content of `path` with `bytes` (creating its directory).
-pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir_of(path))?;
+pub fn replace(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    disk.create_dir_all(dir_of(path))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let f = disk.open(tmp, Mode::Truncate)?;
+        f.write(0, bytes)?;
+        f.sync_data()?;
+        f.close()?;
     }
-    std::fs::rename(&tmp, path)?;
-    sync_dir_of(path)
+    disk.rename(tmp, path)?;
+    disk.sync_dir(dir_of(path))
 }
 
-/// Makes a rename or creation of `path` durable: fsyncs its directory.
-pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
-    File::open(dir_of(path))?.sync_all()
-}
-
-fn dir_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+/// Removes `path` durably; a missing file is not an error.
+pub fn remove(disk: &dyn Disk, path: &Path) -> io::Result<()> {
+    match disk.remove(path) {
+        Ok(()) => disk.sync_dir(dir_of(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }

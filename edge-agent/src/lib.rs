@@ -22,8 +22,9 @@
 //!   [`metrics`]: Prometheus text; [`service_manager`]: systemd readiness
 //!   and watchdog.
 //! - [`clock`]: wall time, time since boot, and whether the clock is set.
-//! - [`cli`]: the command line; [`durable`]: small state files replaced
-//!   atomically.
+//! - [`cli`]: the command line; [`disk`]: the one way to the filesystem
+//!   (real, or one that fills up or loses power in tests); [`durable`]:
+//!   small state files replaced atomically.
 //!
 //! ## Invariants
 //! - Every sampled reading is either committed to the journal, or counted as
@@ -41,6 +42,7 @@ pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod durable;
 pub mod forwarder;
 pub mod journal;

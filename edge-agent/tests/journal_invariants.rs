@@ -1,10 +1,13 @@
 //! The journal's invariants (see the `journal` module doc), one test or more
-//! each, against real files.
+//! each, against real files; each test's name starts with the numbers of the
+//! invariants it shows. Power cuts: `power_cuts.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use edge_agent::disk::full::FullDisk;
 use edge_agent::journal::{Journal, JournalOptions, JournalRecord, WhenFull};
 use telemetry::{FieldValue, Reading};
 
@@ -25,7 +28,6 @@ fn options(max_bytes: u64, when_full: WhenFull) -> JournalOptions {
         max_bytes,
         when_full,
         downsample_window: Duration::from_secs(60),
-        file_limit: None,
     }
 }
 
@@ -50,7 +52,7 @@ fn file_len(path: &Path) -> u64 {
 
 // Invariant 1: contiguous, never reused.
 #[test]
-fn sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
+fn invariant_1_sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let j = open(&path, JournalOptions::for_inspection(), "boot-a");
@@ -70,7 +72,7 @@ fn sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
 }
 
 #[test]
-fn a_deleted_journal_does_not_hand_out_its_numbers_again() {
+fn invariant_1_a_deleted_journal_does_not_hand_out_its_numbers_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let j = open(&path, JournalOptions::for_inspection(), "boot-a");
@@ -95,7 +97,7 @@ fn a_deleted_journal_does_not_hand_out_its_numbers_again() {
 }
 
 #[test]
-fn records_read_back_in_order_with_their_boot_and_key() {
+fn invariant_2_committed_records_read_back_in_order_with_their_boot_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let j = open(&path, JournalOptions::for_inspection(), "boot-a");
@@ -116,7 +118,7 @@ fn records_read_back_in_order_with_their_boot_and_key() {
 }
 
 #[test]
-fn unencodable_readings_are_rejected_without_losing_the_rest() {
+fn invariant_3_unencodable_readings_are_rejected_without_losing_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let j = open(
         &dir.path().join("j.redb"),
@@ -161,7 +163,7 @@ fn fill(j: &Journal, path: &Path, n: i64, batch: i64, limit: u64) -> BTreeMap<u6
 
 // Invariants 3 and 5 under drop_oldest.
 #[test]
-fn the_file_never_passes_max_bytes_and_drop_oldest_counts_every_dropped_reading() {
+fn invariants_3_5_the_file_never_passes_max_bytes_and_drop_oldest_counts_every_dropped_reading() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
@@ -186,7 +188,7 @@ fn the_file_never_passes_max_bytes_and_drop_oldest_counts_every_dropped_reading(
 
 // Invariants 3 and 5 under reject_new.
 #[test]
-fn reject_new_keeps_what_is_journaled_and_counts_every_refused_reading() {
+fn invariants_3_5_reject_new_keeps_what_is_journaled_and_counts_every_refused_reading() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
@@ -210,7 +212,7 @@ fn reject_new_keeps_what_is_journaled_and_counts_every_refused_reading() {
 // Invariant 3 under downsample: every raw reading is either still there,
 // or accounted for by an aggregate, or counted as dropped.
 #[test]
-fn downsample_replaces_the_oldest_raw_readings_by_aggregates_that_account_for_them() {
+fn invariant_3_downsample_replaces_the_oldest_raw_readings_by_aggregates_that_account_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
@@ -276,12 +278,13 @@ fn downsample_replaces_the_oldest_raw_readings_by_aggregates_that_account_for_th
 // space arithmetic allowed is refused. The journal reopens redb (which
 // refuses everything after an I/O error), applies the policy, and goes on.
 #[test]
-fn a_refused_growth_is_survived_and_the_policy_applied() {
+fn invariant_5_a_refused_growth_is_survived_and_the_policy_applied() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let mut opts = options(64 * MIB, WhenFull::DropOldest);
-    opts.file_limit = Some(3 * MIB);
-    let j = open(&path, opts, "b");
+    // The disk fills up at 3 MiB, far below `max_bytes`.
+    let disk = Arc::new(FullDisk::new(3 * MIB));
+    let (j, _) =
+        Journal::open_on(disk, &path, options(64 * MIB, WhenFull::DropOldest), "b").unwrap();
     let mut appended = 0u64;
     let mut failures = 0;
     for i in 0..100 {
@@ -364,19 +367,19 @@ fn damaged_file_is_quarantined_and_salvaged(damage: impl FnOnce(&mut Vec<u8>)) -
 
 // Invariant 6.
 #[test]
-fn a_truncated_journal_is_quarantined_and_its_intact_readings_salvaged() {
+fn invariant_6_a_truncated_journal_is_quarantined_and_its_intact_readings_salvaged() {
     let n = damaged_file_is_quarantined_and_salvaged(|b| b.truncate(b.len() / 2));
     assert!(n > 1_000, "only {n} salvaged");
 }
 
 #[test]
-fn a_zero_filled_journal_header_is_quarantined_and_its_readings_salvaged() {
+fn invariant_6_a_zero_filled_journal_header_is_quarantined_and_its_readings_salvaged() {
     let n = damaged_file_is_quarantined_and_salvaged(|b| b[..8192].fill(0));
     assert_eq!(n, 20_000, "only the header was damaged");
 }
 
 #[test]
-fn bit_flips_in_journaled_readings_are_caught_and_the_rest_salvaged() {
+fn invariant_6_bit_flips_in_journaled_readings_are_caught_and_the_rest_salvaged() {
     let n = damaged_file_is_quarantined_and_salvaged(|b| {
         // Flip one bit inside three readings' text, far apart.
         let needle = b"weather,device_id=pi-1";
@@ -395,7 +398,7 @@ fn bit_flips_in_journaled_readings_are_caught_and_the_rest_salvaged() {
 }
 
 #[test]
-fn a_zero_filled_middle_region_loses_only_what_was_there() {
+fn invariant_6_a_zero_filled_middle_region_loses_only_what_was_there() {
     let n = damaged_file_is_quarantined_and_salvaged(|b| {
         let needle = b"weather,device_id=pi-1";
         let mid = b

@@ -19,20 +19,29 @@
 //! ## Invariants
 //! 1. Sequence numbers are contiguous `u64` values starting at 1 and are never
 //!    reused: the next number is stored in the same transaction as the
-//!    readings it numbers, so it survives the journal emptying, and numbers
+//!    readings it numbers, so it survives the journal emptying (by
+//!    acknowledgements or by the policy, whose aggregates are numbered
+//!    before it removes anything), and numbers
 //!    are reserved in a file next to the journal before they are used
 //!    ([`reservation`]), so they survive the journal being damaged or
 //!    deleted (new readings then start after a gap).
 //! 2. A commit that has returned is durable (`Durability::Immediate`, which
 //!    fsyncs). On power loss only readings not yet committed are lost.
+//!    Shown by cutting the power at thousands of random points of a random
+//!    workload, with writes that were not synced kept, dropped or torn
+//!    (`tests/power_cuts.rs`, on [`crate::disk::power_cut`]).
 //! 3. A reading is deleted only after Kafka has acknowledged it, or by the
 //!    full-journal policy, which counts every reading it drops or aggregates
 //!    in the same transaction that removes it.
 //! 4. Appends and deletes of one group commit are one transaction: either
-//!    both happened or neither did.
+//!    both happened or neither did. Only when that transaction could not
+//!    grow the file (scattered deletes rewrite many pages) are the
+//!    acknowledged readings deleted first, in small transactions, and the
+//!    appends committed after them; never the other way round.
 //! 5. The file is never larger than `journal.max_bytes` ([`file`] refuses the
 //!    growth), and it is kept below its [`capacity`] by a headroom, so there
-//!    is always room to free space.
+//!    is always room to free space. A commit refused for want of space
+//!    anyway makes the next one free room first, whatever the estimate says.
 //! 6. A journal that fails its integrity check on open is renamed aside
 //!    (`<name>.corrupt-<UTC time>`), never deleted; whatever frames in it are
 //!    intact are copied into a fresh journal with their sequence numbers

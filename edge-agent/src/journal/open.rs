@@ -14,6 +14,7 @@ use super::record;
 use super::store::JournalOptions;
 use super::tables::{BOOTS, META, READINGS, begin, get};
 use super::{Counters, JournalError};
+use crate::disk::{Disk, Mode};
 
 /// Why the file could not be opened.
 pub(super) enum OpenFailure {
@@ -27,9 +28,10 @@ pub(super) enum OpenFailure {
 /// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
 /// an I/O error is not.
 pub(super) fn open_db(
+    disk: &dyn Disk,
     path: &Path,
     options: &JournalOptions,
-    file_limit: &Arc<AtomicU64>,
+    size_limit: &Arc<AtomicU64>,
 ) -> Result<Database, OpenFailure> {
     let io_err = |e: std::io::Error| {
         OpenFailure::Other(JournalError::Open {
@@ -37,14 +39,8 @@ pub(super) fn open_db(
             source: redb::Error::Io(e),
         })
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err)?;
-    let backend = LimitedFile::new(file, file_limit.clone()).map_err(io_err)?;
+    let file = disk.open(path, Mode::Create).map_err(io_err)?;
+    let backend = LimitedFile::new(file, size_limit.clone());
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         redb::Builder::new()
             .set_cache_size(options.cache_bytes)

@@ -12,7 +12,6 @@
 //! then on assumes the file cannot grow until the disk has gained space.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
@@ -28,6 +27,9 @@ use super::{Counters, Journal, JournalError};
 /// Most records one step of the policy removes, so that a step is a
 /// bounded transaction.
 const POLICY_STEP: usize = 50_000;
+/// Acknowledged readings deleted per transaction when one commit holding
+/// them all did not fit ([`Journal::delete_in_small_steps`]).
+const DELETE_STEP: usize = 32;
 /// How long a measurement that found the journal full is trusted before
 /// measuring again (under `reject_new`, every commit asks).
 const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
@@ -52,6 +54,9 @@ pub(super) struct SpaceState {
     pub(super) blocked_at_disk: Option<u64>,
     /// When a measurement last found the journal full.
     pub(super) full_since: Option<Instant>,
+    /// A commit was refused for want of space since the last one that
+    /// worked: whatever the estimate says, the next makes room first.
+    pub(super) refused_commit: bool,
 }
 
 impl SpaceState {
@@ -73,6 +78,9 @@ impl Journal {
     pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
         let (mut estimate, full_since) = {
             let s = self.space.lock().expect("space lock");
+            if s.refused_commit {
+                return Ok(true);
+            }
             (s.estimate(self.options().max_bytes), s.full_since)
         };
         let batch = (batch as f64 * RATIO) as u64;
@@ -81,8 +89,8 @@ impl Journal {
             // leaves no free page to free space with, so check now, cheaply,
             // that the disk can take it: the policy then acts while there is
             // still headroom.
-            let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-            let disk = disk_available(&self.path);
+            let file_len = self.disk.file_len(&self.path).unwrap_or(0);
+            let disk = self.disk.available(&self.path);
             let mut s = self.space.lock().expect("space lock");
             s.file_len = file_len;
             s.disk_available = disk;
@@ -108,17 +116,13 @@ impl Journal {
             tx.abort()?;
             Ok(stats.allocated_pages() * stats.page_size() as u64)
         })?;
-        let file_len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        let disk_available = disk_available(&self.path);
+        let file_len = self.disk.file_len(&self.path).unwrap_or(0);
+        let disk_available = self.disk.available(&self.path);
         let mut s = self.space.lock().expect("space lock");
         s.measured_used = used;
         s.changed = 0;
         s.file_len = file_len;
-        // (Under the test hook `file_limit` the simulated full disk never
-        // gains space; the real disk's free space, which other tests change,
-        // says nothing about it.)
-        let simulated = self.options().file_limit.is_some();
-        if !simulated && s.blocked_at_disk.is_some_and(|d| disk_available > d) {
+        if s.blocked_at_disk.is_some_and(|d| disk_available > d) {
             s.blocked_at_disk = None;
         }
         s.disk_available = disk_available;
@@ -131,28 +135,68 @@ impl Journal {
         {
             let mut guard = self.db.write().expect("journal lock");
             drop(guard.take());
-            let db =
-                open_db(&self.path, &self.options(), &self.file_limit).map_err(|f| match f {
+            let db = open_db(&*self.disk, &self.path, &self.options(), &self.size_limit).map_err(
+                |f| match f {
                     OpenFailure::Other(e) => e,
                     OpenFailure::Damaged(reason) => JournalError::Full {
                         path: self.path.clone(),
                         reason: format!("reopening after a refused growth failed: {reason}"),
                     },
-                })?;
+                },
+            )?;
             *guard = Some(db);
         }
-        let disk = disk_available(&self.path);
-        self.space.lock().expect("space lock").blocked_at_disk = Some(disk);
+        let disk = self.disk.available(&self.path);
+        let mut s = self.space.lock().expect("space lock");
+        s.blocked_at_disk = Some(disk);
+        s.refused_commit = true;
+        drop(s);
         self.measure()?;
         Ok(())
+    }
+
+    /// Deletes acknowledged readings in transactions of [`DELETE_STEP`]:
+    /// when one commit holding them all could not grow the file. Each
+    /// deletion dirties at most one leaf page, so each step fits in the
+    /// headroom. Returns how many were deleted.
+    pub(super) fn delete_in_small_steps(&self, delete: &[u64]) -> Result<u64, JournalError> {
+        let mut deleted = 0;
+        for chunk in delete.chunks(DELETE_STEP) {
+            let (n, removed) = self.with_db(|db| {
+                let tx = begin(db)?;
+                let (mut n, mut removed) = (0, 0);
+                {
+                    let mut table = tx.open_table(READINGS)?;
+                    let mut meta = tx.open_table(META)?;
+                    let next = next_seq(&table, &meta)?;
+                    for &seq in chunk {
+                        if let Some(old) = table.remove(seq)? {
+                            removed += old.value().len() as i64;
+                            n += 1;
+                        }
+                    }
+                    // Invariant 1, should the newest go.
+                    keep_next_seq(&table, &mut meta, next)?;
+                }
+                tx.commit()?;
+                Ok((n, removed))
+            })?;
+            self.stored_changed(-removed);
+            deleted += n;
+        }
+        Ok(deleted)
     }
 
     /// Applies the full-journal policy until `batch` fits with headroom.
     pub(super) fn make_room(&self, batch: u64) -> Result<Counters, JournalError> {
         let mut done = Counters::default();
+        // A refused commit proves the estimate wrong (redb needed more fresh
+        // pages than it allows for): free at least the batch once more.
+        let mut forced = std::mem::take(&mut self.space.lock().expect("space lock").refused_commit)
+            .then_some(batch.max(1));
         loop {
             let space = self.measure()?;
-            let to_free = space.to_free(batch);
+            let to_free = space.to_free(batch).max(forced.take().unwrap_or(0));
             if to_free == 0 {
                 self.space.lock().expect("space lock").full_since = None;
                 return Ok(done);
@@ -291,11 +335,13 @@ impl Journal {
     ) -> Result<Counters, JournalError> {
         let result = self.with_db(|db| {
             let tx = begin(db)?;
+            // Numbered before `f` removes anything: with the newest readings
+            // gone, the table alone would hand their numbers out again.
+            let first = next_seq(&tx.open_table(READINGS)?, &tx.open_table(META)?)?;
             let (freed, aggregates, done) = f(&tx)?;
             let change = {
                 let mut table = tx.open_table(READINGS)?;
                 let mut meta = tx.open_table(META)?;
-                let first = next_seq(&table, &meta)?;
                 let (seqs, added) = append(&mut table, self.boot_index, first, &aggregates)?;
                 keep_next_seq(&table, &mut meta, seqs.end)?;
                 add_counters(&mut meta, &done)?;
@@ -323,22 +369,4 @@ impl Journal {
     pub(super) fn stored_changed(&self, change: i64) {
         self.space.lock().expect("space lock").changed += change;
     }
-}
-
-/// Bytes the filesystem holding `path` can still give an unprivileged
-/// process (so the root reserve stays for the system).
-pub(super) fn disk_available(path: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return u64::MAX;
-    };
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return u64::MAX;
-    }
-    (s.f_bavail as u64).saturating_mul(s.f_frsize as u64)
 }

@@ -20,7 +20,9 @@
 //! works again) and the journal carries on.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::disk::{self, Disk};
 
 /// How many sequence numbers one write of the limit reserves.
 pub const BLOCK: u64 = 1 << 16;
@@ -28,6 +30,7 @@ pub const BLOCK: u64 = 1 << 16;
 /// The reservation file of one journal.
 #[derive(Debug)]
 pub struct Reservation {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
     state: Mutex<State>,
 }
@@ -44,9 +47,10 @@ impl Reservation {
     /// The reservation of the journal at `journal`: reads its limit, or 0
     /// when there is none (a new device, or a journal from before limits
     /// were kept) or it cannot be read.
-    pub fn load(journal: &Path) -> Reservation {
+    pub fn load(disk: Arc<dyn Disk>, journal: &Path) -> Reservation {
         let path = path_for(journal);
-        let limit = match std::fs::read_to_string(&path) {
+        let text = disk::read(&*disk, &path).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let limit = match text {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
                 tracing::warn!(
                     path = %path.display(),
@@ -63,6 +67,7 @@ impl Reservation {
             }
         };
         Reservation {
+            disk,
             path,
             state: Mutex::new(State {
                 limit,
@@ -89,7 +94,7 @@ impl Reservation {
             return;
         }
         let limit = end.saturating_add(BLOCK);
-        match crate::durable::replace(&self.path, format!("{limit}\n").as_bytes()) {
+        match crate::durable::replace(&*self.disk, &self.path, format!("{limit}\n").as_bytes()) {
             Ok(()) => {
                 if state.failing {
                     tracing::info!(path = %self.path.display(),
@@ -131,7 +136,7 @@ mod tests {
     fn the_limit_is_written_once_per_block_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("j.redb");
-        let r = Reservation::load(&journal);
+        let r = Reservation::load(disk::real(), &journal);
         assert_eq!(r.limit(), 0, "no file: nothing known");
         r.cover(10);
         assert_eq!(r.limit(), 10 + BLOCK);
@@ -143,7 +148,10 @@ mod tests {
         // Past the block: a new limit, durable for the next open.
         r.cover(11 + BLOCK);
         assert_eq!(r.limit(), 11 + 2 * BLOCK);
-        assert_eq!(Reservation::load(&journal).limit(), 11 + 2 * BLOCK);
+        assert_eq!(
+            Reservation::load(disk::real(), &journal).limit(),
+            11 + 2 * BLOCK
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -156,16 +164,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("j.redb");
         std::fs::write(path_for(&journal), "\0\0garbage").unwrap();
-        let r = Reservation::load(&journal);
+        let r = Reservation::load(disk::real(), &journal);
         assert_eq!(r.limit(), 0);
         r.cover(5);
-        assert_eq!(Reservation::load(&journal).limit(), 5 + BLOCK, "rewritten");
+        assert_eq!(
+            Reservation::load(disk::real(), &journal).limit(),
+            5 + BLOCK,
+            "rewritten"
+        );
 
         // A directory where the file should be: every write fails.
         let blocked = dir.path().join("k.redb");
         std::fs::create_dir(path_for(&blocked)).unwrap();
         std::fs::write(path_for(&blocked).join("x"), "").unwrap();
-        let r = Reservation::load(&blocked);
+        let r = Reservation::load(disk::real(), &blocked);
         r.cover(5);
         r.cover(6);
         assert_eq!(r.limit(), 0, "nothing reserved, nothing claimed");

@@ -19,8 +19,7 @@
 //! database does not change.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -32,6 +31,7 @@ use super::tables::{
     BOOTS, META, NEXT_SEQ, READINGS, add_counters, begin, get, keep_next_seq, next_seq, put,
 };
 use super::{Counters, Journal, JournalError};
+use crate::disk::{Disk, Mode, dir_of};
 
 /// A reading found in a damaged file: sequence number, boot index, key,
 /// line and when it was taken.
@@ -64,7 +64,7 @@ pub struct Report {
 
 /// Renames `path` to `<path>.corrupt-<UTC time>` (with a suffix if that
 /// exists) and makes the rename durable.
-pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+pub fn move_aside(disk: &dyn Disk, path: &Path) -> io::Result<PathBuf> {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace(':', "");
@@ -78,10 +78,10 @@ pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
             };
             path.with_file_name(format!("{name}.corrupt-{stamp}{suffix}"))
         })
-        .find(|p| !p.exists())
+        .find(|p| !disk.exists(p))
         .expect("a free name");
-    std::fs::rename(path, &target)?;
-    crate::durable::sync_dir_of(path)?;
+    disk.rename(path, &target)?;
+    disk.sync_dir(dir_of(path))?;
     Ok(target)
 }
 
@@ -101,7 +101,7 @@ pub fn salvage(
     let mut boots: HashMap<u32, u32> = HashMap::new();
     // Meta values only grow, so the largest copy of each is the latest.
     let mut meta: HashMap<String, u64> = HashMap::new();
-    scan_file(&moved_to, |frame| {
+    scan_file(&*journal.disk, &moved_to, |frame| {
         match frame {
             Frame::Boot { index, id } if !boots.contains_key(&index) => {
                 boots.insert(index, journal.import_boot(id)?);
@@ -122,7 +122,7 @@ pub fn salvage(
     let mut unparsable = 0;
     let dropped_before = journal.counters().dropped_oldest;
     let (mut lowest, mut highest) = (u64::MAX, 0);
-    scan_file(&moved_to, |frame| {
+    scan_file(&*journal.disk, &moved_to, |frame| {
         if let Frame::Reading(r) = frame {
             lowest = lowest.min(r.seq);
             highest = highest.max(r.seq);
@@ -280,25 +280,22 @@ impl ScanError {
 
 /// Calls `f` on every intact frame of the file, in windows of [`CHUNK`].
 fn scan_file(
+    disk: &dyn Disk,
     path: &Path,
     mut f: impl FnMut(Frame<'_>) -> Result<(), JournalError>,
 ) -> Result<(), ScanError> {
-    let mut file = File::open(path).map_err(ScanError::Io)?;
+    let file = disk.open(path, Mode::Existing).map_err(ScanError::Io)?;
+    let len = file.len().map_err(ScanError::Io)?;
+    let mut offset = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + OVERLAP);
     loop {
         let start = buf.len();
-        buf.resize(start + CHUNK, 0);
-        let mut filled = start;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ScanError::Io(e)),
-            }
-        }
-        let eof = filled < buf.len();
-        buf.truncate(filled);
+        let n = (len - offset).min(CHUNK as u64) as usize;
+        buf.resize(start + n, 0);
+        file.read(offset, &mut buf[start..])
+            .map_err(ScanError::Io)?;
+        offset += n as u64;
+        let eof = offset == len;
         let limit = if eof { buf.len() } else { buf.len() - OVERLAP };
         for (at, frame) in record::scan(&buf) {
             if at >= limit {
@@ -307,7 +304,7 @@ fn scan_file(
             f(frame)?;
         }
         if eof {
-            return Ok(());
+            return file.close().map_err(ScanError::Io);
         }
         buf.drain(..limit);
     }

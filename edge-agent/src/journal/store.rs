@@ -27,6 +27,7 @@ use super::tables::{BOOTS, META, READINGS, add_counters, append, begin, keep_nex
 use super::{
     Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
 };
+use crate::disk::{self, Disk};
 
 /// How the journal is opened and bounded (from `[journal]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,11 +39,6 @@ pub struct JournalOptions {
     pub when_full: WhenFull,
     /// The aggregation window of `downsample`.
     pub downsample_window: Duration,
-    /// A lower limit for the file layer alone, so that a growth the space
-    /// arithmetic allowed is refused, as a disk filling up between two
-    /// checks would: tests use it to exercise the recovery from that.
-    #[doc(hidden)]
-    pub file_limit: Option<u64>,
 }
 
 impl JournalOptions {
@@ -53,7 +49,6 @@ impl JournalOptions {
             max_bytes: u64::MAX,
             when_full: WhenFull::DropOldest,
             downsample_window: Duration::from_secs(300),
-            file_limit: None,
         }
     }
 }
@@ -67,11 +62,13 @@ pub struct Opened {
 
 /// The journal file, opened for this boot.
 pub struct Journal {
+    /// Where every file of the journal is read and written.
+    pub(super) disk: Arc<dyn Disk>,
     pub(super) path: PathBuf,
     /// Changed at run time by [`Journal::set_policy`].
     options: Mutex<JournalOptions>,
     /// The file layer's size limit, shared with [`LimitedFile`].
-    pub(super) file_limit: Arc<AtomicU64>,
+    pub(super) size_limit: Arc<AtomicU64>,
     /// `None` only while being reopened.
     pub(super) db: RwLock<Option<Database>>,
     pub(super) boot_index: u32,
@@ -91,7 +88,17 @@ impl Journal {
         options: JournalOptions,
         boot_id: &str,
     ) -> Result<(Journal, Opened), JournalError> {
-        Journal::open_as(path, options, Some(boot_id))
+        Journal::open_on(disk::real(), path, options, boot_id)
+    }
+
+    /// [`Journal::open`] on another disk (a test's).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        boot_id: &str,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_as(disk, path, options, Some(boot_id))
     }
 
     /// Opens the journal for `edge-agent journal stats` and `export`: as the
@@ -101,34 +108,35 @@ impl Journal {
         path: &Path,
         options: JournalOptions,
     ) -> Result<(Journal, Opened), JournalError> {
-        Journal::open_as(path, options, None)
+        Journal::open_as(disk::real(), path, options, None)
     }
 
     fn open_as(
+        disk: Arc<dyn Disk>,
         path: &Path,
         options: JournalOptions,
         boot_id: Option<&str>,
     ) -> Result<(Journal, Opened), JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            disk.create_dir_all(dir)
+                .map_err(|source| JournalError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
         }
-        let file_limit = Arc::new(AtomicU64::new(
-            options.file_limit.unwrap_or(options.max_bytes),
-        ));
-        let existed = path.exists();
-        let (db, damaged) = match open_db(path, &options, &file_limit) {
+        let size_limit = Arc::new(AtomicU64::new(options.max_bytes));
+        let existed = disk.exists(path);
+        let (db, damaged) = match open_db(&*disk, path, &options, &size_limit) {
             Ok(db) => (db, None),
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(reason)) => {
-                let moved_to =
-                    salvage::move_aside(path).map_err(|source| JournalError::Quarantine {
+                let moved_to = salvage::move_aside(&*disk, path).map_err(|source| {
+                    JournalError::Quarantine {
                         path: path.to_owned(),
                         source,
-                    })?;
-                match open_db(path, &options, &file_limit) {
+                    }
+                })?;
+                match open_db(&*disk, path, &options, &size_limit) {
                     Ok(db) => (db, Some((moved_to, reason))),
                     Err(OpenFailure::Other(e)) => return Err(e),
                     Err(OpenFailure::Damaged(r)) => {
@@ -152,15 +160,16 @@ impl Journal {
             counters,
         } = register_boot(&db, boot_id).map_err(open_err)?;
         let journal = Journal {
+            reservation: Reservation::load(disk.clone(), path),
+            disk,
             path: path.to_owned(),
             options: Mutex::new(options),
-            file_limit,
+            size_limit,
             db: RwLock::new(Some(db)),
             boot_index,
             boots,
             space: Mutex::new(SpaceState::default()),
             counters: Mutex::new(counters),
-            reservation: Reservation::load(path),
         };
         journal.measure()?;
         // The file was created now: the journal it replaces (deleted, or
@@ -199,9 +208,7 @@ impl Journal {
             options.max_bytes = max_bytes;
             options.when_full = when_full;
             options.downsample_window = downsample_window;
-            if options.file_limit.is_none() {
-                self.file_limit.store(max_bytes, Ordering::Relaxed);
-            }
+            self.size_limit.store(max_bytes, Ordering::Relaxed);
         }
         // Space estimates were made against the old limit. (The space lock
         // is taken after the options lock is released: the policy takes them
@@ -309,6 +316,7 @@ impl Journal {
         });
         match result {
             Ok((seqs, deleted, change)) => {
+                self.space.lock().expect("space lock").refused_commit = false;
                 committed.seqs = seqs;
                 committed.deleted = deleted;
                 self.counters.lock().expect("counters lock").add(&Counters {
@@ -318,12 +326,23 @@ impl Journal {
                 self.stored_changed(change);
                 Ok(committed)
             }
-            Err(e) => {
-                if e.is_no_space() {
-                    self.after_refused_growth()?;
+            Err(e) if e.is_no_space() => {
+                self.after_refused_growth()?;
+                if delete.is_empty() {
+                    return Err(e);
                 }
-                Err(e)
+                // Scattered deletes rewrite many pages at once: free the
+                // acknowledged readings first, a few pages at a time, then
+                // append.
+                let deleted = self.delete_in_small_steps(delete)?;
+                // They made the room: no need to free more.
+                self.space.lock().expect("space lock").refused_commit = false;
+                let mut done = self.commit(readings, &[])?;
+                done.deleted += deleted;
+                done.policy.add(&committed.policy);
+                Ok(done)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -389,7 +408,7 @@ impl Journal {
             oldest_timestamp_ns: first.and_then(|(_, ts)| ts),
             last_seq,
             next_seq,
-            file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            file_bytes: self.disk.file_len(&self.path).unwrap_or(0),
             max_bytes: self.options().max_bytes,
             counters: self.counters(),
         })

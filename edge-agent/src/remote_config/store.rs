@@ -3,22 +3,32 @@
 //!
 //! One file, `remote-config.json` next to the journal, holding the payload
 //! exactly as it was accepted (signature included, so it can be checked
-//! again on start). It is replaced atomically: written to a temporary file,
-//! fsync'd, renamed over the old one, and the directory fsync'd. A crash at
-//! any point leaves either the old payload or the new one, never a mix.
+//! again on start). It is replaced atomically ([`crate::durable`]): a power
+//! cut at any point leaves either the old payload or the new one, never a
+//! mix.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::disk::{self, Disk};
 
 /// Where the accepted config lives.
 #[derive(Debug, Clone)]
 pub struct Store {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
 }
 
 impl Store {
     /// The store in `dir` (the journal's directory).
     pub fn in_dir(dir: &Path) -> Self {
+        Store::on(disk::real(), dir)
+    }
+
+    /// The store in `dir` on `disk`.
+    pub fn on(disk: Arc<dyn Disk>, dir: &Path) -> Self {
         Store {
+            disk,
             path: dir.join("remote-config.json"),
         }
     }
@@ -29,7 +39,7 @@ impl Store {
 
     /// The last accepted payload, if any.
     pub fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(&self.path) {
+        match disk::read(&*self.disk, &self.path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -38,17 +48,14 @@ impl Store {
 
     /// Replaces the stored payload durably.
     pub fn save(&self, payload: &[u8]) -> std::io::Result<()> {
-        crate::durable::replace(&self.path, payload)
+        crate::durable::replace(&*self.disk, &self.path, payload)
     }
 
     /// Puts back what [`Store::load`] returned earlier (a rollback).
     pub fn restore(&self, previous: Option<&[u8]>) -> std::io::Result<()> {
         match previous {
             Some(payload) => self.save(payload),
-            None => match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            None => crate::durable::remove(&*self.disk, &self.path),
         }
     }
 }

@@ -1,0 +1,126 @@
+//! The real filesystem. Files are redb's own [`FileBackend`] (positioned
+//! reads and writes, `fdatasync`, the byte-range locks that keep a second
+//! agent off an open journal), with one change: growth reserves its disk
+//! blocks at once (`fallocate`), so a full disk shows up as a refused growth
+//! (ENOSPC), never later as a failed write in the middle of a commit.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use redb::StorageBackend;
+use redb::backends::FileBackend;
+
+use super::{Disk, Mode, dir_of};
+
+/// The filesystem the agent runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealDisk;
+
+impl Disk for RealDisk {
+    fn open(&self, path: &Path, mode: Mode) -> io::Result<Box<dyn StorageBackend>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(mode != Mode::Existing)
+            .truncate(mode == Mode::Truncate)
+            .open(path)?;
+        Ok(Box::new(RealFile::new(file)?))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    fn available(&self, path: &Path) -> u64 {
+        let Ok(c) = std::ffi::CString::new(dir_of(path).as_os_str().as_encoded_bytes()) else {
+            return u64::MAX;
+        };
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        match unsafe { libc::statvfs(c.as_ptr(), &mut s) } {
+            0 => (s.f_bavail as u64).saturating_mul(s.f_frsize as u64),
+            // Unknown: the configured limit alone decides.
+            _ => u64::MAX,
+        }
+    }
+}
+
+/// redb's [`FileBackend`] with preallocated growth.
+#[derive(Debug)]
+struct RealFile {
+    inner: FileBackend,
+    /// The same open file, for `fstat` and `fallocate`.
+    file: File,
+}
+
+impl RealFile {
+    fn new(file: File) -> io::Result<RealFile> {
+        let same = file.try_clone()?;
+        let inner = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(RealFile { inner, file: same })
+    }
+}
+
+impl StorageBackend for RealFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let current = self.file.metadata()?.len();
+        if len <= current {
+            return self.inner.set_len(len);
+        }
+        // Reserve the blocks now; mode 0 also extends the file.
+        let (start, extra) = (current as libc::off_t, (len - current) as libc::off_t);
+        match unsafe { libc::fallocate(self.file.as_raw_fd(), 0, start, extra) } {
+            0 => Ok(()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    // A filesystem without fallocate: plain growth.
+                    self.inner.set_len(len)
+                } else {
+                    // Leave the file as it was, whatever part was reserved.
+                    let _ = self.file.set_len(current);
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.inner.write(offset, data)
+    }
+
+    forward_locks!(inner);
+}
