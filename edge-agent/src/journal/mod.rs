@@ -45,7 +45,8 @@
 //! 6. A journal that fails its integrity check on open is renamed aside
 //!    (`<name>.corrupt-<UTC time>`), never deleted; whatever frames in it are
 //!    intact are copied into a fresh journal with their sequence numbers
-//!    ([`salvage`]).
+//!    ([`salvage`]). The fresh journal is built beside it and takes its
+//!    place only when complete, so a salvage cut short starts again.
 //!
 //! ## When the journal is full (`journal.when_full`)
 //! - `drop_oldest` (default): the oldest readings are deleted.

@@ -1,5 +1,7 @@
-//! Recovery from a damaged journal file: move it aside, never delete it, and
-//! copy whatever is still intact into the fresh journal.
+//! Recovery from a damaged journal file: copy whatever is still intact into
+//! a fresh journal, move the damaged file aside (never delete it), and put
+//! the fresh one in its place; a power cut at any step leaves the damaged
+//! journal in place or the finished result ([`recover`]).
 //!
 //! Salvage does not trust redb's structure, which is what is damaged: it
 //! scans the file's raw bytes for checksummed frames ([`record::scan`]), in
@@ -21,16 +23,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use redb::ReadableTable;
 
 use super::capacity::WhenFull;
 use super::record::{self, Frame};
+use super::reservation::Reservation;
 use super::tables::{
     BOOTS, META, NEXT_SEQ, READINGS, add_counters, begin, get, keep_next_seq, next_seq, put,
 };
-use super::{Counters, Journal, JournalError};
+use super::{Counters, Journal, JournalError, JournalOptions};
 use crate::disk::{Disk, Mode, dir_of};
 
 /// A reading found in a damaged file: sequence number, boot index, key,
@@ -44,6 +48,9 @@ const CHUNK: usize = 4 << 20;
 const OVERLAP: usize = 64 << 10;
 /// Readings imported per transaction.
 const IMPORT_BATCH: usize = 5_000;
+/// And at most this many bytes of them: one transaction must fit in the
+/// smallest journal's headroom, whatever the size of its readings.
+const IMPORT_BYTES: usize = 128 << 10;
 
 /// What happened to a damaged journal.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,14 +92,67 @@ pub fn move_aside(disk: &dyn Disk, path: &Path) -> io::Result<PathBuf> {
     Ok(target)
 }
 
-/// Copies every intact reading of the damaged file at `moved_to` into
-/// `journal`, and counts the quarantine and what was saved in the journal's
-/// counters.
-pub fn salvage(
-    journal: &Journal,
-    moved_to: PathBuf,
+/// `<journal>.salvage`: where a damaged journal's readings are gathered
+/// before the result takes its place.
+pub fn staging_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".salvage");
+    PathBuf::from(name)
+}
+
+/// Replaces the damaged journal at `path` by a fresh one holding what is
+/// intact in it, so that a power cut at any point leaves either the damaged
+/// journal in place (and the salvage starts again) or the finished result:
+/// 1. the fresh journal is built, durably, at [`staging_path`];
+/// 2. the damaged file is moved aside ([`move_aside`]);
+/// 3. the fresh one is renamed into place and the directory synced.
+///
+/// [`finish_interrupted`] completes or discards one cut short.
+pub(super) fn recover(
+    disk: &Arc<dyn Disk>,
+    path: &Path,
+    options: &JournalOptions,
+    boot_id: Option<&str>,
     reason: String,
 ) -> Result<Report, JournalError> {
+    let io_err = |source: io::Error| JournalError::Quarantine {
+        path: path.to_owned(),
+        source,
+    };
+    let staging = staging_path(path);
+    let (staged, _) = Journal::open_as(disk.clone(), &staging, options.clone(), boot_id)?;
+    let mut report = salvage(&staged, path, reason)?;
+    // Numbers past even the damaged file's high-water mark may have gone
+    // with the damage: on after the reservation's limit.
+    staged.raise_next_seq(Reservation::load(disk.clone(), path).limit())?;
+    drop(staged);
+    report.moved_to = move_aside(&**disk, path).map_err(io_err)?;
+    disk.rename(&staging, path).map_err(io_err)?;
+    disk.sync_dir(dir_of(path)).map_err(io_err)?;
+    Ok(report)
+}
+
+/// After a salvage cut short ([`recover`]): with the damaged journal still
+/// in place, the half-built one is removed (the salvage starts again); with
+/// it moved aside, the finished one is put in its place.
+pub(super) fn finish_interrupted(disk: &dyn Disk, path: &Path) -> io::Result<()> {
+    let staging = staging_path(path);
+    if !disk.exists(&staging) {
+        return Ok(());
+    }
+    if disk.exists(path) {
+        disk.remove(&staging)?;
+    } else {
+        disk.rename(&staging, path)?;
+    }
+    disk.sync_dir(dir_of(path))
+}
+
+/// Copies every intact reading of the damaged file at `source` into
+/// `journal`, and counts the quarantine and what was saved in the journal's
+/// counters.
+fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, JournalError> {
+    let moved_to = source.to_owned();
     let io_err = |source: io::Error| JournalError::Quarantine {
         path: moved_to.clone(),
         source,
@@ -116,9 +176,13 @@ pub fn salvage(
     })
     .map_err(|e| e.into_journal(&io_err))?;
     let unknown_boot = journal.import_boot("unknown (salvaged)")?;
+    // Boots were numbered in the order they came: that order, by the index
+    // each has here.
+    let age: HashMap<u32, u32> = boots.iter().map(|(&old, &new)| (new, old + 1)).collect();
     // Pass 2: the readings.
     let before = journal.stats()?.records;
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut batch_bytes = 0;
     let mut unparsable = 0;
     let dropped_before = journal.counters().dropped_oldest;
     let (mut lowest, mut highest) = (u64::MAX, 0);
@@ -132,20 +196,19 @@ pub fn salvage(
             }
             let boot = boots.get(&r.boot).copied().unwrap_or(unknown_boot);
             batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned(), r.taken));
-            if batch.len() >= IMPORT_BATCH {
-                journal.import(&batch, Counters::default())?;
-                batch.clear();
+            batch_bytes += r.line.len() + r.key.len();
+            if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BYTES {
+                journal.import(&batch, Counters::default(), &age)?;
+                (batch_bytes, _) = (0, batch.clear());
             }
         }
         Ok(())
     })
     .map_err(|e| e.into_journal(&io_err))?;
-    journal.import(&batch, Counters::default())?;
+    journal.import(&batch, Counters::default(), &age)?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
-    // The damaged journal's own high-water mark, if found. (Numbers past
-    // even that may have gone with the damage: opening raises the fresh
-    // journal to the reservation's limit too.)
+    // The damaged journal's own high-water mark, if found.
     journal.raise_next_seq(meta.get(NEXT_SEQ).copied().unwrap_or(0))?;
     // The damaged journal's counters carry over, plus this quarantine.
     let mut carried =
@@ -155,7 +218,7 @@ pub fn salvage(
         salvaged,
         ..Counters::default()
     });
-    journal.import(&[], carried)?;
+    journal.import(&[], carried, &age)?;
     let missing = if highest >= lowest {
         (highest - lowest + 1).saturating_sub(salvaged)
     } else {
@@ -176,8 +239,29 @@ impl Journal {
     /// under `reject_new` a full journal refuses them, counted.
     pub(super) fn import(
         &self,
+        records: &[Salvaged],
+        counters: Counters,
+        age: &HashMap<u32, u32>,
+    ) -> Result<(), JournalError> {
+        // A growth refused at the limit: the policy makes room, once more
+        // each time (as the writer's retries do for commits).
+        let mut tries = 0;
+        loop {
+            match self.import_once(records, counters, age) {
+                Err(e) if e.is_no_space() && tries < 3 => tries += 1,
+                done => return done,
+            }
+        }
+    }
+
+    /// `age` ranks boots (this journal's indices) oldest first: of two
+    /// frames with one number, the one from the later boot is kept (the
+    /// other is a commit a power cut took, whose number was given again).
+    fn import_once(
+        &self,
         mut records: &[Salvaged],
         mut counters: Counters,
+        age: &HashMap<u32, u32>,
     ) -> Result<(), JournalError> {
         let batch: u64 = records
             .iter()
@@ -201,6 +285,13 @@ impl Journal {
                 let mut next = next_seq(&table, &meta)?;
                 let mut value = Vec::new();
                 for (seq, boot, key, line, taken) in records {
+                    if let Some(old) = table.get(*seq)? {
+                        let old_boot = record::decode_reading(old.value()).map(|r| r.boot);
+                        let rank = |b: u32| age.get(&b).copied().unwrap_or(0);
+                        if old_boot.is_ok_and(|b| rank(b) > rank(*boot)) {
+                            continue;
+                        }
+                    }
                     value.clear();
                     record::encode_reading(&mut value, *seq, *boot, key, line, *taken);
                     if let Some(old) = table.insert(*seq, value.as_slice())? {
@@ -215,7 +306,14 @@ impl Journal {
             };
             tx.commit()?;
             Ok(change)
-        })?;
+        });
+        let change = match change {
+            Err(e) if e.is_no_space() => {
+                self.after_refused_growth()?;
+                return Err(e);
+            }
+            other => other?,
+        };
         self.stored_changed(change);
         self.counters.lock().expect("counters lock").add(&counters);
         Ok(())

@@ -111,7 +111,7 @@ impl Journal {
         Journal::open_as(disk::real(), path, options, None)
     }
 
-    fn open_as(
+    pub(super) fn open_as(
         disk: Arc<dyn Disk>,
         path: &Path,
         options: JournalOptions,
@@ -124,30 +124,25 @@ impl Journal {
                     source,
                 })?;
         }
+        let quarantine_err = |source| JournalError::Quarantine {
+            path: path.to_owned(),
+            source,
+        };
+        salvage::finish_interrupted(&*disk, path).map_err(quarantine_err)?;
         let size_limit = Arc::new(AtomicU64::new(options.max_bytes));
         let existed = disk.exists(path);
-        let (db, damaged) = match open_db(&*disk, path, &options, &size_limit) {
-            Ok(db) => (db, None),
+        let db = match open_db(&*disk, path, &options, &size_limit) {
+            Ok(db) => db,
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(reason)) => {
-                let moved_to = salvage::move_aside(&*disk, path).map_err(|source| {
-                    JournalError::Quarantine {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
-                match open_db(&*disk, path, &options, &size_limit) {
-                    Ok(db) => (db, Some((moved_to, reason))),
-                    Err(OpenFailure::Other(e)) => return Err(e),
-                    Err(OpenFailure::Damaged(r)) => {
-                        return Err(JournalError::Quarantine {
-                            path: path.to_owned(),
-                            source: std::io::Error::other(format!(
-                                "a fresh journal cannot be created: {r}"
-                            )),
-                        });
-                    }
-                }
+                let report = salvage::recover(&disk, path, &options, boot_id, reason)?;
+                let (journal, _) = Journal::open_as(disk, path, options, boot_id)?;
+                return Ok((
+                    journal,
+                    Opened {
+                        quarantined: Some(report),
+                    },
+                ));
             }
         };
         let open_err = |source: redb::Error| JournalError::Open {
@@ -172,21 +167,17 @@ impl Journal {
             counters: Mutex::new(counters),
         };
         journal.measure()?;
-        // The file was created now: the journal it replaces (deleted, or
-        // moved aside as damaged) may have handed out numbers past anything
-        // this one knows of; they are not handed out again.
-        let fresh = !existed || damaged.is_some();
-        let quarantined = match damaged {
-            None => None,
-            Some((moved_to, reason)) => Some(salvage::salvage(&journal, moved_to, reason)?),
-        };
+        // The file was created now: the journal it replaces (deleted by
+        // hand) may have handed out numbers past anything this one knows
+        // of; they are not handed out again. (A salvaged journal was raised
+        // before it was put in place.)
         let limit = journal.reservation.limit();
-        if fresh && limit > 0 {
+        if !existed && limit > 0 {
             tracing::info!(path = %path.display(), next_seq = limit,
                 "new journal file; sequence numbers continue after those of the one it replaces");
             journal.raise_next_seq(limit)?;
         }
-        Ok((journal, Opened { quarantined }))
+        Ok((journal, Opened { quarantined: None }))
     }
 
     pub fn path(&self) -> &Path {
