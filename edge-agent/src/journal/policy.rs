@@ -350,23 +350,17 @@ impl Journal {
             tx.commit()?;
             Ok((done, change))
         });
-        match result {
-            Ok((done, change)) => {
-                self.stored_changed(change);
-                Ok(done)
-            }
-            Err(e) => {
-                if e.is_no_space() {
-                    self.after_refused_growth()?;
-                }
-                Err(e)
-            }
-        }
+        let (done, change) = result?;
+        self.stored_changed(change);
+        Ok(done)
     }
 
-    /// Notes stored bytes appended (positive) or deleted since the last
-    /// measurement.
+    /// After a write transaction committed: notes the stored bytes it
+    /// appended (positive) or deleted since the last measurement; a refused
+    /// commit before it is made up for.
     pub(super) fn stored_changed(&self, change: i64) {
-        self.space.lock().expect("space lock").changed += change;
+        let mut s = self.space.lock().expect("space lock");
+        s.changed += change;
+        s.refused_commit = false;
     }
 }

@@ -307,14 +307,7 @@ impl Journal {
             tx.commit()?;
             Ok(change)
         });
-        let change = match change {
-            Err(e) if e.is_no_space() => {
-                self.after_refused_growth()?;
-                return Err(e);
-            }
-            other => other?,
-        };
-        self.stored_changed(change);
+        self.stored_changed(change?);
         self.counters.lock().expect("counters lock").add(&counters);
         Ok(())
     }

@@ -214,17 +214,28 @@ impl Journal {
         }
     }
 
-    /// Runs `f` with the open database.
+    /// Runs `f` with the open database. A growth refused for want of space
+    /// leaves redb answering nothing: the file is reopened before the error
+    /// is returned, and the next write makes room first
+    /// ([`Journal::after_refused_growth`]).
     pub(super) fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, JournalError> {
-        let guard = self.db.read().expect("journal lock");
-        let db = guard.as_ref().ok_or_else(|| JournalError::Storage {
-            path: self.path.clone(),
-            source: redb::Error::DatabaseClosed,
-        })?;
-        f(db).map_err(self.storage_err())
+        let result = {
+            let guard = self.db.read().expect("journal lock");
+            let db = guard.as_ref().ok_or_else(|| JournalError::Storage {
+                path: self.path.clone(),
+                source: redb::Error::DatabaseClosed,
+            })?;
+            f(db).map_err(self.storage_err())
+        };
+        if let Err(e) = &result
+            && e.is_no_space()
+        {
+            self.after_refused_growth()?;
+        }
+        result
     }
 
     /// The boot id this journal was opened in (what new readings are
@@ -307,7 +318,6 @@ impl Journal {
         });
         match result {
             Ok((seqs, deleted, change)) => {
-                self.space.lock().expect("space lock").refused_commit = false;
                 committed.seqs = seqs;
                 committed.deleted = deleted;
                 self.counters.lock().expect("counters lock").add(&Counters {
@@ -317,17 +327,11 @@ impl Journal {
                 self.stored_changed(change);
                 Ok(committed)
             }
-            Err(e) if e.is_no_space() => {
-                self.after_refused_growth()?;
-                if delete.is_empty() {
-                    return Err(e);
-                }
+            Err(e) if e.is_no_space() && !delete.is_empty() => {
                 // Scattered deletes rewrite many pages at once: free the
-                // acknowledged readings first, a few pages at a time, then
-                // append.
+                // acknowledged readings first, a few pages at a time (they
+                // make the room), then append.
                 let deleted = self.delete_in_small_steps(delete)?;
-                // They made the room: no need to free more.
-                self.space.lock().expect("space lock").refused_commit = false;
                 let mut done = self.commit(readings, &[])?;
                 done.deleted += deleted;
                 done.policy.add(&committed.policy);
