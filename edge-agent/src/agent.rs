@@ -21,7 +21,7 @@
 //! readiness and watchdog ([`service_manager`]), pinged from the main loop
 //! below so that a stalled loop gets the agent restarted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,8 @@ pub struct Setup {
     pub clock: Arc<dyn Clock>,
     /// The boot new readings are journaled under.
     pub boot_id: String,
+    /// Where to report every commit (`edge-agent run --report-commits`).
+    pub report_commits: Option<PathBuf>,
 }
 
 impl Setup {
@@ -59,6 +61,7 @@ impl Setup {
             status: Arc::new(Status::default()),
             clock: Arc::new(SystemClock::default()),
             boot_id: journal::current_boot_id(),
+            report_commits: None,
         }
     }
 }
@@ -91,6 +94,7 @@ pub async fn run_with(
         status,
         clock,
         boot_id,
+        report_commits,
     } = setup;
     let store = Store::in_dir(
         local
@@ -163,6 +167,10 @@ pub async fn run_with(
         }
         (Err(e), _) => return Err(e.into()),
     };
+    let commit_report = match &report_commits {
+        Some(path) => Some(journal::commit_report::start(path, pipeline.committed())?),
+        None => None,
+    };
 
     let (apply_tx, mut apply_rx) = mpsc::channel(1);
     let mut remote_tasks = JoinSet::new();
@@ -218,6 +226,9 @@ pub async fn run_with(
     // A config still waiting is refused ("the agent is stopping").
     drop(apply_rx);
     let stopped = pipeline.stop().await;
+    if let Some(report) = commit_report {
+        let _ = report.await;
+    }
     while remote_tasks.join_next().await.is_some() {}
     for server in local_servers {
         let _ = server.await;

@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sample, journal and forward until SIGTERM or SIGINT (the default).
-    Run,
+    Run(RunArgs),
     /// Check the config file and environment overrides, print every problem
     /// with its line number, and exit non-zero if there is any.
     CheckConfig {
@@ -77,6 +77,19 @@ pub enum Command {
     },
 }
 
+/// `edge-agent run`.
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// After every journal commit, write the highest committed sequence
+    /// number to FILE as one line (a file, a FIFO or a serial port; opened
+    /// for appending, created if missing). A number is written only once the
+    /// commit is on disk (fsync returned), so each line is a promise that
+    /// every reading up to that number survives a power cut: what the
+    /// power-cut test checks, and a feed for an external watchdog.
+    #[arg(long, value_name = "FILE")]
+    pub report_commits: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
     /// Records waiting (readings and aggregates), sequence numbers, oldest
@@ -94,6 +107,10 @@ pub enum JournalCommand {
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Influx)]
         format: ExportFormat,
+        /// Start each line with the reading's journal sequence number (the
+        /// buoy-seq header it is sent to Kafka with) and a tab.
+        #[arg(long)]
+        with_seq: bool,
     },
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_agent::cli::{Cli, Command, ExportFormat, JournalCommand};
+use edge_agent::cli::{Cli, Command, ExportFormat, JournalCommand, RunArgs};
 use edge_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use telemetry::config_file::{self, Loaded};
 use tokio_util::sync::CancellationToken;
@@ -25,18 +25,18 @@ fn main() -> ExitCode {
     for var in &loaded.unknown_env {
         tracing::warn!(variable = %var, "environment variable matches no edge-agent setting; ignored");
     }
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::CheckConfig { print } => check_config(&loaded, print),
         Command::Journal { command } => journal_command(&loaded.config, command),
         Command::Sensors { json } => sensors_command(&loaded.config, json),
         Command::Status { json } => status_command(&loaded.config, json),
         Command::SignConfig { .. } => unreachable!("handled before the config is loaded"),
-        Command::Run => {
+        Command::Run(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(run(loaded.config)) {
+            match runtime.block_on(run(loaded.config, args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -47,10 +47,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: AgentConfig) -> anyhow::Result<()> {
+async fn run(config: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    edge_agent::agent::run(config, shutdown).await
+    let setup = edge_agent::agent::Setup {
+        report_commits: args.report_commits,
+        ..edge_agent::agent::Setup::system()
+    };
+    edge_agent::agent::run_with(config, shutdown, setup).await
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the
@@ -294,13 +298,13 @@ fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
                     print!("{}", inspect::describe(&i, now));
                 }
             }),
-        JournalCommand::Export { format } => {
+        JournalCommand::Export { format, with_seq } => {
             let format = match format {
                 ExportFormat::Influx => telemetry::record::Format::Influx,
                 ExportFormat::Json => telemetry::record::Format::Json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            match inspect::export(&journal, format, &mut out) {
+            match inspect::export(&journal, format, with_seq, &mut out) {
                 Ok((written, unreadable)) => {
                     eprintln!("exported {written} readings ({unreadable} unreadable, skipped)");
                     Ok(())

@@ -145,6 +145,11 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// What the journal writer has committed so far.
+    pub fn committed(&self) -> watch::Receiver<Progress> {
+        self.committed.clone()
+    }
+
     /// The config the stages run under.
     pub fn config(&self) -> &Arc<AgentConfig> {
         &self.config

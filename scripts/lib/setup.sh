@@ -103,3 +103,14 @@ wait_for_port() {
     echo "$name did not start listening on port $port within ${seconds}s" >&2
     return 1
 }
+
+# What scripts/powercut needs: qemu (TCG is enough), a static busybox for the
+# guest, mkfs.ext4 for its disk, objcopy to strip the agent, and the package
+# lists, so that Debian's kernel package can be downloaded (not installed).
+need_powercut() {
+    need_debian_packages qemu-system-x86 busybox-static e2fsprogs binutils file python3
+    if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+        say "updating the package lists (for Debian's kernel package)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    fi
+}

@@ -112,11 +112,13 @@ pub fn inspect(journal: &Journal) -> Result<Inspection, JournalError> {
     Ok(out)
 }
 
-/// Writes every reading to `out`, one per line, in sequence order. Returns
-/// how many were written and how many were unreadable (reported, skipped).
+/// Writes every reading to `out`, one per line, in sequence order, each
+/// line after its sequence number and a tab if `with_seq`. Returns how many
+/// were written and how many were unreadable (reported, skipped).
 pub fn export(
     journal: &Journal,
     format: Format,
+    with_seq: bool,
     out: &mut impl Write,
 ) -> Result<(u64, u64), InspectError> {
     let (mut written, mut unreadable) = (0, 0);
@@ -129,10 +131,10 @@ pub fn export(
                 return Ok::<(), InspectError>(());
             }
         };
-        match format {
-            Format::Influx => writeln!(out, "{}", record.line)?,
+        let line = match format {
+            Format::Influx => record.line.clone(),
             Format::Json => match record.reading().map(|r| telegraf_json::encode(&r)) {
-                Ok(Ok(json)) => writeln!(out, "{json}")?,
+                Ok(Ok(json)) => json,
                 Ok(Err(e)) => {
                     unreadable += 1;
                     eprintln!(
@@ -147,7 +149,11 @@ pub fn export(
                     return Ok(());
                 }
             },
+        };
+        if with_seq {
+            write!(out, "{}\t", record.seq)?;
         }
+        writeln!(out, "{line}")?;
         written += 1;
         Ok(())
     })?;

@@ -75,6 +75,7 @@
 //!   numbers reserved outside it.
 
 pub mod capacity;
+pub mod commit_report;
 pub mod downsample;
 pub mod file;
 pub mod inspect;

@@ -78,6 +78,7 @@ async fn run_agent(
         status,
         clock,
         boot_id: boot_id.into(),
+        report_commits: None,
     };
     let run = agent::run_with(config, shutdown.clone(), setup);
     let task = tokio::spawn(async move { run.await.map_err(|e| format!("{e:#}")) });
