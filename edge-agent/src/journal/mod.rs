@@ -75,6 +75,7 @@
 //!   numbers reserved outside it.
 
 pub mod capacity;
+pub mod commit;
 pub mod commit_report;
 pub mod downsample;
 pub mod file;
@@ -84,6 +85,7 @@ pub mod policy;
 pub mod record;
 pub mod reservation;
 pub mod salvage;
+pub mod segment;
 pub mod store;
 mod tables;
 pub mod writer;
@@ -117,6 +119,11 @@ pub enum JournalError {
         "journal {path} is full and no space could be freed ({reason}); the readings are kept in memory and retried"
     )]
     Full { path: PathBuf, reason: String },
+    #[error("journal segment {path}: {source}")]
+    Segment {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot quarantine the damaged journal {path}: {source}")]
     Quarantine {
         path: PathBuf,

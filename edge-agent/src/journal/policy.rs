@@ -188,7 +188,9 @@ impl Journal {
     }
 
     /// Applies the full-journal policy until `batch` fits with headroom.
-    pub(super) fn make_room(&self, batch: u64) -> Result<Counters, JournalError> {
+    /// Aggregates are numbered from `next_seq` at least (the numbers before
+    /// it are given, in the hot segment).
+    pub(super) fn make_room(&self, batch: u64, next_seq: u64) -> Result<Counters, JournalError> {
         let mut done = Counters::default();
         // A refused commit proves the estimate wrong (redb needed more fresh
         // pages than it allows for): free at least the batch once more.
@@ -203,12 +205,12 @@ impl Journal {
             }
             let stored_to_free = (to_free as f64 / RATIO) as u64 + 1;
             let step = match self.options().when_full {
-                WhenFull::Downsample => self.downsample_step(stored_to_free)?,
+                WhenFull::Downsample => self.downsample_step(stored_to_free, next_seq)?,
                 _ => None,
             };
             let step = match step {
                 Some(step) => step,
-                None => self.drop_step(stored_to_free)?,
+                None => self.drop_step(stored_to_free, next_seq)?,
             };
             if step == Counters::default() {
                 return Err(JournalError::Full {
@@ -226,8 +228,8 @@ impl Journal {
     }
 
     /// Deletes the oldest records holding at least `stored_to_free` bytes.
-    fn drop_step(&self, stored_to_free: u64) -> Result<Counters, JournalError> {
-        self.policy_tx(|tx| {
+    fn drop_step(&self, stored_to_free: u64, next_seq: u64) -> Result<Counters, JournalError> {
+        self.policy_tx(next_seq, |tx| {
             let mut table = tx.open_table(READINGS)?;
             let (mut freed, mut dropped) = (0, 0);
             while freed < stored_to_free && dropped < POLICY_STEP as u64 {
@@ -249,7 +251,11 @@ impl Journal {
     /// bytes by aggregates. `None` when there is nothing raw to aggregate, or
     /// when aggregating would not save at least half the bytes (one reading
     /// per series and window): then the caller drops instead.
-    fn downsample_step(&self, stored_to_free: u64) -> Result<Option<Counters>, JournalError> {
+    fn downsample_step(
+        &self,
+        stored_to_free: u64,
+        next_seq: u64,
+    ) -> Result<Option<Counters>, JournalError> {
         let window = self
             .options()
             .downsample_window
@@ -307,7 +313,7 @@ impl Journal {
             return Ok(None);
         }
         let replaced = seqs.len() as u64;
-        self.policy_tx(|tx| {
+        self.policy_tx(next_seq, |tx| {
             let mut table = tx.open_table(READINGS)?;
             let mut freed = 0;
             for seq in &seqs {
@@ -331,13 +337,14 @@ impl Journal {
     /// same transaction.
     fn policy_tx(
         &self,
+        floor: u64,
         f: impl FnOnce(&WriteTransaction) -> Result<(u64, Appended, Counters), redb::Error>,
     ) -> Result<Counters, JournalError> {
         let result = self.with_db(|db| {
             let tx = begin(db)?;
             // Numbered before `f` removes anything: with the newest readings
             // gone, the table alone would hand their numbers out again.
-            let first = next_seq(&tx.open_table(READINGS)?, &tx.open_table(META)?)?;
+            let first = next_seq(&tx.open_table(READINGS)?, &tx.open_table(META)?)?.max(floor);
             let (freed, aggregates, done) = f(&tx)?;
             let change = {
                 let mut table = tx.open_table(READINGS)?;

@@ -120,7 +120,7 @@ pub(super) fn recover(
         source,
     };
     let staging = staging_path(path);
-    let (staged, _) = Journal::open_as(disk.clone(), &staging, options.clone(), boot_id)?;
+    let (staged, _) = Journal::open_redb(disk.clone(), &staging, options.clone(), boot_id)?;
     let mut report = salvage(&staged, path, reason)?;
     // Numbers past even the damaged file's high-water mark may have gone
     // with the damage: on after the reservation's limit.
@@ -176,6 +176,10 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
     })
     .map_err(|e| e.into_journal(&io_err))?;
     let unknown_boot = journal.import_boot("unknown (salvaged)")?;
+    // Aggregates the policy writes while importing are numbered after every
+    // number ever given (readings in the hot segment are above anything
+    // redb holds).
+    let floor = Reservation::load(journal.disk.clone(), source).limit();
     // Boots were numbered in the order they came: that order, by the index
     // each has here.
     let age: HashMap<u32, u32> = boots.iter().map(|(&old, &new)| (new, old + 1)).collect();
@@ -198,14 +202,14 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
             batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned(), r.taken));
             batch_bytes += r.line.len() + r.key.len();
             if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BYTES {
-                journal.import(&batch, Counters::default(), &age)?;
+                journal.import(&batch, Counters::default(), &age, floor)?;
                 (batch_bytes, _) = (0, batch.clear());
             }
         }
         Ok(())
     })
     .map_err(|e| e.into_journal(&io_err))?;
-    journal.import(&batch, Counters::default(), &age)?;
+    journal.import(&batch, Counters::default(), &age, floor)?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
     // The damaged journal's own high-water mark, if found.
@@ -218,7 +222,7 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
         salvaged,
         ..Counters::default()
     });
-    journal.import(&[], carried, &age)?;
+    journal.import(&[], carried, &age, floor)?;
     let missing = if highest >= lowest {
         (highest - lowest + 1).saturating_sub(salvaged)
     } else {
@@ -242,12 +246,13 @@ impl Journal {
         records: &[Salvaged],
         counters: Counters,
         age: &HashMap<u32, u32>,
+        floor: u64,
     ) -> Result<(), JournalError> {
         // A growth refused at the limit: the policy makes room, once more
         // each time (as the writer's retries do for commits).
         let mut tries = 0;
         loop {
-            match self.import_once(records, counters, age) {
+            match self.import_once(records, counters, age, floor) {
                 Err(e) if e.is_no_space() && tries < 3 => tries += 1,
                 done => return done,
             }
@@ -262,6 +267,7 @@ impl Journal {
         mut records: &[Salvaged],
         mut counters: Counters,
         age: &HashMap<u32, u32>,
+        floor: u64,
     ) -> Result<(), JournalError> {
         let batch: u64 = records
             .iter()
@@ -273,7 +279,7 @@ impl Journal {
                 counters.rejected_new += records.len() as u64;
                 records = &[];
             } else {
-                self.make_room(batch)?;
+                self.make_room(batch, floor)?;
             }
         }
         let change = self.with_db(|db| {

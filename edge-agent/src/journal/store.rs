@@ -7,26 +7,23 @@
 //! - Space and the full-journal policy: [`super::policy`].
 //! - Salvaged readings come in through [`super::salvage`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use telemetry::line_protocol;
 
-use super::Journaled;
 use super::capacity::WhenFull;
 use super::open::{OpenFailure, Registered, open_db, read_boots, register_boot};
 use super::policy::SpaceState;
 use super::record::{self, RecordRef};
 use super::reservation::Reservation;
 use super::salvage;
-use super::tables::{BOOTS, META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
-use super::{
-    Committed, Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable,
-};
+use super::segment::Segment;
+use super::tables::{BOOTS, META, READINGS, next_seq};
+use super::{Counters, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable};
 use crate::disk::{self, Disk};
 
 /// How the journal is opened and bounded (from `[journal]`).
@@ -77,6 +74,9 @@ pub struct Journal {
     pub(super) counters: Mutex<Counters>,
     /// Sequence numbers reserved outside the file.
     pub(super) reservation: Reservation,
+    /// Where small commits go ([`super::commit`]); `None` while a fresh
+    /// journal is built by salvage, or after the segment failed.
+    pub(super) segment: Mutex<Option<Segment>>,
 }
 
 impl Journal {
@@ -111,7 +111,21 @@ impl Journal {
         Journal::open_as(disk::real(), path, options, None)
     }
 
+    /// Opens the redb file, then replays the hot segment into it.
     pub(super) fn open_as(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        boot_id: Option<&str>,
+    ) -> Result<(Journal, Opened), JournalError> {
+        let (journal, opened) = Journal::open_redb(disk, path, options, boot_id)?;
+        journal.open_segment()?;
+        Ok((journal, opened))
+    }
+
+    /// Opens the redb file alone (with quarantine and salvage), without a
+    /// segment.
+    pub(super) fn open_redb(
         disk: Arc<dyn Disk>,
         path: &Path,
         options: JournalOptions,
@@ -136,7 +150,7 @@ impl Journal {
             Err(OpenFailure::Other(e)) => return Err(e),
             Err(OpenFailure::Damaged(reason)) => {
                 let report = salvage::recover(&disk, path, &options, boot_id, reason)?;
-                let (journal, _) = Journal::open_as(disk, path, options, boot_id)?;
+                let (journal, _) = Journal::open_redb(disk, path, options, boot_id)?;
                 return Ok((
                     journal,
                     Opened {
@@ -165,6 +179,7 @@ impl Journal {
             boots,
             space: Mutex::new(SpaceState::default()),
             counters: Mutex::new(counters),
+            segment: Mutex::new(None),
         };
         journal.measure()?;
         // The file was created now: the journal it replaces (deleted by
@@ -252,95 +267,6 @@ impl Journal {
         *self.counters.lock().expect("counters lock")
     }
 
-    /// Appends `readings` and deletes the acknowledged sequence numbers in
-    /// `delete`, in one durable transaction, after making room as
-    /// `journal.when_full` says. Readings that cannot be encoded are left out
-    /// and returned in [`Committed::rejected`]; readings refused because the
-    /// journal is full (`reject_new`) are counted in [`Committed::policy`].
-    pub fn commit<R: Journaled>(
-        &self,
-        readings: &[R],
-        delete: &[u64],
-    ) -> Result<Committed, JournalError> {
-        let mut committed = Committed::default();
-        let mut lines = Vec::with_capacity(readings.len());
-        for r in readings {
-            let reading = r.reading();
-            match line_protocol::encode(reading) {
-                Ok(line) => lines.push((
-                    reading.tag("device_id").unwrap_or_default(),
-                    line,
-                    r.taken(),
-                )),
-                Err(e) => committed.rejected.push(e),
-            }
-        }
-        let batch: u64 = lines
-            .iter()
-            .map(|(key, line, _)| record::reading_len(key, line) as u64)
-            .sum();
-        if !lines.is_empty() && self.may_be_full(batch)? {
-            match self.options().when_full {
-                WhenFull::RejectNew => {
-                    committed.policy.rejected_new = lines.len() as u64;
-                    lines.clear();
-                }
-                WhenFull::DropOldest | WhenFull::Downsample => {
-                    committed.policy.add(&self.make_room(batch)?);
-                }
-            }
-        }
-        let result = self.with_db(|db| {
-            let tx = begin(db)?;
-            let done = Counters {
-                rejected_new: committed.policy.rejected_new,
-                ..Counters::default()
-            };
-            let (seqs, deleted, change) = {
-                let mut table = tx.open_table(READINGS)?;
-                let mut meta = tx.open_table(META)?;
-                let first = next_seq(&table, &meta)?;
-                let (seqs, added) = append(&mut table, self.boot_index, first, &lines)?;
-                let (mut deleted, mut removed) = (0, 0);
-                for &seq in delete {
-                    if let Some(old) = table.remove(seq)? {
-                        removed += old.value().len() as i64;
-                        deleted += 1;
-                    }
-                }
-                keep_next_seq(&table, &mut meta, seqs.end)?;
-                add_counters(&mut meta, &done)?;
-                (seqs, deleted, added - removed)
-            };
-            self.reservation.cover(seqs.end);
-            tx.commit()?;
-            Ok((seqs, deleted, change))
-        });
-        match result {
-            Ok((seqs, deleted, change)) => {
-                committed.seqs = seqs;
-                committed.deleted = deleted;
-                self.counters.lock().expect("counters lock").add(&Counters {
-                    rejected_new: committed.policy.rejected_new,
-                    ..Counters::default()
-                });
-                self.stored_changed(change);
-                Ok(committed)
-            }
-            Err(e) if e.is_no_space() && !delete.is_empty() => {
-                // Scattered deletes rewrite many pages at once: free the
-                // acknowledged readings first, a few pages at a time (they
-                // make the room), then append.
-                let deleted = self.delete_in_small_steps(delete)?;
-                let mut done = self.commit(readings, &[])?;
-                done.deleted += deleted;
-                done.policy.add(&committed.policy);
-                Ok(done)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Reads up to `limit` records with sequence numbers above `after`, in
     /// order. A record that cannot be decoded comes back as an error in its
     /// place, so the caller can report and skip it.
@@ -349,26 +275,52 @@ impl Journal {
     }
 
     /// Like [`Journal::read_after`], stopping after sequence number `up_to`.
+    /// Readings in redb and in the hot segment come merged, in order;
+    /// acknowledged ones still waiting to be deleted from redb are skipped.
     pub fn read_range(
         &self,
         after: u64,
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<ReadResult>, JournalError> {
-        if after >= up_to {
+        if after >= up_to || limit == 0 {
             return Ok(Vec::new());
         }
-        self.with_db(|db| {
+        // Held across the redb read: a migration moves readings from the
+        // segment into redb under this lock, so none is missed or doubled.
+        let segment = self.segment.lock().expect("segment lock");
+        let no_acks = BTreeSet::new();
+        let (hot, acked): (Vec<(u64, Vec<u8>)>, _) = match segment.as_ref() {
+            Some(s) => (
+                s.readings
+                    .range(after + 1..=up_to)
+                    .take(limit)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect(),
+                &s.cold_acks,
+            ),
+            None => (Vec::new(), &no_acks),
+        };
+        let (cold, boots) = self.with_db(|db| {
             let tx = db.begin_read()?;
             let table = tx.open_table(READINGS)?;
-            let boots = self.boots_of(&tx)?;
+            let boots = self.boots_of(&tx)?.into_owned();
             let mut out = Vec::new();
-            for entry in table.range(after + 1..=up_to)?.take(limit) {
+            for entry in table.range(after + 1..=up_to)? {
                 let (seq, value) = entry?;
+                if acked.contains(&seq.value()) {
+                    continue;
+                }
                 out.push(to_record(seq.value(), value.value(), &boots));
+                if out.len() >= limit {
+                    break;
+                }
             }
-            Ok(out)
-        })
+            Ok((out, boots))
+        })?;
+        drop(segment);
+        let hot = hot.iter().map(|(seq, v)| to_record(*seq, v, &boots));
+        Ok(merge(cold, hot, limit))
     }
 
     /// The boot table, re-read only if a boot was imported since opening.
@@ -383,26 +335,54 @@ impl Journal {
         Ok(std::borrow::Cow::Owned(read_boots(&table)?))
     }
 
-    /// Counts and bounds of what the journal holds.
+    /// Counts and bounds of what the journal holds, in redb and the hot
+    /// segment.
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
-        let (records, first, last_seq, next_seq) = self.with_db(|db| {
+        let segment = self.segment.lock().expect("segment lock");
+        let no_acks = BTreeSet::new();
+        let acked = segment.as_ref().map_or(&no_acks, |s| &s.cold_acks);
+        let (mut records, first, last, next) = self.with_db(|db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(READINGS)?;
             let meta = tx.open_table(META)?;
-            Ok((
-                t.len()?,
-                t.first()?
-                    .map(|(k, v)| (k.value(), oldest_timestamp(v.value()))),
-                t.last()?.map(|(k, _)| k.value()),
-                next_seq(&t, &meta)?,
-            ))
+            let mut gone = 0;
+            for &seq in acked {
+                gone += u64::from(t.get(seq)?.is_some());
+            }
+            let live = |e: &Result<_, redb::StorageError>| match e {
+                Ok((k, _)) => !acked.contains(&redb::AccessGuard::<u64>::value(k)),
+                Err(_) => true,
+            };
+            let first = match t.iter()?.find(live) {
+                Some(e) => {
+                    let (k, v) = e?;
+                    Some((k.value(), oldest_timestamp(v.value())))
+                }
+                None => None,
+            };
+            let last = match t.iter()?.rev().find(live) {
+                Some(e) => Some(e?.0.value()),
+                None => None,
+            };
+            Ok((t.len()? - gone, first, last, next_seq(&t, &meta)?))
         })?;
+        let (mut first, mut last, mut next) = (first, last, next);
+        if let Some(s) = segment.as_ref() {
+            records += s.readings.len() as u64;
+            if let Some((seq, frame)) = s.readings.first_key_value()
+                && first.is_none_or(|(f, _)| *seq < f)
+            {
+                first = Some((*seq, oldest_timestamp(frame)));
+            }
+            last = last.max(s.readings.last_key_value().map(|(k, _)| *k));
+            next = next.max(s.next_seq);
+        }
         Ok(JournalStats {
             records,
             first_seq: first.map(|(seq, _)| seq),
             oldest_timestamp_ns: first.and_then(|(_, ts)| ts),
-            last_seq,
-            next_seq,
+            last_seq: last,
+            next_seq: next,
             file_bytes: self.disk.file_len(&self.path).unwrap_or(0),
             max_bytes: self.options().max_bytes,
             counters: self.counters(),
@@ -438,6 +418,26 @@ impl Journal {
 fn oldest_timestamp(value: &[u8]) -> Option<i64> {
     let r = record::decode_reading(value).ok()?;
     r.line.rsplit(' ').next()?.parse().ok()
+}
+
+/// Two runs of records in sequence order, merged, at most `limit`.
+fn merge(a: Vec<ReadResult>, b: impl Iterator<Item = ReadResult>, limit: usize) -> Vec<ReadResult> {
+    let seq = |r: &ReadResult| match r {
+        Ok(r) => r.seq,
+        Err(u) => u.seq,
+    };
+    let (mut a, mut b) = (a.into_iter().peekable(), b.peekable());
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => seq(x) <= seq(y),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+    out
 }
 
 fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResult {
