@@ -192,10 +192,37 @@ fn append_raw(dir: &Path, frames: &[Vec<u8>], batch: usize) -> Append {
     }
 }
 
+/// The same bytes appended to a plain file, `batch` per write and
+/// `fdatasync`: what a log with no index at all costs.
+fn append_file(dir: &Path, frames: &[Vec<u8>], batch: usize) -> Append {
+    use std::io::Write;
+    let path = dir.join(format!("raw-{batch}.log"));
+    let mut file = std::fs::File::create(&path).unwrap();
+    let before = write_bytes();
+    let start = Instant::now();
+    let mut commits = 0;
+    let mut buf = Vec::new();
+    for chunk in frames.chunks(batch) {
+        buf.clear();
+        for f in chunk {
+            buf.extend_from_slice(f);
+        }
+        file.write_all(&buf).unwrap();
+        file.sync_data().unwrap();
+        commits += 1;
+    }
+    let elapsed = start.elapsed();
+    Append {
+        rate: frames.len() as f64 / elapsed.as_secs_f64(),
+        commits,
+        written: write_bytes() - before,
+    }
+}
+
 fn append_table(dir: &Path) -> String {
     let mut out = String::from(
-        "| commit_interval | readings | commits | journal (readings/s) | raw redb, same bytes and commits (readings/s) | journal / raw | bytes written per reading | write amplification |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| commit_interval | readings | commits | journal (readings/s) | raw redb, same bytes and commits (readings/s) | raw append + fdatasync, same bytes and commits (readings/s) | journal / raw redb | journal / raw append | bytes written per reading | write amplification |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, interval, n) in [
         ("0 (every reading)", Duration::ZERO, scale(5_000)),
@@ -208,16 +235,19 @@ fn append_table(dir: &Path) -> String {
         let frame_bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         let batch = (n / journal.commits.max(1)).max(1) as usize;
         let raw = append_raw(dir, &frames, batch);
+        let log = append_file(dir, &frames, batch);
         eprintln!(
-            "{label}: journal {:.0}/s in {} commits, raw {:.0}/s in {} commits",
-            journal.rate, journal.commits, raw.rate, raw.commits
+            "{label}: journal {:.0}/s in {} commits, raw {:.0}/s in {} commits, append {:.0}/s",
+            journal.rate, journal.commits, raw.rate, raw.commits, log.rate
         );
         out.push_str(&format!(
-            "| {label} | {n} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2}× |\n",
+            "| {label} | {n} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2}× |\n",
             journal.commits,
             journal.rate,
             raw.rate,
+            log.rate,
             journal.rate / raw.rate,
+            journal.rate / log.rate,
             journal.written as f64 / n as f64,
             journal.written as f64 / frame_bytes as f64,
         ));

@@ -130,6 +130,9 @@ pub async fn run_with(
         );
     }
     let journal = Arc::new(journal);
+    if let Some(dir) = journal.path().parent() {
+        crate::disk::mount::advise(dir);
+    }
     let stats = journal.stats()?;
     tracing::info!(
         path = %journal.path().display(),

@@ -130,9 +130,10 @@ def module_depends(path):
     return [d for d in m.group(1).decode().split(",") if d] if m else []
 
 
-def kernel():
-    """Debian's kernel and the modules the guest needs, unpacked once."""
-    done = CACHE / "kernel" / "ready"
+def kernel(modules=ROOT_MODULES, name="kernel"):
+    """Debian's kernel and `modules` (with what they depend on), unpacked
+    once into the cache directory `name`."""
+    done = CACHE / name / "ready"
     if done.exists():
         return done.parent
     need("apt-get")
@@ -149,26 +150,26 @@ def kernel():
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deb = next(Path(tmp).glob("*.deb"))
         subprocess.run(["dpkg", "-x", str(deb), f"{tmp}/x"], check=True)
-        out = CACHE / "kernel"
+        out = CACHE / name
         shutil.rmtree(out, ignore_errors=True)
         (out / "modules").mkdir(parents=True)
         shutil.copy(next(Path(f"{tmp}/x/boot").glob("vmlinuz-*")), out / "vmlinuz")
         found = {p.stem.replace("-", "_"): p for p in Path(f"{tmp}/x/lib/modules").rglob("*.ko")}
         order = []
 
-        def add(name):
-            if name in order:
+        def add(module):
+            if module in order:
                 return
-            if name not in found:
-                fail(f"the kernel package has no module {name}")
-            for dep in module_depends(found[name]):
+            if module not in found:
+                fail(f"the kernel package has no module {module}")
+            for dep in module_depends(found[module]):
                 add(dep.replace("-", "_"))
-            order.append(name)
+            order.append(module)
 
-        for name in ROOT_MODULES:
-            add(name)
-        for name in order:
-            shutil.copy(found[name], out / "modules" / f"{name}.ko")
+        for module in modules:
+            add(module)
+        for module in order:
+            shutil.copy(found[module], out / "modules" / f"{module}.ko")
         (out / "modules" / "order").write_text("\n".join(order) + "\n")
         done.write_text(match.group(1) + "\n")
     return out
@@ -193,14 +194,14 @@ def libraries(binary):
     return sorted(set(libs))
 
 
-def initramfs(agent, kernel_dir, config, path):
+def initramfs(agent, kernel_dir, config, path, init=INIT):
     busybox = Path("/bin/busybox")
     if not busybox.exists() or "statically linked" not in subprocess.run(
             ["file", "-L", str(busybox)], capture_output=True, text=True).stdout:
         fail(f"a static /bin/busybox is needed: {INSTALL}")
     stripped = path.parent / "edge-agent"
     subprocess.run([need("objcopy"), "--strip-debug", agent, str(stripped)], check=True)
-    files = {"init": (0o100755, INIT.encode()),
+    files = {"init": (0o100755, init.encode()),
              "bin/busybox": (0o100755, busybox.read_bytes()),
              "bin/edge-agent": (0o100755, stripped.read_bytes()),
              "etc/buoy.toml": (0o100644, config.encode())}

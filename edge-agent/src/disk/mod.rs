@@ -74,6 +74,7 @@ macro_rules! forward_locks {
 pub(crate) use forward_locks;
 
 pub mod full;
+pub mod mount;
 pub mod power_cut;
 mod real;
 
@@ -114,6 +115,14 @@ pub trait Disk: Debug + Send + Sync + 'static {
     fn file_len(&self, path: &Path) -> io::Result<u64>;
     /// Bytes free for unprivileged writers on the filesystem holding `path`.
     fn available(&self, path: &Path) -> u64;
+    /// Drops what the page cache holds of `path` (written and synced data
+    /// only): later small writes then dirty small pages, not the large
+    /// folios a big write or a read-ahead left (newer kernels give ext4
+    /// files folios of up to several MiB, and a 4 KiB write into one dirties
+    /// and writes back all of it). A hint: failures are ignored.
+    fn forget_cache(&self, path: &Path) {
+        let _ = path;
+    }
 }
 
 /// The filesystem the agent runs on.

@@ -55,6 +55,8 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     /// Changes made so far.
     changes: u64,
+    /// Bytes written to files so far.
+    written: u64,
     cut_before: BTreeSet<u64>,
     taken: Vec<Snapshot>,
 }
@@ -96,6 +98,12 @@ impl PowerCutDisk {
     /// How many changes were made so far.
     pub fn changes(&self) -> u64 {
         self.lock().changes
+    }
+
+    /// How many bytes were written to files so far (what reaches the
+    /// disk; flash wear).
+    pub fn written(&self) -> u64 {
+        self.lock().written
     }
 
     /// The snapshots taken since the last call.
@@ -399,6 +407,7 @@ impl StorageBackend for File {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.disk.change();
+        s.written += data.len() as u64;
         let f = &mut s.now.files[self.inode];
         f.now.write(offset as usize, data);
         f.pending.push(FileOp::Write {

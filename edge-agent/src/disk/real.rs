@@ -53,6 +53,13 @@ impl Disk for RealDisk {
         Ok(std::fs::metadata(path)?.len())
     }
 
+    fn forget_cache(&self, path: &Path) {
+        if let Ok(file) = File::open(path) {
+            // SAFETY: a valid descriptor; the call only advises the kernel.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
+
     fn available(&self, path: &Path) -> u64 {
         let Ok(c) = std::ffi::CString::new(dir_of(path).as_os_str().as_encoded_bytes()) else {
             return u64::MAX;

@@ -238,6 +238,11 @@ impl Journal {
         mut committed: Committed,
     ) -> Result<Committed, JournalError> {
         let rejected_new = committed.policy.rejected_new;
+        // Whether the transaction moves anything out of the segment (else it
+        // need not start a new generation: a header write and an fsync).
+        let moves = segment
+            .as_ref()
+            .is_some_and(|s| !s.readings.is_empty() || !s.cold_acks.is_empty());
         let mut result = self.cold_tx(segment.as_ref(), lines, delete, rejected_new);
         let cold_acks = segment.as_ref().map_or(0, |s| s.cold_acks.len());
         if let Err(e) = &result
@@ -260,7 +265,11 @@ impl Journal {
             ..Counters::default()
         });
         self.stored_changed(change);
-        self.new_generation(segment, committed.seqs.end);
+        if moves {
+            self.new_generation(segment, committed.seqs.end);
+        } else if let Some(s) = segment.as_mut() {
+            s.next_seq = s.next_seq.max(committed.seqs.end);
+        }
         Ok(committed)
     }
 
@@ -467,5 +476,91 @@ fn with_boot(frame: &[u8], boot: u32) -> Vec<u8> {
             out
         }
         _ => frame.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::disk::power_cut::PowerCutDisk;
+    use crate::journal::JournalOptions;
+
+    fn reading(i: i64) -> telemetry::Reading {
+        telemetry::Reading::new("weather", 1_700_000_000_000_000_000 + i)
+            .with_tag("device_id", "pi-1")
+            .with_field("pressure_hpa", 1000.0 + i as f64)
+            .with_field("temperature_c", 20.5)
+    }
+
+    fn open(disk: &PowerCutDisk) -> Journal {
+        let options = JournalOptions::for_inspection();
+        Journal::open_on(Arc::new(disk.clone()), Path::new("/j/j.redb"), options, "b")
+            .unwrap()
+            .0
+    }
+
+    /// What one commit of five readings and five acknowledgements (one
+    /// second at a field rate) writes.
+    fn written_by_a_field_commit(j: &Journal, disk: &PowerCutDisk, i: i64) -> u64 {
+        let before = disk.written();
+        let readings: Vec<_> = (i..i + 5).map(reading).collect();
+        let acked: Vec<u64> = (1..=5).map(|n| (i as u64).saturating_sub(5) + n).collect();
+        j.commit(&readings, if i > 0 { &acked } else { &[] })
+            .unwrap();
+        disk.written() - before
+    }
+
+    #[test]
+    fn a_commit_at_a_field_rate_writes_one_block() {
+        let disk = PowerCutDisk::new();
+        let j = open(&disk);
+        // (The first also reserves sequence numbers ahead: a few bytes in
+        // another file, once per 65,536 readings.)
+        assert!(written_by_a_field_commit(&j, &disk, 0) < 4096 + 64);
+        for i in (5..200).step_by(5) {
+            assert_eq!(written_by_a_field_commit(&j, &disk, i), 4096, "commit {i}");
+        }
+        assert_eq!(j.stats().unwrap().records, 5, "the last five are held");
+        // Read back after a restart, from the segment alone.
+        drop(j);
+        let j = open(&disk);
+        let held: Vec<u64> = j
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().seq)
+            .collect();
+        assert_eq!(held, [196, 197, 198, 199, 200]);
+    }
+
+    #[test]
+    fn a_full_segment_moves_into_redb_in_one_transaction() {
+        let disk = PowerCutDisk::new();
+        let j = open(&disk);
+        // Nothing acknowledged: the segment fills, then its readings and
+        // the next commit go to redb together.
+        let mut redb_commits = 0;
+        for i in (0..20_000).step_by(5) {
+            let readings: Vec<_> = (i..i + 5).map(reading).collect();
+            let before = disk.written();
+            j.commit(&readings, &[]).unwrap();
+            redb_commits += u64::from(disk.written() - before > 4096);
+        }
+        assert!(
+            (1..=20).contains(&redb_commits),
+            "{redb_commits} redb commits"
+        );
+        let stats = j.stats().unwrap();
+        assert_eq!((stats.records, stats.next_seq), (20_000, 20_001));
+        let all: Vec<u64> = j
+            .read_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().seq)
+            .collect();
+        assert_eq!(all, (1..=20_000).collect::<Vec<_>>());
     }
 }

@@ -7,7 +7,8 @@
 //! ## Design constraints
 //! - Field gateways lose power without warning and write to SD cards that wear
 //!   out: commits are grouped (one fsync per `journal.commit_interval`, by
-//!   default 1 s) instead of one per reading.
+//!   default 1 s) instead of one per reading, and a small commit is one 4 KiB
+//!   block in the hot [`segment`], not a redb transaction (about 24 KiB).
 //! - The disk is small and shared: the file never grows past
 //!   `journal.max_bytes`, and a full disk is survived, not crashed on.
 //! - Memory is bounded: the redb page cache has an explicit size, and readers
@@ -25,19 +26,20 @@
 //!    are reserved in a file next to the journal before they are used
 //!    ([`reservation`]), so they survive the journal being damaged or
 //!    deleted (new readings then start after a gap).
-//! 2. A commit that has returned is durable (`Durability::Immediate`, which
-//!    fsyncs). On power loss only readings not yet committed are lost.
+//! 2. A commit that has returned is durable (the segment's `fdatasync`, or
+//!    redb's `Durability::Immediate`). On power loss only readings not yet committed are lost.
 //!    Shown by cutting the power at thousands of random points of a random
 //!    workload, with writes that were not synced kept, dropped or torn
 //!    (`tests/power_cuts.rs`, on [`crate::disk::power_cut`]).
 //! 3. A reading is deleted only after Kafka has acknowledged it, or by the
 //!    full-journal policy, which counts every reading it drops or aggregates
 //!    in the same transaction that removes it.
-//! 4. Appends and deletes of one group commit are one transaction: either
-//!    both happened or neither did. Only when that transaction could not
-//!    grow the file (scattered deletes rewrite many pages) are the
-//!    acknowledged readings deleted first, in small transactions, and the
-//!    appends committed after them; never the other way round.
+//! 4. Appends and deletes of one group commit are one segment commit (one
+//!    checksum) or one redb transaction: either both happened or neither
+//!    did. Only when a redb transaction could not grow the file (scattered
+//!    deletes rewrite many pages) are the acknowledged readings deleted
+//!    first, in small transactions, and the appends committed after them;
+//!    never the other way round.
 //! 5. The file is never larger than `journal.max_bytes` ([`file`] refuses the
 //!    growth), and it is kept below its [`capacity`] by a headroom, so there
 //!    is always room to free space. A commit refused for want of space
@@ -55,15 +57,18 @@
 //!   aggregates ([`downsample`]); when nothing raw is left, the oldest are
 //!   dropped.
 //!
-//! ## On-disk format (redb)
+//! ## On-disk format
+//! The hot segment, `<journal>.segment`: see [`segment`]. redb:
 //! | table | key | value |
 //! |---|---|---|
 //! | `readings` | sequence number `u64` | a reading frame ([`record`]): seq, boot index, Kafka key, line protocol, CRC |
 //! | `boots` | boot index `u32` | a boot frame: the boot id (`/proc/sys/kernel/random/boot_id`) |
-//! | `meta` | name | a meta frame: `next_seq`, `stored_bytes` and the [`Counters`] |
+//! | `meta` | name | a meta frame: `next_seq`, `stored_bytes`, the [`Counters`] and `segment_generation` |
 //!
 //! ## Layout
-//! - [`store`]: [`Journal`]: open (with quarantine), commit, read;
+//! - [`commit`]: the commit protocol, segment or redb; [`segment`]: the
+//!   segment file.
+//! - [`store`]: [`Journal`]: open (with quarantine), read;
 //!   `open`: redb's integrity check and ours; `tables`: the tables and the
 //!   operations transactions share.
 //! - [`policy`]: measuring space, and making room when full.

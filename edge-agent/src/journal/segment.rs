@@ -155,6 +155,9 @@ impl Segment {
             file.sync_data()?;
             disk.sync_dir(dir_of(path))?;
         }
+        // What the read and the zeros left in the page cache may be large
+        // folios: commits must dirty one 4 KiB page each, not a folio.
+        disk.forget_cache(path);
         let block_start = (BLOCK + found.end / BLOCK * BLOCK) as usize;
         let tail = bytes
             .get(block_start..BLOCK as usize + found.end as usize)
