@@ -19,6 +19,7 @@
 //! header is written does not move it twice.
 
 use std::collections::BTreeSet;
+use std::sync::MutexGuard;
 
 use redb::ReadableDatabase;
 use telemetry::line_protocol;
@@ -72,6 +73,8 @@ impl Journal {
             .iter()
             .map(|(key, line, _)| record::reading_len(key, line) as u64)
             .sum();
+        // One commit at a time (the writer's); readers take only `segment`.
+        let _one = self.commit_lock.lock().expect("commit lock");
         let mut segment = self.segment.lock().expect("segment lock");
         if !lines.is_empty() {
             self.when_full(segment.as_mut(), &mut lines, batch, &mut committed)?;
@@ -91,7 +94,7 @@ impl Journal {
             self.count_rejected(committed.policy.rejected_new)?;
             return Ok(committed);
         }
-        self.commit_cold(&mut segment, &lines, delete, committed)
+        self.commit_cold(segment, &lines, delete, committed)
     }
 
     /// Step 2: if the journal may be full, deletes the acknowledged readings
@@ -232,19 +235,18 @@ impl Journal {
     /// commit and every acknowledged deletion; then a new generation.
     fn commit_cold(
         &self,
-        segment: &mut Option<Segment>,
+        segment: MutexGuard<'_, Option<Segment>>,
         lines: &Lines,
         delete: &[u64],
         mut committed: Committed,
     ) -> Result<Committed, JournalError> {
         let rejected_new = committed.policy.rejected_new;
-        // Whether the transaction moves anything out of the segment (else it
-        // need not start a new generation: a header write and an fsync).
-        let moves = segment
-            .as_ref()
-            .is_some_and(|s| !s.readings.is_empty() || !s.cold_acks.is_empty());
-        let mut result = self.cold_tx(segment.as_ref(), lines, delete, rejected_new);
-        let cold_acks = segment.as_ref().map_or(0, |s| s.cold_acks.len());
+        let moving = segment.as_ref().map(Moving::of);
+        // Readers go on while redb commits: they see what moves in the
+        // segment or in redb or both (and take it once), never in neither.
+        drop(segment);
+        let mut result = self.cold_tx(moving.as_ref(), lines, delete, rejected_new);
+        let cold_acks = moving.as_ref().map_or(0, |m| m.cold_acks.len());
         if let Err(e) = &result
             && e.is_no_space()
             && delete.len() + cold_acks > 0
@@ -253,9 +255,9 @@ impl Journal {
             // acknowledged readings first, a few pages at a time (they make
             // the room), then append.
             let mut acked: Vec<u64> = delete.to_vec();
-            acked.extend(segment.iter().flat_map(|s| s.cold_acks.iter().copied()));
+            acked.extend(moving.iter().flat_map(|m| m.cold_acks.iter().copied()));
             committed.deleted += self.delete_in_small_steps(&acked)?;
-            result = self.cold_tx(segment.as_ref(), lines, delete, rejected_new);
+            result = self.cold_tx(moving.as_ref(), lines, delete, rejected_new);
         }
         let (seqs, deleted, change) = result?;
         committed.seqs = seqs;
@@ -265,8 +267,10 @@ impl Journal {
             ..Counters::default()
         });
         self.stored_changed(change);
-        if moves {
-            self.new_generation(segment, committed.seqs.end);
+        let mut segment = self.segment.lock().expect("segment lock");
+        if moving.is_some_and(|m| m.moves()) {
+            // Else the generation goes on: nothing in it is in redb.
+            self.new_generation(&mut segment, committed.seqs.end);
         } else if let Some(s) = segment.as_mut() {
             s.next_seq = s.next_seq.max(committed.seqs.end);
         }
@@ -277,7 +281,7 @@ impl Journal {
     /// acknowledged readings deleted, stored bytes changed).
     fn cold_tx(
         &self,
-        segment: Option<&Segment>,
+        segment: Option<&Moving>,
         lines: &Lines,
         delete: &[u64],
         rejected_new: u64,
@@ -303,8 +307,8 @@ impl Journal {
                             change -= old.value().len() as i64;
                         }
                     }
-                    if !s.readings.is_empty() || !s.cold_acks.is_empty() {
-                        put(&mut meta, SEGMENT_GENERATION, s.generation())?;
+                    if s.moves() {
+                        put(&mut meta, SEGMENT_GENERATION, s.generation)?;
                     }
                     floor = s.next_seq;
                 }
@@ -457,6 +461,32 @@ impl Journal {
             path: segment::path_for(&self.path),
             source,
         }
+    }
+}
+
+/// What a redb transaction takes from the segment (a copy: the segment's
+/// lock is not held while redb commits).
+struct Moving {
+    readings: std::collections::BTreeMap<u64, Vec<u8>>,
+    cold_acks: BTreeSet<u64>,
+    generation: u64,
+    next_seq: u64,
+}
+
+impl Moving {
+    fn of(s: &Segment) -> Moving {
+        Moving {
+            readings: s.readings.clone(),
+            cold_acks: s.cold_acks.clone(),
+            generation: s.generation(),
+            next_seq: s.next_seq,
+        }
+    }
+
+    /// Whether anything leaves the segment (then it starts a new
+    /// generation).
+    fn moves(&self) -> bool {
+        !self.readings.is_empty() || !self.cold_acks.is_empty()
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Journal {
     /// Where small commits go ([`super::commit`]); `None` while a fresh
     /// journal is built by salvage, or after the segment failed.
     pub(super) segment: Mutex<Option<Segment>>,
+    /// Held by a commit from start to end (there is one writer; this keeps
+    /// it so), while `segment` is let go during redb transactions.
+    pub(super) commit_lock: Mutex<()>,
 }
 
 impl Journal {
@@ -180,6 +183,7 @@ impl Journal {
             space: Mutex::new(SpaceState::default()),
             counters: Mutex::new(counters),
             segment: Mutex::new(None),
+            commit_lock: Mutex::new(()),
         };
         journal.measure()?;
         // The file was created now: the journal it replaces (deleted by
@@ -286,20 +290,21 @@ impl Journal {
         if after >= up_to || limit == 0 {
             return Ok(Vec::new());
         }
-        // Held across the redb read: a migration moves readings from the
-        // segment into redb under this lock, so none is missed or doubled.
-        let segment = self.segment.lock().expect("segment lock");
-        let no_acks = BTreeSet::new();
-        let (hot, acked): (Vec<(u64, Vec<u8>)>, _) = match segment.as_ref() {
-            Some(s) => (
-                s.readings
-                    .range(after + 1..=up_to)
-                    .take(limit)
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect(),
-                &s.cold_acks,
-            ),
-            None => (Vec::new(), &no_acks),
+        // The segment first, then redb: a reading moving from one to the
+        // other meanwhile is seen in both (and taken once), never in neither.
+        let (hot, acked): (Vec<(u64, Vec<u8>)>, BTreeSet<u64>) = {
+            let segment = self.segment.lock().expect("segment lock");
+            match segment.as_ref() {
+                Some(s) => (
+                    s.readings
+                        .range(after + 1..=up_to)
+                        .take(limit)
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect(),
+                    s.cold_acks.range(after + 1..=up_to).copied().collect(),
+                ),
+                None => (Vec::new(), BTreeSet::new()),
+            }
         };
         let (cold, boots) = self.with_db(|db| {
             let tx = db.begin_read()?;
@@ -318,7 +323,6 @@ impl Journal {
             }
             Ok((out, boots))
         })?;
-        drop(segment);
         let hot = hot.iter().map(|(seq, v)| to_record(*seq, v, &boots));
         Ok(merge(cold, hot, limit))
     }
@@ -338,9 +342,20 @@ impl Journal {
     /// Counts and bounds of what the journal holds, in redb and the hot
     /// segment.
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
-        let segment = self.segment.lock().expect("segment lock");
+        // What the segment holds, then redb (a reading moving meanwhile may
+        // be counted twice in this one figure, never lost).
+        let hot = self.segment.lock().expect("segment lock").as_ref().map(|s| {
+            let first = s.readings.first_key_value();
+            (
+                s.readings.len() as u64,
+                first.map(|(seq, frame)| (*seq, oldest_timestamp(frame))),
+                s.readings.last_key_value().map(|(k, _)| *k),
+                s.next_seq,
+                s.cold_acks.clone(),
+            )
+        });
         let no_acks = BTreeSet::new();
-        let acked = segment.as_ref().map_or(&no_acks, |s| &s.cold_acks);
+        let acked = hot.as_ref().map_or(&no_acks, |h| &h.4);
         let (mut records, first, last, next) = self.with_db(|db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(READINGS)?;
@@ -367,15 +382,15 @@ impl Journal {
             Ok((t.len()? - gone, first, last, next_seq(&t, &meta)?))
         })?;
         let (mut first, mut last, mut next) = (first, last, next);
-        if let Some(s) = segment.as_ref() {
-            records += s.readings.len() as u64;
-            if let Some((seq, frame)) = s.readings.first_key_value()
-                && first.is_none_or(|(f, _)| *seq < f)
+        if let Some((count, hot_first, hot_last, hot_next, _)) = hot {
+            records += count;
+            if let Some((seq, ts)) = hot_first
+                && first.is_none_or(|(f, _)| seq < f)
             {
-                first = Some((*seq, oldest_timestamp(frame)));
+                first = Some((seq, ts));
             }
-            last = last.max(s.readings.last_key_value().map(|(k, _)| *k));
-            next = next.max(s.next_seq);
+            last = last.max(hot_last);
+            next = next.max(hot_next);
         }
         Ok(JournalStats {
             records,
@@ -429,6 +444,12 @@ fn merge(a: Vec<ReadResult>, b: impl Iterator<Item = ReadResult>, limit: usize) 
     let (mut a, mut b) = (a.into_iter().peekable(), b.peekable());
     let mut out = Vec::new();
     while out.len() < limit {
+        if let (Some(x), Some(y)) = (a.peek(), b.peek())
+            && seq(x) == seq(y)
+        {
+            // Moved from the segment into redb while being read: once.
+            b.next();
+        }
         let take_a = match (a.peek(), b.peek()) {
             (Some(x), Some(y)) => seq(x) <= seq(y),
             (Some(_), None) => true,
