@@ -68,7 +68,8 @@
 //! ## Layout
 //! - [`commit`]: the commit protocol, segment or redb; [`segment`]: the
 //!   segment file.
-//! - [`store`]: [`Journal`]: open (with quarantine), read;
+//! - [`store`]: [`Journal`]: open (with quarantine); `read`: reading back,
+//!   merged from redb and the segment, and stats;
 //!   `open`: redb's integrity check and ours; `tables`: the tables and the
 //!   operations transactions share.
 //! - [`policy`]: measuring space, and making room when full.
@@ -87,6 +88,7 @@ pub mod file;
 pub mod inspect;
 mod open;
 pub mod policy;
+mod read;
 pub mod record;
 pub mod reservation;
 pub mod salvage;
