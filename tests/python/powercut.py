@@ -93,7 +93,7 @@ if [ -d /data/buoy ]; then
           if (n == 0) start = s; else if (s != prev + 1) { r = r start "-" prev ","; start = s }
           if (n > 0 && t < pt) bad++
           n++; prev = s; pt = t }
-        END { if (n > 0) r = r start "-" prev; print "export " n " " bad + 0 " " r }' > $R
+        END { if (n > 0) r = r start "-" prev; print "export " n + 0 " " bad + 0 " " r }' > $R
     cat /tmp/export.err
     report "quarantined $(ls /data/buoy | grep -c corrupt)"
 fi
@@ -280,7 +280,8 @@ class Boot:
             found[word] = rest
         if "export" not in found:
             return None
-        n, bad, *ranges = found["export"].split(" ")
+        # (An empty journal: awk printed no count before it said `n + 0`.)
+        n, bad, *ranges = found["export"].split() if found["export"].split()[1:] else ["0", "0"]
         spans = [tuple(map(int, r.split("-"))) for r in (ranges[0].split(",") if ranges else [])]
         stats = json.loads(found["stats"].split(" ", 1)[1]) if " " in found.get("stats", "") else {}
         return stats, int(n), int(bad), spans, int(found.get("quarantined", "0"))
