@@ -363,8 +363,15 @@ async fn a_damaged_journal_is_quarantined_salvaged_and_forwarded_while_sampling_
     let journal = dir.path().join("journal.redb");
     let port = free_port();
     let bootstrap = format!("127.0.0.1:{port}");
+    // A small journal, so that its hot segment (a 64th of max_bytes) holds
+    // only the newest few hundred readings and the backlog damaged here is
+    // in the redb file.
     let config = agent_config(dir.path(), &bootstrap, Format::Influx, 1, "5ms")
-        .replace("shutdown_grace = \"15s\"", "shutdown_grace = \"1s\"");
+        .replace("shutdown_grace = \"15s\"", "shutdown_grace = \"1s\"")
+        .replace(
+            "commit_interval = \"100ms\"",
+            "commit_interval = \"100ms\"\nmax_bytes = \"4MiB\"",
+        );
     // A journal with a few thousand readings, Kafka down.
     let mut agent = binaries::start("edge-agent", dir.path(), &config);
     wait_for_status(&agent, "journaled", 3_000, Duration::from_secs(60));
