@@ -64,7 +64,9 @@ interval = "{interval}"
 seed = 1
 """
 
-INIT = r"""#!/bin/busybox sh
+# The start of every guest's /init: busybox, the kernel's filesystems and
+# modules, and `report` to the second serial port (the harness's channel).
+PREAMBLE = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /data /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -74,7 +76,9 @@ mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "insmod $m failed"; done
 R=/dev/ttyS1
 report() { echo "$*" > $R; }
-stop() { sync; umount /data 2>/dev/null; poweroff -f; }
+"""
+
+INIT = PREAMBLE + r"""stop() { sync; umount /data 2>/dev/null; poweroff -f; }
 n=0
 while [ ! -b /dev/vda ]; do
     n=$((n + 1)); [ $n -gt 600 ] && { report "error no disk"; stop; }; sleep 0.1

@@ -48,17 +48,7 @@ interval = "200ms"
 seed = 1
 """
 
-INIT = r"""#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /data /tmp /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "insmod $m failed"; done
-R=/dev/ttyS1
-report() { echo "$*" > $R; }
-arg() { sed -n "s/.*buoy\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+INIT = powercut.PREAMBLE + r"""arg() { sed -n "s/.*buoy\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 stop() { sync; umount /data 2>/dev/null; poweroff -f; }
 n=0
 while [ ! -b /dev/vda ]; do
