@@ -154,6 +154,22 @@ interval = "200ms"
     assert_eq!(state["device_id"], "e2e-device");
     assert!(state["agent_version"].is_string(), "{state}");
 
+    // The local config is in force: its readings reach its topic. (Waited
+    // for, not assumed: v1 published before the first delivery would send
+    // the local readings to v1's topic, which is right but proves nothing.)
+    wait_for_async(
+        "the local config's readings on its topic",
+        Duration::from_secs(30),
+        || async {
+            read_topic(&bootstrap, "telemetry", Duration::from_secs(3), Some(1))
+                .iter()
+                .any(|r| r.text().contains("sensor=cpu"))
+                .then_some(())
+        },
+        || agent.log(),
+    )
+    .await;
+
     // A change: topic, format, sensors and journal policy.
     let v1 = sign_with_cli(
         &certs_dir,
@@ -255,10 +271,6 @@ interval = "200ms"
         || agent.log(),
     );
     let on_telemetry = read_topic(&bootstrap, "telemetry", Duration::from_secs(3), None);
-    assert!(
-        !on_telemetry.is_empty(),
-        "the local config's readings, before v1"
-    );
     assert!(
         on_telemetry
             .iter()
