@@ -23,7 +23,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::journal::{Journal, JournalOptions, JournalWriter, WhenFull, record};
+use edge_agent::journal::{
+    Journal, JournalOptions, JournalWriter, WhenFull, WriterSettings, record,
+};
 use edge_agent::status::Status;
 use redb::{Durability, TableDefinition};
 use telemetry::Reading;
@@ -132,10 +134,11 @@ fn append_through_writer(dir: &Path, interval: Duration, n: u64) -> Append {
         .unwrap();
     runtime.block_on(async {
         let (journal, _) = Journal::open(&path, options(), "bench").unwrap();
-        let journal = Arc::new(journal);
         let status = Arc::new(Status::default());
-        let (writer, handles) =
-            JournalWriter::new(journal.clone(), interval, 10_000, status.clone()).unwrap();
+        let settings = WriterSettings::for_journal(&journal, interval, 10_000);
+        let (writer, handles) = JournalWriter::new(journal, settings, status.clone())
+            .map_err(|e| e.0)
+            .unwrap();
         let readings: Vec<Reading> = (0..n).map(reading).collect();
         let before = write_bytes();
         let start = Instant::now();
@@ -276,7 +279,7 @@ fn wear_table(dir: &Path) -> String {
         // still commits them one by one.
         let per_commit = ((RATE * secs) as u64).max(1);
         let path = dir.join(format!("wear-{label}.redb").replace(' ', ""));
-        let (journal, _) = Journal::open(&path, options(), "bench").unwrap();
+        let (mut journal, _) = Journal::open(&path, options(), "bench").unwrap();
         let commits = scale(400).max(50);
         let mut i = 0;
         let mut previous: Vec<u64> = Vec::new();
@@ -308,7 +311,7 @@ fn wear_table(dir: &Path) -> String {
 
 /// Fills a journal with `n` readings (fsync'd commits of 10,000).
 fn fill(path: &Path, n: u64) {
-    let (journal, _) = Journal::open(path, options(), "bench").unwrap();
+    let (mut journal, _) = Journal::open(path, options(), "bench").unwrap();
     let mut i = 0;
     while i < n {
         let batch: Vec<Reading> = (i..(i + 10_000).min(n)).map(reading).collect();

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
-use crate::journal::{self, Journal};
-use crate::pipeline::{Pipeline, StageFailed};
+use crate::journal;
+use crate::pipeline::{NotStarted, Pipeline, StageFailed};
 use crate::remote_config::controller::{
     self, ConfigReport, Controller, Decision, Startup, Verdict,
 };
@@ -113,7 +113,7 @@ pub async fn run_with(
     let path = config.journal.path.clone();
     let options = config.journal.options();
     let (journal, opened) =
-        tokio::task::spawn_blocking(move || Journal::open(&path, options, &boot_id))
+        tokio::task::spawn_blocking(move || journal::Journal::open(&path, options, &boot_id))
             .await?
             .context("cannot start without a journal")?;
     if let Some(q) = &opened.quarantined {
@@ -129,7 +129,7 @@ pub async fn run_with(
              between the oldest and newest salvaged)"
         );
     }
-    let journal = Arc::new(journal);
+    let reader = journal.reader();
     if let Some(dir) = journal.path().parent() {
         crate::disk::mount::advise(dir);
     }
@@ -149,26 +149,33 @@ pub async fn run_with(
 
     let pipeline = Pipeline::start(
         Arc::new(config),
-        journal.clone(),
+        journal,
         status.clone(),
         clock.clone(),
         shutdown.clone(),
     );
-    let mut pipeline = match (pipeline, &mut remote) {
+    let mut pipeline = match (pipeline.map_err(|n| *n), &mut remote) {
         (Ok(p), _) => p,
         // A stored remote config the producer now refuses (the local
         // config changed under it) must not keep the agent from starting.
-        (Err(StageFailed::Forwarder(e)), Some(startup)) if startup.report.applied_version > 0 => {
-            fall_back_to_local(startup, &local, &journal, &e.to_string());
+        (
+            Err(NotStarted {
+                error: StageFailed::Forwarder(e),
+                journal,
+            }),
+            Some(startup),
+        ) if startup.report.applied_version > 0 => {
+            fall_back_to_local(startup, &local, &e.to_string());
             Pipeline::start(
                 Arc::new(local.clone()),
-                journal.clone(),
+                journal,
                 status.clone(),
                 clock.clone(),
                 shutdown.clone(),
-            )?
+            )
+            .map_err(|n| n.error)?
         }
-        (Err(e), _) => return Err(e.into()),
+        (Err(e), _) => return Err(e.error.into()),
     };
     let commit_report = match &report_commits {
         Some(path) => Some(journal::commit_report::start(path, pipeline.committed())?),
@@ -181,7 +188,7 @@ pub async fn run_with(
         device_id: local.device_id.clone(),
         report,
         status: status.clone(),
-        journal: journal.clone(),
+        journal: reader.clone(),
         clock: clock.clone(),
         started: Instant::now(),
     };
@@ -236,7 +243,7 @@ pub async fn run_with(
     for server in local_servers {
         let _ = server.await;
     }
-    status::log_status(&status.snapshot(), journal.stats().ok().as_ref());
+    status::log_status(&status.snapshot(), reader.stats().ok().as_ref());
     match failure.map(Err).unwrap_or(stopped) {
         Err(e) => Err(e.into()),
         Ok(()) => {
@@ -275,14 +282,14 @@ async fn serve_local(
 
 /// The stored remote config cannot start: run the local one, and say so in
 /// the log and the reported state.
-fn fall_back_to_local(startup: &mut Startup, local: &AgentConfig, journal: &Journal, error: &str) {
+/// (The journal's limit and policy come back with the local config: the
+/// writer takes them from it.)
+fn fall_back_to_local(startup: &mut Startup, local: &AgentConfig, error: &str) {
     let version = startup.report.applied_version;
     let reason = format!(
         "the stored remote config version {version} cannot start ({error}); running the local config"
     );
     tracing::error!("{reason}");
-    let j = &local.journal;
-    journal.set_policy(j.max_bytes.bytes(), j.when_full, j.downsample_window);
     startup.config = local.clone();
     startup.report.applied_version = 0;
     startup.report.last = Some(Decision {

@@ -18,7 +18,7 @@ use telemetry::units::ByteSize;
 
 use crate::forwarder::schedule::SendWindow;
 use crate::forwarder::security::{self, KafkaSecurity};
-use crate::journal::{JournalOptions, WhenFull};
+use crate::journal::{JournalOptions, WhenFull, WriterSettings};
 pub use crate::remote_config::settings::MqttConfig;
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -103,6 +103,17 @@ impl JournalConfig {
     pub fn options(&self) -> JournalOptions {
         JournalOptions {
             cache_bytes: usize::try_from(self.cache_size.bytes()).unwrap_or(usize::MAX),
+            max_bytes: self.max_bytes.bytes(),
+            when_full: self.when_full,
+            downsample_window: self.downsample_window,
+        }
+    }
+
+    /// What the running writer is told: how it commits and the policy.
+    pub fn writer_settings(&self) -> WriterSettings {
+        WriterSettings {
+            commit_interval: self.commit_interval,
+            max_batch: self.max_batch,
             max_bytes: self.max_bytes.bytes(),
             when_full: self.when_full,
             downsample_window: self.downsample_window,

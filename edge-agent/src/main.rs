@@ -270,7 +270,7 @@ fn sensors_command(config: &AgentConfig, json: bool) -> ExitCode {
 /// `edge-agent journal stats|export`.
 fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
     use edge_agent::journal::{Journal, inspect};
-    let (journal, opened) =
+    let (mut journal, opened) =
         match Journal::open_for_inspection(&config.journal.path, config.journal.options()) {
             Ok(j) => j,
             Err(e) => {
@@ -288,7 +288,7 @@ fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
         );
     }
     let result = match command {
-        JournalCommand::Stats { json } => inspect::inspect(&journal)
+        JournalCommand::Stats { json } => inspect::inspect(&mut journal)
             .map_err(inspect::InspectError::from)
             .map(|i| {
                 if json {

@@ -5,8 +5,8 @@
 //! them to a new config without stopping the process, touching only what
 //! changed:
 //!
-//! - `journal` limits and policy are set on the open journal; the commit
-//!   interval and batch size are handed to the running writer;
+//! - `journal`: the commit interval, batch size, limit and policy are
+//!   handed to the running writer, which owns the journal;
 //! - a sensor whose settings changed is stopped and started again, a new
 //!   one is started, a removed one stopped; the others keep sampling;
 //! - `kafka` or `forward`: a new forwarder (with a new producer) is created
@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{AgentConfig, SensorConfig};
 use crate::forwarder::{Forwarder, ForwarderError};
-use crate::journal::{Journal, JournalError, JournalWriter, Progress, WriterSettings};
+use crate::journal::{
+    Journal, JournalError, JournalReader, JournalWriter, Progress, WriterSettings,
+};
 use crate::sampler::Sampler;
 use crate::status::{self, Status};
 
@@ -50,6 +52,15 @@ pub enum StageFailed {
     Stopped(&'static str),
     #[error("the {0} panicked")]
     Panicked(&'static str),
+}
+
+/// Why [`Pipeline::start`] failed, with the journal back (so that another
+/// config can start on it).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct NotStarted {
+    pub error: StageFailed,
+    pub journal: Journal,
 }
 
 /// Why a new config could not be applied.
@@ -87,7 +98,7 @@ struct RunningForwarder {
 /// The running stages.
 pub struct Pipeline {
     config: Arc<AgentConfig>,
-    journal: Arc<Journal>,
+    journal: JournalReader,
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
@@ -103,25 +114,28 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts every stage under `config`.
+    /// Starts every stage under `config`; the writer takes the journal.
     pub fn start(
         config: Arc<AgentConfig>,
-        journal: Arc<Journal>,
+        journal: Journal,
         status: Arc<Status>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
-    ) -> Result<Pipeline, StageFailed> {
-        let (writer, handles) = JournalWriter::new(
-            journal.clone(),
-            config.journal.commit_interval,
-            config.journal.max_batch,
-            status.clone(),
-        )?;
-        let writer = tokio::spawn(writer.run());
-        let reporter = start_reporter(&config, &journal, &status, &shutdown);
+    ) -> Result<Pipeline, Box<NotStarted>> {
+        let reader = journal.reader();
+        let settings = config.journal.writer_settings();
+        let (writer, handles) =
+            JournalWriter::new(journal, settings, status.clone()).map_err(|failed| {
+                let (e, journal) = *failed;
+                NotStarted {
+                    error: e.into(),
+                    journal,
+                }
+            })?;
+        let reporter = start_reporter(&config, &reader, &status, &shutdown);
         let mut pipeline = Pipeline {
             config: config.clone(),
-            journal,
+            journal: reader,
             status,
             clock,
             shutdown,
@@ -129,12 +143,24 @@ impl Pipeline {
             acks: Some(handles.acks),
             committed: handles.committed,
             writer_settings: handles.settings,
-            writer: Some(writer),
+            writer: None,
             forwarder: None,
             samplers: BTreeMap::new(),
             reporter,
         };
-        let forwarder = pipeline.new_forwarder(&config).start()?;
+        // The producer is the step that can fail: before the writer runs,
+        // so that the journal can be handed back.
+        let forwarder = match pipeline.new_forwarder(&config).start() {
+            Ok(f) => f,
+            Err(e) => {
+                pipeline.reporter.0.cancel();
+                return Err(Box::new(NotStarted {
+                    error: e.into(),
+                    journal: writer.into_journal(),
+                }));
+            }
+        };
+        pipeline.writer = Some(tokio::spawn(writer.run()));
         pipeline.run_forwarder(forwarder, &config);
         for s in config.enabled_sensors() {
             pipeline.start_sampler(s);
@@ -215,19 +241,9 @@ impl Pipeline {
         to: &Arc<AgentConfig>,
     ) -> Result<Changes, ForwarderError> {
         let mut changes = Changes::default();
-        let (a, b) = (&from.journal, &to.journal);
-        if (a.max_bytes, a.when_full, a.downsample_window)
-            != (b.max_bytes, b.when_full, b.downsample_window)
-        {
-            self.journal
-                .set_policy(b.max_bytes.bytes(), b.when_full, b.downsample_window);
-            changes.journal = true;
-        }
-        if (a.commit_interval, a.max_batch) != (b.commit_interval, b.max_batch) {
-            let _ = self.writer_settings.send(WriterSettings {
-                commit_interval: b.commit_interval,
-                max_batch: b.max_batch,
-            });
+        let writer = to.journal.writer_settings();
+        if from.journal.writer_settings() != writer {
+            let _ = self.writer_settings.send(writer);
             changes.journal = true;
         }
         if from.status != to.status {
@@ -375,7 +391,7 @@ impl Pipeline {
 
 fn start_reporter(
     config: &AgentConfig,
-    journal: &Arc<Journal>,
+    journal: &JournalReader,
     status: &Arc<Status>,
     shutdown: &CancellationToken,
 ) -> (CancellationToken, JoinHandle<()>) {

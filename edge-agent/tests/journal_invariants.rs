@@ -55,7 +55,7 @@ fn file_len(path: &Path) -> u64 {
 fn invariant_1_sequence_numbers_are_contiguous_and_survive_emptying_and_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let j = open(&path, JournalOptions::for_inspection(), "boot-a");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-a");
     let a = j.commit(&[reading(1), reading(2)], &[]).unwrap();
     assert_eq!(a.seqs, 1..3);
     let b = j.commit(&[reading(3)], &[1, 2]).unwrap();
@@ -66,7 +66,7 @@ fn invariant_1_sequence_numbers_are_contiguous_and_survive_emptying_and_reopenin
     );
     assert_eq!(j.stats().unwrap().records, 0);
     drop(j);
-    let j = open(&path, JournalOptions::for_inspection(), "boot-b");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-b");
     assert_eq!(j.commit(&[reading(4)], &[]).unwrap().seqs, 4..5);
     assert_eq!(j.stats().unwrap().next_seq, 5);
 }
@@ -75,13 +75,13 @@ fn invariant_1_sequence_numbers_are_contiguous_and_survive_emptying_and_reopenin
 fn invariant_1_a_deleted_journal_does_not_hand_out_its_numbers_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let j = open(&path, JournalOptions::for_inspection(), "boot-a");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-a");
     let readings: Vec<Reading> = (0..5_000).map(reading).collect();
     let used = j.commit(&readings, &[]).unwrap().seqs;
     drop(j);
     // The operator deletes the journal (say, to throw a backlog away).
     std::fs::remove_file(&path).unwrap();
-    let j = open(&path, JournalOptions::for_inspection(), "boot-b");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-b");
     let next = j.commit(&[reading(1)], &[]).unwrap().seqs;
     assert!(
         next.start >= used.end,
@@ -89,7 +89,7 @@ fn invariant_1_a_deleted_journal_does_not_hand_out_its_numbers_again() {
     );
     // From there on, contiguous again, also across a reopen.
     drop(j);
-    let j = open(&path, JournalOptions::for_inspection(), "boot-c");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-c");
     assert_eq!(
         j.commit(&[reading(2)], &[]).unwrap().seqs,
         next.end..next.end + 1
@@ -100,10 +100,10 @@ fn invariant_1_a_deleted_journal_does_not_hand_out_its_numbers_again() {
 fn invariant_2_committed_records_read_back_in_order_with_their_boot_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let j = open(&path, JournalOptions::for_inspection(), "boot-a");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-a");
     j.commit(&[reading(1), reading(2)], &[]).unwrap();
     drop(j);
-    let j = open(&path, JournalOptions::for_inspection(), "boot-b");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-b");
     j.commit(&[reading(3)], &[]).unwrap();
     let records = all(&j);
     let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
@@ -120,7 +120,7 @@ fn invariant_2_committed_records_read_back_in_order_with_their_boot_and_key() {
 #[test]
 fn invariant_3_unencodable_readings_are_rejected_without_losing_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let j = open(
+    let mut j = open(
         &dir.path().join("j.redb"),
         JournalOptions::for_inspection(),
         "b",
@@ -140,7 +140,7 @@ fn invariant_3_unencodable_readings_are_rejected_without_losing_the_rest() {
 
 /// Appends `n` readings in commits of `batch`, checking the file size after
 /// each; returns the readings by sequence number.
-fn fill(j: &Journal, path: &Path, n: i64, batch: i64, limit: u64) -> BTreeMap<u64, Reading> {
+fn fill(j: &mut Journal, path: &Path, n: i64, batch: i64, limit: u64) -> BTreeMap<u64, Reading> {
     let mut appended = BTreeMap::new();
     let mut i = 0;
     while i < n {
@@ -167,8 +167,8 @@ fn invariants_3_5_the_file_never_passes_max_bytes_and_drop_oldest_counts_every_d
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
-    let j = open(&path, options(limit, WhenFull::DropOldest), "b");
-    let appended = fill(&j, &path, 80_000, 500, limit);
+    let mut j = open(&path, options(limit, WhenFull::DropOldest), "b");
+    let appended = fill(&mut j, &path, 80_000, 500, limit);
     let stats = j.stats().unwrap();
     let dropped = stats.counters.dropped_oldest;
     assert!(dropped > 0, "80,000 readings do not fit in 4 MiB");
@@ -180,9 +180,9 @@ fn invariants_3_5_the_file_never_passes_max_bytes_and_drop_oldest_counts_every_d
     }
     // The journal keeps working at its limit, and the counters persist.
     drop(j);
-    let j = open(&path, options(limit, WhenFull::DropOldest), "b");
+    let mut j = open(&path, options(limit, WhenFull::DropOldest), "b");
     assert_eq!(j.counters().dropped_oldest, dropped);
-    fill(&j, &path, 20_000, 500, limit);
+    fill(&mut j, &path, 20_000, 500, limit);
     assert!(j.counters().dropped_oldest > dropped);
 }
 
@@ -192,8 +192,8 @@ fn invariants_3_5_reject_new_keeps_what_is_journaled_and_counts_every_refused_re
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
-    let j = open(&path, options(limit, WhenFull::RejectNew), "b");
-    let appended = fill(&j, &path, 80_000, 500, limit);
+    let mut j = open(&path, options(limit, WhenFull::RejectNew), "b");
+    let appended = fill(&mut j, &path, 80_000, 500, limit);
     let stats = j.stats().unwrap();
     let kept = appended.len() as u64;
     assert_eq!(stats.counters.rejected_new + kept, 80_000);
@@ -216,8 +216,8 @@ fn invariant_3_downsample_replaces_the_oldest_raw_readings_by_aggregates_that_ac
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let limit = 4 * MIB;
-    let j = open(&path, options(limit, WhenFull::Downsample), "b");
-    let appended = fill(&j, &path, 80_000, 500, limit);
+    let mut j = open(&path, options(limit, WhenFull::Downsample), "b");
+    let appended = fill(&mut j, &path, 80_000, 500, limit);
     let stats = j.stats().unwrap();
     let c = stats.counters;
     assert!(c.aggregated > 0, "{c:?}");
@@ -283,7 +283,7 @@ fn invariant_5_a_refused_growth_is_survived_and_the_policy_applied() {
     let path = dir.path().join("j.redb");
     // The disk fills up at 3 MiB, far below `max_bytes`.
     let disk = Arc::new(FullDisk::new(3 * MIB));
-    let (j, _) =
+    let (mut j, _) =
         Journal::open_on(disk, &path, options(64 * MIB, WhenFull::DropOldest), "b").unwrap();
     let mut appended = 0u64;
     let mut failures = 0;
@@ -315,7 +315,7 @@ fn invariant_5_a_refused_growth_is_survived_and_the_policy_applied() {
 fn damaged_file_is_quarantined_and_salvaged(damage: impl FnOnce(&mut Vec<u8>)) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let j = open(&path, JournalOptions::for_inspection(), "boot-a");
+    let mut j = open(&path, JournalOptions::for_inspection(), "boot-a");
     let readings: Vec<Reading> = (0..20_000).map(reading).collect();
     for chunk in readings.chunks(1_000) {
         j.commit(chunk, &[]).unwrap();
@@ -326,7 +326,7 @@ fn damaged_file_is_quarantined_and_salvaged(damage: impl FnOnce(&mut Vec<u8>)) -
     damage(&mut bytes);
     std::fs::write(&path, &bytes).unwrap();
 
-    let (j, opened) = Journal::open(&path, JournalOptions::for_inspection(), "boot-b").unwrap();
+    let (mut j, opened) = Journal::open(&path, JournalOptions::for_inspection(), "boot-b").unwrap();
     let q = opened.quarantined.expect("the damage was noticed");
     assert!(
         q.moved_to.is_file(),

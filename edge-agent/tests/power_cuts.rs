@@ -628,7 +628,7 @@ fn the_sequence_reservation_is_old_or_new_after_a_power_cut_anywhere() {
     let mut cuts = 0;
     for round in 1..100u64 {
         let disk = PowerCutDisk::new();
-        let r = Reservation::load(Arc::new(disk.clone()), &journal);
+        let mut r = Reservation::load(Arc::new(disk.clone()), &journal);
         r.cover(round);
         let old = r.limit();
         let start = disk.changes();

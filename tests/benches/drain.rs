@@ -193,7 +193,7 @@ fn main() {
 
         let journal_path = dir.path().join(format!("journal-{round}.redb"));
         {
-            let (journal, _) =
+            let (mut journal, _) =
                 Journal::open(&journal_path, JournalOptions::for_inspection(), &boot).unwrap();
             for chunk in readings.chunks(10_000) {
                 journal.commit(chunk, &[]).unwrap();

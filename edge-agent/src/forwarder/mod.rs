@@ -63,7 +63,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentConfig, Order};
-use crate::journal::{Journal, JournalRecord, Progress, ReadResult};
+use crate::journal::{JournalReader, JournalRecord, Progress, ReadResult};
 use crate::status::{Link, Status};
 use diagnosis::{Diagnosis, calls_for_diagnosis, episode_of};
 use lanes::{Allowed, LaneKind};
@@ -86,7 +86,7 @@ pub enum ForwarderError {
 
 pub struct Forwarder {
     config: Arc<AgentConfig>,
-    journal: Arc<Journal>,
+    journal: JournalReader,
     /// What the journal writer has committed.
     committed: watch::Receiver<Progress>,
     /// Acknowledged sequence numbers, to the journal writer.
@@ -110,7 +110,7 @@ enum SendError {
 impl Forwarder {
     pub fn new(
         config: Arc<AgentConfig>,
-        journal: Arc<Journal>,
+        journal: JournalReader,
         committed: watch::Receiver<Progress>,
         acks: mpsc::UnboundedSender<Vec<u64>>,
         status: Arc<Status>,

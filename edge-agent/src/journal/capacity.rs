@@ -1,5 +1,6 @@
-//! How full the journal is, and how much to free: pure arithmetic on
-//! measured sizes, unit-tested without a file.
+//! How full the journal is, and what the full-journal policy frees
+//! ([`plan`]): pure arithmetic on measured sizes, unit-tested without a
+//! file. [`super::policy`] measures and carries the plan out.
 //!
 //! The journal file grows the way redb grows a file below 4 GiB: by doubling
 //! (at most). So the file can reach the largest doubling of its current size
@@ -100,6 +101,43 @@ impl Space {
     }
 }
 
+/// File bytes per stored byte: redb packs appended records densely (1.05
+/// measured here); a little more, to err towards measuring and freeing.
+pub const RATIO: f64 = 1.1;
+
+/// One step of the full-journal policy, as [`plan`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Stored bytes (reading frames) to free.
+    pub stored: u64,
+    /// Replace them by aggregates (`downsample`) rather than drop them;
+    /// the policy drops anyway when nothing raw is left or aggregating
+    /// would not pay ([`worth_aggregating`]).
+    pub aggregate: bool,
+}
+
+/// What the full-journal policy frees before a commit of `batch` more file
+/// bytes, from the space as measured: `None` when the commit fits with
+/// headroom. `forced` (file bytes) is freed whatever the space says: a
+/// commit was refused for want of space, which proves the estimate wrong.
+/// `reject_new` frees nothing: the commit's readings are refused instead.
+pub fn plan(space: &Space, batch: u64, when_full: WhenFull, forced: u64) -> Option<Step> {
+    if when_full == WhenFull::RejectNew {
+        return None;
+    }
+    let to_free = space.to_free(batch).max(forced);
+    (to_free > 0).then(|| Step {
+        stored: (to_free as f64 / RATIO) as u64 + 1,
+        aggregate: when_full == WhenFull::Downsample,
+    })
+}
+
+/// Whether replacing `raw` stored bytes of readings by `aggregates` bytes of
+/// aggregates frees enough to be worth it: at least half.
+pub fn worth_aggregating(raw: u64, aggregates: u64) -> bool {
+    aggregates * 2 <= raw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +193,33 @@ mod tests {
         assert_eq!(s.capacity(), MIB);
         assert_eq!(s.headroom(0), MIN_SLACK);
         assert!(s.is_full(0));
+    }
+
+    #[test]
+    fn the_policy_frees_what_the_space_says_in_stored_bytes_and_refusing_frees_nothing() {
+        let s = space(64 * MIB, 58 * MIB, 64 * MIB, 0);
+        // Fits: nothing to free, whatever the policy.
+        assert_eq!(plan(&s, MIB, WhenFull::DropOldest, 0), None);
+        // 5 MiB of file to free is 5 MiB / 1.1 of readings.
+        let step = plan(&s, 3 * MIB, WhenFull::DropOldest, 0).unwrap();
+        assert_eq!(step.stored, (5.0 * MIB as f64 / RATIO) as u64 + 1);
+        assert!(!step.aggregate);
+        assert!(
+            plan(&s, 3 * MIB, WhenFull::Downsample, 0)
+                .unwrap()
+                .aggregate
+        );
+        assert_eq!(plan(&s, 3 * MIB, WhenFull::RejectNew, 0), None);
+        // After a refused commit, at least what it needed, even if the
+        // estimate says it fits.
+        let forced = plan(&s, MIB, WhenFull::DropOldest, MIB).unwrap();
+        assert_eq!(forced.stored, (MIB as f64 / RATIO) as u64 + 1);
+    }
+
+    #[test]
+    fn aggregating_is_worth_it_when_it_halves_the_bytes() {
+        assert!(worth_aggregating(1000, 500));
+        assert!(!worth_aggregating(1000, 501));
+        assert!(!worth_aggregating(0, 1));
     }
 }

@@ -9,7 +9,7 @@ use telemetry::record::Format;
 use telemetry::telegraf_json;
 
 use super::downsample::is_aggregate_line;
-use super::{Counters, Journal, JournalError};
+use super::{Counters, Journal, JournalError, JournalReader};
 
 /// Records read per window.
 const WINDOW: usize = 2_000;
@@ -55,7 +55,7 @@ pub enum InspectError {
 }
 
 /// Reads the whole journal, window by window, and sums it up.
-pub fn inspect(journal: &Journal) -> Result<Inspection, JournalError> {
+pub fn inspect(journal: &mut Journal) -> Result<Inspection, JournalError> {
     let stats = journal.stats()?;
     let space = journal.measure()?;
     let Counters {
@@ -116,7 +116,7 @@ pub fn inspect(journal: &Journal) -> Result<Inspection, JournalError> {
 /// line after its sequence number and a tab if `with_seq`. Returns how many
 /// were written and how many were unreadable (reported, skipped).
 pub fn export(
-    journal: &Journal,
+    journal: &JournalReader,
     format: Format,
     with_seq: bool,
     out: &mut impl Write,

@@ -12,10 +12,13 @@
 //! - The disk is small and shared: the file never grows past
 //!   `journal.max_bytes`, and a full disk is survived, not crashed on.
 //! - Memory is bounded: the redb page cache has an explicit size, and readers
-//!   take bounded windows ([`Journal::read_after`]), never the whole backlog.
-//! - One writer: the [`writer`] task owns every write transaction, so appends,
-//!   the deletion of acknowledged readings and the full-journal policy share
-//!   one commit stream.
+//!   take bounded windows ([`JournalReader::read_after`]), never the whole
+//!   backlog.
+//! - One writer: the [`writer`] task owns the [`Journal`] (the write handle),
+//!   so appends, the deletion of acknowledged readings and the full-journal
+//!   policy share one commit stream, with no locks. The forwarder, the
+//!   status reports and `journal export` read through cloned
+//!   [`JournalReader`]s, which never wait for a commit.
 //!
 //! ## Invariants
 //! 1. Sequence numbers are contiguous `u64` values starting at 1 and are never
@@ -68,8 +71,9 @@
 //! ## Layout
 //! - [`commit`]: the commit protocol, segment or redb; [`segment`]: the
 //!   segment file.
-//! - [`store`]: [`Journal`]: open (with quarantine); `read`: reading back,
-//!   merged from redb and the segment, and stats;
+//! - [`store`]: [`Journal`] (write) and [`JournalReader`] (read): open
+//!   (with quarantine); `read`: reading back, merged from redb and the
+//!   segment, and stats;
 //!   `open`: redb's integrity check and ours; `tables`: the tables and the
 //!   operations transactions share.
 //! - [`policy`]: measuring space, and making room when full.
@@ -103,7 +107,7 @@ use std::sync::Arc;
 use telemetry::{InvalidReading, Reading, line_protocol};
 
 pub use capacity::WhenFull;
-pub use store::{Journal, JournalOptions};
+pub use store::{Journal, JournalOptions, JournalReader};
 pub use writer::{JournalWriter, Progress, WriterHandles, WriterSettings};
 
 /// What can go wrong with the journal. Every variant says which file.
@@ -310,7 +314,7 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// One entry of [`Journal::read_after`].
+/// One entry of [`JournalReader::read_after`].
 pub type ReadResult = Result<JournalRecord, Unreadable>;
 
 /// The id of the running boot, from the kernel.

@@ -1,6 +1,7 @@
 //! Opening the redb file: redb's integrity check plus our own, telling a
 //! damaged file (to quarantine) from one that cannot be opened for another
-//! reason, and registering the boot the journal is opened in.
+//! reason, and registering the boot the journal is opened in; then replaying
+//! the hot segment ([`Journal::open_segment`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,11 +10,15 @@ use std::sync::atomic::AtomicU64;
 
 use redb::{Database, DatabaseError, ReadableTable, StorageError};
 
+use redb::ReadableDatabase;
+
+use super::commit::SEGMENT_GENERATION;
 use super::file::LimitedFile;
 use super::record;
+use super::segment::{self, Segment};
 use super::store::JournalOptions;
 use super::tables::{BOOTS, META, READINGS, begin, get};
-use super::{Counters, JournalError};
+use super::{Counters, Journal, JournalError};
 use crate::disk::{Disk, Mode};
 
 /// Why the file could not be opened.
@@ -161,4 +166,70 @@ pub(super) fn read_boots(
         boots.insert(k.value(), Arc::<str>::from(id));
     }
     Ok(boots)
+}
+
+impl Journal {
+    /// At open: the segment goes on where its last intact commit ended,
+    /// holding what it held; a generation already moved into redb (a cut
+    /// came before its successor's header was written) starts anew.
+    pub(super) fn open_segment(&mut self) -> Result<(), JournalError> {
+        let path = segment::path_for(self.path());
+        let blocks = segment::data_blocks_for(self.options().max_bytes);
+        let (mut s, replayed) =
+            Segment::open(&**self.disk(), &path, blocks).map_err(|e| self.segment_err(e))?;
+        let moved = self.read_db(|db| {
+            let tx = db.begin_read()?;
+            get(&tx.open_table(META)?, SEGMENT_GENERATION)
+        })?;
+        let next = self.stats()?.next_seq;
+        if replayed.generation == 0 || replayed.generation <= moved {
+            s.reset(next.max(s.next_seq))
+                .map_err(|e| self.segment_err(e))?;
+        } else {
+            s.next_seq = s.next_seq.max(next);
+            self.renumber_boots(&mut s, replayed.boots)?;
+            if !s.readings.is_empty() || !s.cold_acks.is_empty() {
+                tracing::info!(
+                    path = %path.display(),
+                    readings = s.readings.len(),
+                    acknowledged = s.cold_acks.len(),
+                    "readings committed in the journal's segment found again"
+                );
+            }
+        }
+        self.segment = Some(s);
+        Ok(())
+    }
+
+    /// Points the segment's readings at their boot in this journal's boots
+    /// table (a salvage may have numbered the boots anew).
+    fn renumber_boots(
+        &mut self,
+        s: &mut Segment,
+        boots: std::collections::BTreeMap<String, Vec<u64>>,
+    ) -> Result<(), JournalError> {
+        for (boot_id, seqs) in boots {
+            let index = self.import_boot(&boot_id)?;
+            for seq in seqs {
+                if let Some(frame) = s.readings.get_mut(&seq) {
+                    *frame = with_boot(frame, index).into();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reading frame with its boot index replaced (the segment's readings
+/// were numbered against the journal's boots table as it was; after a
+/// salvage it may number them differently).
+fn with_boot(frame: &[u8], boot: u32) -> Vec<u8> {
+    match record::decode_reading(frame) {
+        Ok(r) if r.boot != boot => {
+            let mut out = Vec::with_capacity(frame.len());
+            record::encode_reading(&mut out, r.seq, boot, r.key, r.line, r.taken);
+            out
+        }
+        _ => frame.to_vec(),
+    }
 }

@@ -1,5 +1,6 @@
-//! When the journal is full: measuring its space, and the policies
-//! (`journal.when_full`) that make room.
+//! When the journal is full: measuring its space, and carrying out what the
+//! policy (`journal.when_full`) decided ([`super::capacity::plan`]): deleting
+//! the oldest readings, or replacing them by aggregates.
 //!
 //! What is in use is redb's count of allocated pages, which walks the tree
 //! (about 2 ms per MB), so it is measured only when an estimate (the last
@@ -17,9 +18,8 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use telemetry::{Reading, line_protocol};
 
-use super::capacity::{Space, WhenFull};
+use super::capacity::{self, RATIO, Space};
 use super::downsample::{self, is_aggregate_line};
-use super::open::{OpenFailure, open_db};
 use super::record;
 use super::tables::{META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
 use super::{Counters, Journal, JournalError};
@@ -37,10 +37,6 @@ const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 /// New records a policy step appends (aggregates): Kafka key and line
 /// (aggregates carry no [`record::Taken`]: they are made, not sampled).
 type Appended = Vec<(String, String, Option<record::Taken>)>;
-
-/// File bytes per stored byte: redb packs appended records densely (1.05
-/// measured here); a little more, to err towards measuring.
-const RATIO: f64 = 1.1;
 
 /// The last measurement of space, and what changed since.
 #[derive(Debug, Default)]
@@ -75,26 +71,21 @@ impl SpaceState {
 impl Journal {
     /// Whether `batch` more bytes may not fit: first by the estimate, then,
     /// if that says full, by a measurement.
-    pub(super) fn may_be_full(&self, batch: u64) -> Result<bool, JournalError> {
-        let (mut estimate, full_since) = {
-            let s = self.space.lock().expect("space lock");
-            if s.refused_commit {
-                return Ok(true);
-            }
-            (s.estimate(self.options().max_bytes), s.full_since)
-        };
+    pub(super) fn may_be_full(&mut self, batch: u64) -> Result<bool, JournalError> {
+        if self.space.refused_commit {
+            return Ok(true);
+        }
+        let limit = self.options().max_bytes;
+        let (mut estimate, full_since) = (self.space.estimate(limit), self.space.full_since);
         let batch = (batch as f64 * RATIO) as u64;
         if estimate.used + estimate.headroom(batch) > estimate.file_len {
             // The file may have to grow for this commit. A growth that fails
             // leaves no free page to free space with, so check now, cheaply,
             // that the disk can take it: the policy then acts while there is
             // still headroom.
-            let file_len = self.disk.file_len(&self.path).unwrap_or(0);
-            let disk = self.disk.available(&self.path);
-            let mut s = self.space.lock().expect("space lock");
-            s.file_len = file_len;
-            s.disk_available = disk;
-            estimate = s.estimate(self.options().max_bytes);
+            self.space.file_len = self.disk().file_len(self.path()).unwrap_or(0);
+            self.space.disk_available = self.disk().available(self.path());
+            estimate = self.space.estimate(limit);
         }
         if !estimate.is_full(batch) {
             return Ok(false);
@@ -104,21 +95,22 @@ impl Journal {
         }
         let measured = self.measure()?;
         let full = measured.is_full(batch);
-        self.space.lock().expect("space lock").full_since = full.then(Instant::now);
+        self.space.full_since = full.then(Instant::now);
         Ok(full)
     }
 
     /// Counts the pages in use, the file's size and the disk's free space.
-    pub fn measure(&self) -> Result<Space, JournalError> {
-        let used = self.with_db(|db| {
+    pub fn measure(&mut self) -> Result<Space, JournalError> {
+        let used = self.with_db(|_, db| {
             let tx = db.begin_write()?;
             let stats = tx.stats()?;
             tx.abort()?;
             Ok(stats.allocated_pages() * stats.page_size() as u64)
         })?;
-        let file_len = self.disk.file_len(&self.path).unwrap_or(0);
-        let disk_available = self.disk.available(&self.path);
-        let mut s = self.space.lock().expect("space lock");
+        let file_len = self.disk().file_len(self.path()).unwrap_or(0);
+        let disk_available = self.disk().available(self.path());
+        let limit = self.options().max_bytes;
+        let s = &mut self.space;
         s.measured_used = used;
         s.changed = 0;
         s.file_len = file_len;
@@ -126,31 +118,15 @@ impl Journal {
             s.blocked_at_disk = None;
         }
         s.disk_available = disk_available;
-        Ok(s.estimate(self.options().max_bytes))
+        Ok(s.estimate(limit))
     }
 
     /// After redb hit a refused growth: reopen it (it answers nothing else
     /// until then) and assume the file cannot grow until the disk gains space.
-    pub(super) fn after_refused_growth(&self) -> Result<(), JournalError> {
-        {
-            let mut guard = self.db.write().expect("journal lock");
-            drop(guard.take());
-            let db = open_db(&*self.disk, &self.path, &self.options(), &self.size_limit).map_err(
-                |f| match f {
-                    OpenFailure::Other(e) => e,
-                    OpenFailure::Damaged(reason) => JournalError::Full {
-                        path: self.path.clone(),
-                        reason: format!("reopening after a refused growth failed: {reason}"),
-                    },
-                },
-            )?;
-            *guard = Some(db);
-        }
-        let disk = self.disk.available(&self.path);
-        let mut s = self.space.lock().expect("space lock");
-        s.blocked_at_disk = Some(disk);
-        s.refused_commit = true;
-        drop(s);
+    pub(super) fn after_refused_growth(&mut self) -> Result<(), JournalError> {
+        self.reopen_db()?;
+        self.space.blocked_at_disk = Some(self.disk().available(self.path()));
+        self.space.refused_commit = true;
         self.measure()?;
         Ok(())
     }
@@ -159,10 +135,10 @@ impl Journal {
     /// when one commit holding them all could not grow the file. Each
     /// deletion dirties at most one leaf page, so each step fits in the
     /// headroom. Returns how many were deleted.
-    pub(super) fn delete_in_small_steps(&self, delete: &[u64]) -> Result<u64, JournalError> {
+    pub(super) fn delete_in_small_steps(&mut self, delete: &[u64]) -> Result<u64, JournalError> {
         let mut deleted = 0;
         for chunk in delete.chunks(DELETE_STEP) {
-            let (n, removed) = self.with_db(|db| {
+            let (n, removed) = self.with_db(|_, db| {
                 let tx = begin(db)?;
                 let (mut n, mut removed) = (0, 0);
                 {
@@ -190,31 +166,34 @@ impl Journal {
     /// Applies the full-journal policy until `batch` fits with headroom.
     /// Aggregates are numbered from `next_seq` at least (the numbers before
     /// it are given, in the hot segment).
-    pub(super) fn make_room(&self, batch: u64, next_seq: u64) -> Result<Counters, JournalError> {
+    pub(super) fn make_room(
+        &mut self,
+        batch: u64,
+        next_seq: u64,
+    ) -> Result<Counters, JournalError> {
         let mut done = Counters::default();
         // A refused commit proves the estimate wrong (redb needed more fresh
         // pages than it allows for): free at least the batch once more.
-        let mut forced = std::mem::take(&mut self.space.lock().expect("space lock").refused_commit)
-            .then_some(batch.max(1));
+        let mut forced = std::mem::take(&mut self.space.refused_commit).then_some(batch.max(1));
+        let when_full = self.options().when_full;
         loop {
             let space = self.measure()?;
-            let to_free = space.to_free(batch).max(forced.take().unwrap_or(0));
-            if to_free == 0 {
-                self.space.lock().expect("space lock").full_since = None;
+            let forced = forced.take().unwrap_or(0);
+            let Some(plan) = capacity::plan(&space, batch, when_full, forced) else {
+                self.space.full_since = None;
                 return Ok(done);
-            }
-            let stored_to_free = (to_free as f64 / RATIO) as u64 + 1;
-            let step = match self.options().when_full {
-                WhenFull::Downsample => self.downsample_step(stored_to_free, next_seq)?,
-                _ => None,
             };
-            let step = match step {
+            let aggregated = match plan.aggregate {
+                true => self.downsample_step(plan.stored, next_seq)?,
+                false => None,
+            };
+            let step = match aggregated {
                 Some(step) => step,
-                None => self.drop_step(stored_to_free, next_seq)?,
+                None => self.drop_step(plan.stored, next_seq)?,
             };
             if step == Counters::default() {
                 return Err(JournalError::Full {
-                    path: self.path.clone(),
+                    path: self.path().to_owned(),
                     reason: format!(
                         "nothing left to remove; {} of {} bytes in use",
                         space.used,
@@ -222,13 +201,13 @@ impl Journal {
                     ),
                 });
             }
-            self.counters.lock().expect("counters lock").add(&step);
+            self.counters.add(&step);
             done.add(&step);
         }
     }
 
     /// Deletes the oldest records holding at least `stored_to_free` bytes.
-    fn drop_step(&self, stored_to_free: u64, next_seq: u64) -> Result<Counters, JournalError> {
+    fn drop_step(&mut self, stored_to_free: u64, next_seq: u64) -> Result<Counters, JournalError> {
         self.policy_tx(next_seq, |tx| {
             let mut table = tx.open_table(READINGS)?;
             let (mut freed, mut dropped) = (0, 0);
@@ -252,7 +231,7 @@ impl Journal {
     /// when aggregating would not save at least half the bytes (one reading
     /// per series and window): then the caller drops instead.
     fn downsample_step(
-        &self,
+        &mut self,
         stored_to_free: u64,
         next_seq: u64,
     ) -> Result<Option<Counters>, JournalError> {
@@ -262,7 +241,7 @@ impl Journal {
             .as_nanos()
             .min(i64::MAX as u128) as i64;
         // Find the oldest raw readings (aggregates are passed over).
-        let picked = self.with_db(|db| {
+        let picked = self.read_db(|db| {
             let tx = db.begin_read()?;
             let table = tx.open_table(READINGS)?;
             let (mut seqs, mut readings, mut bytes) = (Vec::new(), Vec::new(), 0u64);
@@ -309,7 +288,7 @@ impl Journal {
             .iter()
             .map(|(k, l, _)| record::reading_len(k, l) as u64)
             .sum();
-        if agg_bytes * 2 > raw_bytes {
+        if !capacity::worth_aggregating(raw_bytes, agg_bytes) {
             return Ok(None);
         }
         let replaced = seqs.len() as u64;
@@ -336,11 +315,11 @@ impl Journal {
     /// fresh sequence numbers, counters); the counters are updated in the
     /// same transaction.
     fn policy_tx(
-        &self,
+        &mut self,
         floor: u64,
         f: impl FnOnce(&WriteTransaction) -> Result<(u64, Appended, Counters), redb::Error>,
     ) -> Result<Counters, JournalError> {
-        let result = self.with_db(|db| {
+        let result = self.with_db(|j, db| {
             let tx = begin(db)?;
             // Numbered before `f` removes anything: with the newest readings
             // gone, the table alone would hand their numbers out again.
@@ -349,7 +328,7 @@ impl Journal {
             let change = {
                 let mut table = tx.open_table(READINGS)?;
                 let mut meta = tx.open_table(META)?;
-                let (seqs, added) = append(&mut table, self.boot_index, first, &aggregates)?;
+                let (seqs, added) = append(&mut table, j.boot_index, first, &aggregates)?;
                 keep_next_seq(&table, &mut meta, seqs.end)?;
                 add_counters(&mut meta, &done)?;
                 added - freed as i64
@@ -365,9 +344,8 @@ impl Journal {
     /// After a write transaction committed: notes the stored bytes it
     /// appended (positive) or deleted since the last measurement; a refused
     /// commit before it is made up for.
-    pub(super) fn stored_changed(&self, change: i64) {
-        let mut s = self.space.lock().expect("space lock");
-        s.changed += change;
-        s.refused_commit = false;
+    pub(super) fn stored_changed(&mut self, change: i64) {
+        self.space.changed += change;
+        self.space.refused_commit = false;
     }
 }

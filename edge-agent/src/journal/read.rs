@@ -1,19 +1,19 @@
 //! Reading the journal back: windows of records in order, merged from redb
-//! and the hot segment, and what it holds ([`Journal::stats`]). Readers take
-//! the segment's lock only to copy what it holds, never across a redb read,
-//! so they do not wait for a commit.
+//! and the hot segment, and what it holds ([`JournalReader::stats`]).
+//! Readers take the segment as the writer last published it (a pointer
+//! swapped after each commit) and read redb in their own read transactions,
+//! so they never wait for a commit, nor a commit for them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::open::read_boots;
 use super::record::{self, RecordRef};
-use super::tables::{BOOTS, META, READINGS, next_seq};
-use super::{Journal, JournalError, JournalRecord, JournalStats, ReadResult, Unreadable};
+use super::tables::{META, READINGS, next_seq};
+use super::{JournalError, JournalReader, JournalRecord, JournalStats, ReadResult, Unreadable};
 
-impl Journal {
+impl JournalReader {
     /// Reads up to `limit` records with sequence numbers above `after`, in
     /// order. A record that cannot be decoded comes back as an error in its
     /// place, so the caller can report and skip it.
@@ -21,7 +21,7 @@ impl Journal {
         self.read_range(after, u64::MAX, limit)
     }
 
-    /// Like [`Journal::read_after`], stopping after sequence number `up_to`.
+    /// Like [`JournalReader::read_after`], stopping after sequence number `up_to`.
     /// Readings in redb and in the hot segment come merged, in order;
     /// acknowledged ones still waiting to be deleted from redb are skipped.
     pub fn read_range(
@@ -35,51 +35,33 @@ impl Journal {
         }
         // The segment first, then redb: a reading moving from one to the
         // other meanwhile is seen in both (and taken once), never in neither.
-        let (hot, acked): (Vec<(u64, Vec<u8>)>, BTreeSet<u64>) = {
-            let segment = self.segment.lock().expect("segment lock");
-            match segment.as_ref() {
-                Some(s) => (
-                    s.readings
-                        .range(after + 1..=up_to)
-                        .take(limit)
-                        .map(|(k, v)| (*k, v.clone()))
-                        .collect(),
-                    s.cold_acks.range(after + 1..=up_to).copied().collect(),
-                ),
-                None => (Vec::new(), BTreeSet::new()),
-            }
-        };
-        let (cold, boots) = self.with_db(|db| {
+        let view = self.view();
+        let no_acks = BTreeSet::new();
+        let acked = view.hot.as_ref().map_or(&no_acks, |h| &h.cold_acks);
+        let boots = &view.boots;
+        let cold = self.read_db(|db| {
             let tx = db.begin_read()?;
             let table = tx.open_table(READINGS)?;
-            let boots = self.boots_of(&tx)?.into_owned();
             let mut out = Vec::new();
             for entry in table.range(after + 1..=up_to)? {
                 let (seq, value) = entry?;
                 if acked.contains(&seq.value()) {
                     continue;
                 }
-                out.push(to_record(seq.value(), value.value(), &boots));
+                out.push(to_record(seq.value(), value.value(), boots));
                 if out.len() >= limit {
                     break;
                 }
             }
-            Ok((out, boots))
+            Ok(out)
         })?;
-        let hot = hot.iter().map(|(seq, v)| to_record(*seq, v, &boots));
+        let hot = view.hot.iter().flat_map(|h| {
+            h.readings
+                .range(after + 1..=up_to)
+                .take(limit)
+                .map(|(seq, v)| to_record(*seq, v, boots))
+        });
         Ok(merge(cold, hot, limit))
-    }
-
-    /// The boot table, re-read only if a boot was imported since opening.
-    fn boots_of(
-        &self,
-        tx: &redb::ReadTransaction,
-    ) -> Result<std::borrow::Cow<'_, HashMap<u32, Arc<str>>>, redb::Error> {
-        let table = tx.open_table(BOOTS)?;
-        if table.len()? as usize == self.boots.len() {
-            return Ok(std::borrow::Cow::Borrowed(&self.boots));
-        }
-        Ok(std::borrow::Cow::Owned(read_boots(&table)?))
     }
 
     /// Counts and bounds of what the journal holds, in redb and the hot
@@ -87,21 +69,17 @@ impl Journal {
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
         // What the segment holds, then redb (a reading moving meanwhile may
         // be counted twice in this one figure, never lost).
-        let hot = self
-            .segment
-            .lock()
-            .expect("segment lock")
-            .as_ref()
-            .map(|s| {
-                let first = s.readings.first_key_value();
-                Held {
-                    count: s.readings.len() as u64,
-                    first: first.map(|(seq, frame)| (*seq, oldest_timestamp(frame))),
-                    last: s.readings.last_key_value().map(|(k, _)| *k),
-                    next_seq: s.next_seq,
-                    cold_acks: s.cold_acks.clone(),
-                }
-            });
+        let view = self.view();
+        let hot = view.hot.as_ref().map(|s| {
+            let first = s.readings.first_key_value();
+            Held {
+                count: s.readings.len() as u64,
+                first: first.map(|(seq, frame)| (*seq, oldest_timestamp(frame))),
+                last: s.readings.last_key_value().map(|(k, _)| *k),
+                next_seq: s.next_seq,
+                cold_acks: s.cold_acks.clone(),
+            }
+        });
         let in_redb = self.redb_stats(hot.as_ref().map(|h| &h.cold_acks))?;
         let mut all = in_redb;
         if let Some(h) = hot {
@@ -120,9 +98,9 @@ impl Journal {
             oldest_timestamp_ns: all.first.and_then(|(_, ts)| ts),
             last_seq: all.last,
             next_seq: all.next_seq,
-            file_bytes: self.disk.file_len(&self.path).unwrap_or(0),
-            max_bytes: self.options().max_bytes,
-            counters: self.counters(),
+            file_bytes: self.disk().file_len(self.path()).unwrap_or(0),
+            max_bytes: view.max_bytes,
+            counters: view.counters,
         })
     }
 
@@ -131,7 +109,7 @@ impl Journal {
     fn redb_stats(&self, acked: Option<&BTreeSet<u64>>) -> Result<Held, JournalError> {
         let no_acks = BTreeSet::new();
         let acked = acked.unwrap_or(&no_acks);
-        self.with_db(|db| {
+        self.read_db(|db| {
             let tx = db.begin_read()?;
             let t = tx.open_table(READINGS)?;
             let meta = tx.open_table(META)?;

@@ -20,7 +20,7 @@
 //! works again) and the journal carries on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::disk::{self, Disk};
 
@@ -32,7 +32,7 @@ pub const BLOCK: u64 = 1 << 16;
 pub struct Reservation {
     disk: Arc<dyn Disk>,
     path: PathBuf,
-    state: Mutex<State>,
+    state: State,
 }
 
 #[derive(Debug)]
@@ -69,10 +69,10 @@ impl Reservation {
         Reservation {
             disk,
             path,
-            state: Mutex::new(State {
+            state: State {
                 limit,
                 failing: false,
-            }),
+            },
         }
     }
 
@@ -82,14 +82,14 @@ impl Reservation {
 
     /// Every sequence number committed so far is below this (0: unknown).
     pub fn limit(&self) -> u64 {
-        self.state.lock().expect("reservation lock").limit
+        self.state.limit
     }
 
     /// Makes sure every number below `end` is reserved, writing a new limit
     /// when `end` passes the old one. Call it before the commit that uses
     /// those numbers.
-    pub fn cover(&self, end: u64) {
-        let mut state = self.state.lock().expect("reservation lock");
+    pub fn cover(&mut self, end: u64) {
+        let state = &mut self.state;
         if end <= state.limit {
             return;
         }
@@ -136,7 +136,7 @@ mod tests {
     fn the_limit_is_written_once_per_block_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("j.redb");
-        let r = Reservation::load(disk::real(), &journal);
+        let mut r = Reservation::load(disk::real(), &journal);
         assert_eq!(r.limit(), 0, "no file: nothing known");
         r.cover(10);
         assert_eq!(r.limit(), 10 + BLOCK);
@@ -164,7 +164,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("j.redb");
         std::fs::write(path_for(&journal), "\0\0garbage").unwrap();
-        let r = Reservation::load(disk::real(), &journal);
+        let mut r = Reservation::load(disk::real(), &journal);
         assert_eq!(r.limit(), 0);
         r.cover(5);
         assert_eq!(
@@ -177,7 +177,7 @@ mod tests {
         let blocked = dir.path().join("k.redb");
         std::fs::create_dir(path_for(&blocked)).unwrap();
         std::fs::write(path_for(&blocked).join("x"), "").unwrap();
-        let r = Reservation::load(disk::real(), &blocked);
+        let mut r = Reservation::load(disk::real(), &blocked);
         r.cover(5);
         r.cover(6);
         assert_eq!(r.limit(), 0, "nothing reserved, nothing claimed");

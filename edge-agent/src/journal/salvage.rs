@@ -120,8 +120,8 @@ pub(super) fn recover(
         source,
     };
     let staging = staging_path(path);
-    let (staged, _) = Journal::open_redb(disk.clone(), &staging, options.clone(), boot_id)?;
-    let mut report = salvage(&staged, path, reason)?;
+    let (mut staged, _) = Journal::open_redb(disk.clone(), &staging, options.clone(), boot_id)?;
+    let mut report = salvage(&mut staged, path, reason)?;
     // Numbers past even the damaged file's high-water mark may have gone
     // with the damage: on after the reservation's limit.
     staged.raise_next_seq(Reservation::load(disk.clone(), path).limit())?;
@@ -151,7 +151,8 @@ pub(super) fn finish_interrupted(disk: &dyn Disk, path: &Path) -> io::Result<()>
 /// Copies every intact reading of the damaged file at `source` into
 /// `journal`, and counts the quarantine and what was saved in the journal's
 /// counters.
-fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, JournalError> {
+fn salvage(journal: &mut Journal, source: &Path, reason: String) -> Result<Report, JournalError> {
+    let disk = journal.disk().clone();
     let moved_to = source.to_owned();
     let io_err = |source: io::Error| JournalError::Quarantine {
         path: moved_to.clone(),
@@ -161,7 +162,7 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
     let mut boots: HashMap<u32, u32> = HashMap::new();
     // Meta values only grow, so the largest copy of each is the latest.
     let mut meta: HashMap<String, u64> = HashMap::new();
-    scan_file(&*journal.disk, &moved_to, |frame| {
+    scan_file(&*disk, &moved_to, |frame| {
         match frame {
             Frame::Boot { index, id } if !boots.contains_key(&index) => {
                 boots.insert(index, journal.import_boot(id)?);
@@ -179,7 +180,7 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
     // Aggregates the policy writes while importing are numbered after every
     // number ever given (readings in the hot segment are above anything
     // redb holds).
-    let floor = Reservation::load(journal.disk.clone(), source).limit();
+    let floor = Reservation::load(disk.clone(), source).limit();
     // Boots were numbered in the order they came: that order, by the index
     // each has here.
     let age: HashMap<u32, u32> = boots.iter().map(|(&old, &new)| (new, old + 1)).collect();
@@ -190,7 +191,7 @@ fn salvage(journal: &Journal, source: &Path, reason: String) -> Result<Report, J
     let mut unparsable = 0;
     let dropped_before = journal.counters().dropped_oldest;
     let (mut lowest, mut highest) = (u64::MAX, 0);
-    scan_file(&*journal.disk, &moved_to, |frame| {
+    scan_file(&*disk, &moved_to, |frame| {
         if let Frame::Reading(r) = frame {
             lowest = lowest.min(r.seq);
             highest = highest.max(r.seq);
@@ -242,7 +243,7 @@ impl Journal {
     /// `next_seq` above all of them), making room first as the policy says;
     /// under `reject_new` a full journal refuses them, counted.
     pub(super) fn import(
-        &self,
+        &mut self,
         records: &[Salvaged],
         counters: Counters,
         age: &HashMap<u32, u32>,
@@ -263,7 +264,7 @@ impl Journal {
     /// frames with one number, the one from the later boot is kept (the
     /// other is a commit a power cut took, whose number was given again).
     fn import_once(
-        &self,
+        &mut self,
         mut records: &[Salvaged],
         mut counters: Counters,
         age: &HashMap<u32, u32>,
@@ -282,7 +283,7 @@ impl Journal {
                 self.make_room(batch, floor)?;
             }
         }
-        let change = self.with_db(|db| {
+        let change = self.with_db(|_, db| {
             let tx = begin(db)?;
             let change = {
                 let mut table = tx.open_table(READINGS)?;
@@ -314,13 +315,13 @@ impl Journal {
             Ok(change)
         });
         self.stored_changed(change?);
-        self.counters.lock().expect("counters lock").add(&counters);
+        self.counters.add(&counters);
         Ok(())
     }
 
     /// Makes sure new readings are numbered from at least `next_seq`.
-    pub(super) fn raise_next_seq(&self, next_seq: u64) -> Result<(), JournalError> {
-        self.with_db(|db| {
+    pub(super) fn raise_next_seq(&mut self, next_seq: u64) -> Result<(), JournalError> {
+        self.with_db(|_, db| {
             let tx = begin(db)?;
             {
                 let mut meta = tx.open_table(META)?;
@@ -335,11 +336,11 @@ impl Journal {
     }
 
     /// Adds a boot id found in a damaged journal; returns its index here.
-    pub(super) fn import_boot(&self, boot_id: &str) -> Result<u32, JournalError> {
+    pub(super) fn import_boot(&mut self, boot_id: &str) -> Result<u32, JournalError> {
         if let Some((&i, _)) = self.boots.iter().find(|(_, v)| &***v == boot_id) {
             return Ok(i);
         }
-        self.with_db(|db| {
+        let index = self.with_db(|_, db| {
             let tx = begin(db)?;
             let index = {
                 let mut table = tx.open_table(BOOTS)?;
@@ -351,7 +352,10 @@ impl Journal {
             };
             tx.commit()?;
             Ok(index)
-        })
+        })?;
+        // Readers learn of it with the next view published.
+        self.boots.insert(index, Arc::from(boot_id));
+        Ok(index)
     }
 }
 

@@ -44,6 +44,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::disk::{Disk, Mode, StorageBackend, dir_of};
 
@@ -92,7 +93,7 @@ struct Found {
     /// The number after every reading ever held (acknowledged or not), or
     /// the header's `next_seq`.
     next_seq: u64,
-    readings: BTreeMap<u64, Vec<u8>>,
+    readings: BTreeMap<u64, Arc<[u8]>>,
     cold_acks: BTreeSet<u64>,
     /// Where the last intact commit ended, in the data area.
     end: u64,
@@ -111,11 +112,29 @@ pub struct Segment {
     /// The bytes of the block holding `pos`, before `pos`.
     tail: Vec<u8>,
     /// Readings held and not acknowledged: seq to reading frame.
-    pub readings: BTreeMap<u64, Vec<u8>>,
+    pub readings: BTreeMap<u64, Arc<[u8]>>,
     /// Acknowledged readings that are in redb, not yet deleted there.
     pub cold_acks: BTreeSet<u64>,
     /// The number the next reading gets.
     pub next_seq: u64,
+}
+
+/// What a segment holds, as of one moment: what readers see (published by
+/// the writer after each commit) and what a redb transaction moves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contents {
+    pub readings: BTreeMap<u64, Arc<[u8]>>,
+    pub cold_acks: BTreeSet<u64>,
+    pub generation: u64,
+    pub next_seq: u64,
+}
+
+impl Contents {
+    /// Whether anything would leave the segment (then it starts a new
+    /// generation).
+    pub fn moves(&self) -> bool {
+        !self.readings.is_empty() || !self.cold_acks.is_empty()
+    }
 }
 
 /// One commit to append: readings (seq, reading frame) and acknowledged
@@ -186,6 +205,16 @@ impl Segment {
         self.generation
     }
 
+    /// A copy of what it holds (the frames are shared, not copied).
+    pub fn contents(&self) -> Contents {
+        Contents {
+            readings: self.readings.clone(),
+            cold_acks: self.cold_acks.clone(),
+            generation: self.generation,
+            next_seq: self.next_seq,
+        }
+    }
+
     /// Starts a new generation numbering readings from `next_seq`: whatever
     /// the file held is stale from now on. The caller has made it durable
     /// elsewhere (redb) first.
@@ -239,7 +268,7 @@ impl Segment {
         self.pos = end;
         self.tail = buf[((last - first) * BLOCK) as usize..(end - first * BLOCK) as usize].to_vec();
         for (seq, frame) in commit.readings {
-            self.readings.insert(*seq, frame.clone());
+            self.readings.insert(*seq, Arc::from(frame.as_slice()));
             self.next_seq = self.next_seq.max(seq + 1);
         }
         for seq in commit.acks {
@@ -396,7 +425,7 @@ fn replay(bytes: &[u8]) -> Found {
             // Numbers given stay given, even once acknowledged.
             out.next_seq = out.next_seq.max(seq + 1);
             seqs.push(seq);
-            out.readings.insert(seq, frame);
+            out.readings.insert(seq, frame.into());
         }
         for (first, last) in commit.acks {
             for seq in first..=last {
@@ -492,7 +521,7 @@ mod tests {
         assert_eq!((r.generation, r.commits), (1, 2));
         assert_eq!(r.boots["boot-a"], [10, 11, 12, 13, 14]);
         assert_eq!(held(&s), [10, 13, 14]);
-        assert_eq!(s.readings[&13], frame(13).1);
+        assert_eq!(s.readings[&13][..], frame(13).1[..]);
         assert_eq!(s.cold_acks, BTreeSet::from([3]));
         assert_eq!(s.next_seq, 15, "numbers given stay given");
         // It goes on where it ended.

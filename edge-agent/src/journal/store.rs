@@ -1,18 +1,25 @@
-//! [`Journal`]: the journal's files, opened.
+//! [`Journal`]: the journal's files, opened; the write handle and the read
+//! handle.
 //!
 //! - Open: the redb file is checked page by page (redb's integrity check); a
 //!   damaged file is quarantined and salvaged ([`super::salvage`]); then the
-//!   hot segment is replayed ([`super::commit`]).
+//!   hot segment is replayed ([`Journal::open_segment`]).
+//! - [`Journal`] is owned by the writer task and changes the journal with
+//!   `&mut self`, taking no lock. [`JournalReader`]s share the redb
+//!   database with it (redb's read transactions never wait for a write) and
+//!   see the segment as the writer last published it: after each commit the
+//!   writer swaps in a new [`View`] (an `ArcSwap`, no lock either way).
 //! - Commit: [`super::commit`]; reading back: `super::read`.
 //! - Space and the full-journal policy: [`super::policy`].
 //! - Salvaged readings come in through [`super::salvage`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use redb::Database;
 
 use super::capacity::WhenFull;
@@ -20,9 +27,13 @@ use super::open::{OpenFailure, Registered, open_db, register_boot};
 use super::policy::SpaceState;
 use super::reservation::Reservation;
 use super::salvage;
-use super::segment::Segment;
+use super::segment::{Contents, Segment};
 use super::{Counters, JournalError};
 use crate::disk::{self, Disk};
+
+/// How long the writer waits for readers to let go of the file before
+/// reopening it, and readers wait for it to be open again.
+const READERS_LET_GO: Duration = Duration::from_secs(30);
 
 /// How the journal is opened and bounded (from `[journal]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,29 +66,54 @@ pub struct Opened {
     pub quarantined: Option<salvage::Report>,
 }
 
-/// The journal file, opened for this boot.
+/// The journal's write handle, owned by the writer task: every commit, the
+/// full-journal policy and salvage go through it, with `&mut self` and no
+/// locks. Readers (the forwarder, stats, export) use a [`JournalReader`],
+/// which it derefs to and hands out with [`Journal::reader`].
 pub struct Journal {
-    /// Where every file of the journal is read and written.
-    pub(super) disk: Arc<dyn Disk>,
-    pub(super) path: PathBuf,
+    /// What readers see; the writer publishes to it after each commit.
+    reader: JournalReader,
     /// Changed at run time by [`Journal::set_policy`].
-    options: Mutex<JournalOptions>,
-    /// The file layer's size limit, shared with [`LimitedFile`].
+    options: JournalOptions,
+    /// The file layer's size limit, shared with [`super::file::LimitedFile`].
     pub(super) size_limit: Arc<AtomicU64>,
-    /// `None` only while being reopened.
-    pub(super) db: RwLock<Option<Database>>,
     pub(super) boot_index: u32,
     pub(super) boots: HashMap<u32, Arc<str>>,
-    pub(super) space: Mutex<SpaceState>,
-    pub(super) counters: Mutex<Counters>,
+    pub(super) space: SpaceState,
+    pub(super) counters: Counters,
     /// Sequence numbers reserved outside the file.
     pub(super) reservation: Reservation,
     /// Where small commits go ([`super::commit`]); `None` while a fresh
     /// journal is built by salvage, or after the segment failed.
-    pub(super) segment: Mutex<Option<Segment>>,
-    /// Held by a commit from start to end (there is one writer; this keeps
-    /// it so), while `segment` is let go during redb transactions.
-    pub(super) commit_lock: Mutex<()>,
+    pub(super) segment: Option<Segment>,
+}
+
+/// A read handle on the journal: cheap to clone, never waits for a commit.
+/// It reads redb (its own read transactions) and the hot segment as the
+/// writer last published it.
+#[derive(Clone)]
+pub struct JournalReader {
+    shared: Arc<Shared>,
+}
+
+/// What the write handle shares with readers.
+struct Shared {
+    disk: Arc<dyn Disk>,
+    path: PathBuf,
+    /// `None` only for the moment the writer reopens the file after a
+    /// refused growth.
+    db: ArcSwapOption<Database>,
+    view: ArcSwap<View>,
+}
+
+/// What the writer published after its last commit.
+pub(super) struct View {
+    /// The hot segment's readings and acknowledgements.
+    pub(super) hot: Option<Arc<Contents>>,
+    pub(super) counters: Counters,
+    pub(super) max_bytes: u64,
+    pub(super) boots: Arc<HashMap<u32, Arc<str>>>,
+    pub(super) boot_id: Arc<str>,
 }
 
 impl Journal {
@@ -119,8 +155,9 @@ impl Journal {
         options: JournalOptions,
         boot_id: Option<&str>,
     ) -> Result<(Journal, Opened), JournalError> {
-        let (journal, opened) = Journal::open_redb(disk, path, options, boot_id)?;
+        let (mut journal, opened) = Journal::open_redb(disk, path, options, boot_id)?;
         journal.open_segment()?;
+        journal.publish();
         Ok((journal, opened))
     }
 
@@ -164,25 +201,8 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
-        let Registered {
-            boot_index,
-            boots,
-            counters,
-        } = register_boot(&db, boot_id).map_err(open_err)?;
-        let journal = Journal {
-            reservation: Reservation::load(disk.clone(), path),
-            disk,
-            path: path.to_owned(),
-            options: Mutex::new(options),
-            size_limit,
-            db: RwLock::new(Some(db)),
-            boot_index,
-            boots,
-            space: Mutex::new(SpaceState::default()),
-            counters: Mutex::new(counters),
-            segment: Mutex::new(None),
-            commit_lock: Mutex::new(()),
-        };
+        let registered = register_boot(&db, boot_id).map_err(open_err)?;
+        let mut journal = Journal::assemble(disk, path, options, size_limit, db, registered);
         journal.measure()?;
         // The file was created now: the journal it replaces (deleted by
         // hand) may have handed out numbers past anything this one knows
@@ -197,56 +217,94 @@ impl Journal {
         Ok((journal, Opened { quarantined: None }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The write handle and its first published view, on an open database.
+    fn assemble(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        size_limit: Arc<AtomicU64>,
+        db: Database,
+        registered: Registered,
+    ) -> Journal {
+        let Registered {
+            boot_index,
+            boots,
+            counters,
+        } = registered;
+        let view = View {
+            hot: None,
+            counters,
+            max_bytes: options.max_bytes,
+            boot_id: boot_id_of(&boots, boot_index),
+            boots: Arc::new(boots.clone()),
+        };
+        Journal {
+            reader: JournalReader {
+                shared: Arc::new(Shared {
+                    disk: disk.clone(),
+                    path: path.to_owned(),
+                    db: ArcSwapOption::from_pointee(db),
+                    view: ArcSwap::from_pointee(view),
+                }),
+            },
+            reservation: Reservation::load(disk, path),
+            options,
+            size_limit,
+            boot_index,
+            boots,
+            space: SpaceState::default(),
+            counters,
+            segment: None,
+        }
+    }
+
+    /// A read handle: for the forwarder, stats and export.
+    pub fn reader(&self) -> JournalReader {
+        self.reader.clone()
     }
 
     /// The options in force now.
-    pub fn options(&self) -> JournalOptions {
-        self.options.lock().expect("options lock").clone()
+    pub fn options(&self) -> &JournalOptions {
+        &self.options
     }
 
     /// Changes the size limit and the full-journal policy of the open
     /// journal (a remote config did). The page cache keeps its size. A limit
     /// below what the file already holds makes the next commit free space
     /// by the policy; the file itself does not shrink.
-    pub fn set_policy(&self, max_bytes: u64, when_full: WhenFull, downsample_window: Duration) {
-        {
-            let mut options = self.options.lock().expect("options lock");
-            options.max_bytes = max_bytes;
-            options.when_full = when_full;
-            options.downsample_window = downsample_window;
-            self.size_limit.store(max_bytes, Ordering::Relaxed);
-        }
-        // Space estimates were made against the old limit. (The space lock
-        // is taken after the options lock is released: the policy takes them
-        // the other way round.)
-        self.space.lock().expect("space lock").full_since = None;
+    pub fn set_policy(&mut self, max_bytes: u64, when_full: WhenFull, downsample_window: Duration) {
+        self.options.max_bytes = max_bytes;
+        self.options.when_full = when_full;
+        self.options.downsample_window = downsample_window;
+        self.size_limit.store(max_bytes, Ordering::Relaxed);
+        // Space estimates were made against the old limit.
+        self.space.full_since = None;
+        self.publish();
     }
 
-    fn storage_err(&self) -> impl Fn(redb::Error) -> JournalError + '_ {
-        |source| JournalError::Storage {
-            path: self.path.clone(),
-            source,
-        }
+    /// Shows readers what the last commit left: the segment's contents, the
+    /// counters and the limit.
+    pub(super) fn publish(&self) {
+        self.reader.shared.view.store(Arc::new(View {
+            hot: self.segment.as_ref().map(|s| Arc::new(s.contents())),
+            counters: self.counters,
+            max_bytes: self.options.max_bytes,
+            boots: Arc::new(self.boots.clone()),
+            boot_id: boot_id_of(&self.boots, self.boot_index),
+        }));
     }
 
-    /// Runs `f` with the open database. A growth refused for want of space
-    /// leaves redb answering nothing: the file is reopened before the error
-    /// is returned, and the next write makes room first
-    /// ([`Journal::after_refused_growth`]).
+    /// Runs `f` with the open database (and the journal). A growth refused
+    /// for want of space leaves redb answering nothing: the file is
+    /// reopened before the error is returned, and the next write makes room
+    /// first ([`Journal::after_refused_growth`]).
     pub(super) fn with_db<T>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+        &mut self,
+        f: impl FnOnce(&mut Journal, &Database) -> Result<T, redb::Error>,
     ) -> Result<T, JournalError> {
-        let result = {
-            let guard = self.db.read().expect("journal lock");
-            let db = guard.as_ref().ok_or_else(|| JournalError::Storage {
-                path: self.path.clone(),
-                source: redb::Error::DatabaseClosed,
-            })?;
-            f(db).map_err(self.storage_err())
-        };
+        let db = self.reader.db()?;
+        let result = f(self, &db).map_err(|e| self.reader.storage_err(e));
+        drop(db);
         if let Err(e) = &result
             && e.is_no_space()
         {
@@ -255,17 +313,125 @@ impl Journal {
         result
     }
 
-    /// The boot id this journal was opened in (what new readings are
-    /// journaled under).
-    pub fn boot_id(&self) -> Arc<str> {
-        self.boots
-            .get(&self.boot_index)
-            .cloned()
-            .unwrap_or_else(|| Arc::from("unknown"))
+    /// Closes and opens the redb file again, once every reader has let go
+    /// of it (a read takes milliseconds; readers wait meanwhile).
+    pub(super) fn reopen_db(&mut self) -> Result<(), JournalError> {
+        let shared = &self.reader.shared;
+        if let Some(old) = shared.db.swap(None) {
+            let deadline = std::time::Instant::now() + READERS_LET_GO;
+            while Arc::strong_count(&old) > 1 {
+                if std::time::Instant::now() > deadline {
+                    shared.db.store(Some(old));
+                    return Err(JournalError::Full {
+                        path: self.path().to_owned(),
+                        reason: "reopening after a refused growth: a reader kept the file open"
+                            .into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let db =
+            open_db(&*shared.disk, &shared.path, &self.options, &self.size_limit).map_err(|f| {
+                match f {
+                    OpenFailure::Other(e) => e,
+                    OpenFailure::Damaged(reason) => JournalError::Full {
+                        path: shared.path.clone(),
+                        reason: format!("reopening after a refused growth failed: {reason}"),
+                    },
+                }
+            })?;
+        shared.db.store(Some(Arc::new(db)));
+        Ok(())
     }
 
     /// The persisted counters, as of the last commit.
     pub fn counters(&self) -> Counters {
-        *self.counters.lock().expect("counters lock")
+        self.counters
     }
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Journal {
+    type Target = JournalReader;
+
+    /// Everything a reader does, the writer does too.
+    fn deref(&self) -> &JournalReader {
+        &self.reader
+    }
+}
+
+impl JournalReader {
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    pub(super) fn disk(&self) -> &Arc<dyn Disk> {
+        &self.shared.disk
+    }
+
+    /// What the writer published last.
+    pub(super) fn view(&self) -> Arc<View> {
+        self.shared.view.load_full()
+    }
+
+    fn storage_err(&self, source: redb::Error) -> JournalError {
+        JournalError::Storage {
+            path: self.shared.path.clone(),
+            source,
+        }
+    }
+
+    /// The open database; waits while the writer reopens it.
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        let deadline = std::time::Instant::now() + READERS_LET_GO;
+        loop {
+            if let Some(db) = self.shared.db.load_full() {
+                return Ok(db);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(self.storage_err(redb::Error::DatabaseClosed));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Runs `f` (read transactions only) with the open database.
+    pub(super) fn read_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, JournalError> {
+        let db = self.db()?;
+        f(&db).map_err(|e| self.storage_err(e))
+    }
+
+    /// The boot id this journal was opened in (what new readings are
+    /// journaled under).
+    pub fn boot_id(&self) -> Arc<str> {
+        self.view().boot_id.clone()
+    }
+
+    /// The persisted counters, as of the last commit.
+    pub fn counters(&self) -> Counters {
+        self.view().counters
+    }
+
+    /// `journal.max_bytes` in force.
+    pub fn max_bytes(&self) -> u64 {
+        self.view().max_bytes
+    }
+}
+
+fn boot_id_of(boots: &HashMap<u32, Arc<str>>, index: u32) -> Arc<str> {
+    boots
+        .get(&index)
+        .cloned()
+        .unwrap_or_else(|| Arc::from("unknown"))
 }

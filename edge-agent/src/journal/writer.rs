@@ -1,4 +1,6 @@
-//! The journal writer: the one task that writes to the journal.
+//! The journal writer: the one task that writes to the journal. It owns
+//! the [`Journal`] (the write handle); everyone else reads through a
+//! [`super::JournalReader`].
 //!
 //! Samplers send readings over a bounded channel; the forwarder sends the
 //! sequence numbers Kafka acknowledged. The writer groups both into one
@@ -30,7 +32,7 @@ use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Counters, Journal, JournalError, Sampled};
+use super::{Counters, Journal, JournalError, Sampled, WhenFull};
 use crate::status::Status;
 
 /// Readings that may wait in the channel in front of the writer.
@@ -47,15 +49,21 @@ pub struct WriterHandles {
     pub acks: mpsc::UnboundedSender<Vec<u64>>,
     /// What has been committed.
     pub committed: watch::Receiver<Progress>,
-    /// Changes the commit interval and batch size of the running writer.
+    /// Changes the commit interval, batch size and full-journal policy of
+    /// the running writer.
     pub settings: watch::Sender<WriterSettings>,
 }
 
-/// How often and in what batches the writer commits (`[journal]`).
+/// How often and in what batches the writer commits, and how full the
+/// journal may get (`[journal]`). All of it can change while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterSettings {
     pub commit_interval: Duration,
     pub max_batch: usize,
+    /// `journal.max_bytes`.
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub downsample_window: Duration,
 }
 
 impl WriterSettings {
@@ -65,6 +73,28 @@ impl WriterSettings {
             1
         } else {
             self.max_batch.max(1)
+        }
+    }
+
+    /// Settings for `journal` as opened, committing every `commit_interval`
+    /// at most `max_batch` readings.
+    pub fn for_journal(journal: &Journal, commit_interval: Duration, max_batch: usize) -> Self {
+        let o = journal.options();
+        WriterSettings {
+            commit_interval,
+            max_batch,
+            max_bytes: o.max_bytes,
+            when_full: o.when_full,
+            downsample_window: o.downsample_window,
+        }
+    }
+
+    fn apply_policy(&self, journal: &mut Journal) {
+        let o = journal.options();
+        if (o.max_bytes, o.when_full, o.downsample_window)
+            != (self.max_bytes, self.when_full, self.downsample_window)
+        {
+            journal.set_policy(self.max_bytes, self.when_full, self.downsample_window);
         }
     }
 }
@@ -80,11 +110,13 @@ pub struct Progress {
 }
 
 pub struct JournalWriter {
-    journal: Arc<Journal>,
+    /// `None` only while a commit runs on a blocking thread.
+    journal: Option<Journal>,
     readings: mpsc::Receiver<Sampled>,
     acks: mpsc::UnboundedReceiver<Vec<u64>>,
     committed: watch::Sender<Progress>,
-    commit_interval: Duration,
+    /// The settings in force.
+    current: WriterSettings,
     max_batch: usize,
     settings: watch::Receiver<WriterSettings>,
     status: Arc<Status>,
@@ -109,30 +141,31 @@ impl Pending {
 }
 
 impl JournalWriter {
+    /// A writer owning `journal`, committing as `initial` says. If the
+    /// journal cannot be read, the error comes back with it.
     pub fn new(
-        journal: Arc<Journal>,
-        commit_interval: Duration,
-        max_batch: usize,
+        mut journal: Journal,
+        initial: WriterSettings,
         status: Arc<Status>,
-    ) -> Result<(JournalWriter, WriterHandles), JournalError> {
-        let last = journal.stats()?.next_seq - 1;
+    ) -> Result<(JournalWriter, WriterHandles), Box<(JournalError, Journal)>> {
+        initial.apply_policy(&mut journal);
+        let last = match journal.stats() {
+            Ok(stats) => stats.next_seq - 1,
+            Err(e) => return Err(Box::new((e, journal))),
+        };
         let (readings_tx, readings) = mpsc::channel(CHANNEL_CAPACITY);
         let (acks_tx, acks) = mpsc::unbounded_channel();
         let (committed, committed_rx) = watch::channel(Progress {
             last_seq: last,
             sampling_done: false,
         });
-        let initial = WriterSettings {
-            commit_interval,
-            max_batch,
-        };
         let (settings_tx, settings) = watch::channel(initial);
         let writer = JournalWriter {
-            journal,
+            journal: Some(journal),
             readings,
             acks,
             committed,
-            commit_interval,
+            current: initial,
             max_batch: initial.effective_max_batch(),
             settings,
             status,
@@ -146,6 +179,13 @@ impl JournalWriter {
             settings: settings_tx,
         };
         Ok((writer, handles))
+    }
+
+    /// The journal back, from a writer that never ran (the pipeline could
+    /// not start).
+    pub fn into_journal(self) -> Journal {
+        self.journal
+            .expect("the writer holds the journal between commits")
     }
 
     /// Runs until every reading and ack sender is dropped, then commits what
@@ -226,8 +266,11 @@ impl JournalWriter {
                 changed = self.settings.changed(), if settings_open => {
                     settings_open = changed.is_ok();
                     let new = *self.settings.borrow_and_update();
-                    self.commit_interval = new.commit_interval;
+                    self.current = new;
                     self.max_batch = new.effective_max_batch();
+                    if let Some(journal) = self.journal.as_mut() {
+                        new.apply_policy(journal);
+                    }
                     // A shorter interval applies to what is already waiting.
                     if let Some(due) = pending.due {
                         pending.due = Some(due.min(Instant::now() + new.commit_interval));
@@ -257,7 +300,7 @@ impl JournalWriter {
     /// Starts the commit clock when the first item arrives.
     fn arm(&self, pending: &mut Pending) {
         if pending.due.is_none() {
-            pending.due = Some(Instant::now() + self.commit_interval);
+            pending.due = Some(Instant::now() + self.current.commit_interval);
         }
     }
 
@@ -266,13 +309,17 @@ impl JournalWriter {
     async fn commit(&mut self, pending: &mut Pending) -> Result<(), JournalError> {
         let readings = std::mem::take(&mut pending.readings);
         let acked = std::mem::take(&mut pending.acked);
-        let journal = self.journal.clone();
-        let (result, readings, acked) = tokio::task::spawn_blocking(move || {
+        let mut journal = self
+            .journal
+            .take()
+            .expect("the writer holds the journal between commits");
+        let (journal, result, readings, acked) = tokio::task::spawn_blocking(move || {
             let result = journal.commit(&readings, &acked);
-            (result, readings, acked)
+            (journal, result, readings, acked)
         })
         .await
         .expect("journal commit task panicked");
+        self.journal = Some(journal);
         match result {
             Ok(done) => {
                 let appended = done.seqs.end - done.seqs.start;
@@ -321,7 +368,7 @@ impl JournalWriter {
         self.policy_unlogged.add(done);
         if let Some(held_back) = self.policy_log.allow(std::time::Instant::now()) {
             let c = std::mem::take(&mut self.policy_unlogged);
-            let policy = self.journal.options().when_full.as_str();
+            let policy = self.current.when_full.as_str();
             tracing::warn!(
                 policy,
                 dropped_oldest = c.dropped_oldest,
@@ -330,7 +377,7 @@ impl JournalWriter {
                 aggregates = c.aggregates,
                 similar_not_logged = held_back,
                 "the journal is full (journal.max_bytes or the disk); readings were {}",
-                match self.journal.options().when_full {
+                match self.current.when_full {
                     super::WhenFull::DropOldest => "dropped, oldest first",
                     super::WhenFull::RejectNew => "refused",
                     super::WhenFull::Downsample => "aggregated, oldest first",
@@ -342,6 +389,7 @@ impl JournalWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::JournalReader;
     use super::*;
 
     fn reading(i: i64) -> telemetry::Reading {
@@ -353,7 +401,7 @@ mod tests {
     /// A writer on a fresh journal, committing at most 100 readings at a time.
     struct Setup {
         _dir: tempfile::TempDir,
-        journal: Arc<Journal>,
+        journal: JournalReader,
         status: Arc<Status>,
         writer: JournalWriter,
         handles: WriterHandles,
@@ -367,13 +415,15 @@ mod tests {
             "b",
         )
         .unwrap();
-        let journal = Arc::new(journal);
+        let reader = journal.reader();
         let status = Arc::new(Status::default());
-        let (writer, handles) =
-            JournalWriter::new(journal.clone(), interval, 100, status.clone()).unwrap();
+        let settings = WriterSettings::for_journal(&journal, interval, 100);
+        let (writer, handles) = JournalWriter::new(journal, settings, status.clone())
+            .map_err(|e| e.0)
+            .unwrap();
         Setup {
             _dir: dir,
-            journal,
+            journal: reader,
             status,
             writer,
             handles,
@@ -422,11 +472,7 @@ mod tests {
         assert_eq!(committed.borrow().last_seq, 0, "an hour has not passed");
         handles
             .settings
-            .send(WriterSettings {
-                commit_interval: Duration::from_millis(50),
-                max_batch: 100,
-            })
-            .unwrap();
+            .send_modify(|s| s.commit_interval = Duration::from_millis(50));
         // What was waiting is committed at the new interval.
         tokio::time::timeout(
             Duration::from_secs(10),

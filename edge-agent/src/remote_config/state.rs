@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::controller::ConfigReport;
 use crate::clock::Clock;
-use crate::journal::{Journal, JournalStats};
+use crate::journal::{JournalReader, JournalStats};
 use crate::status::{Snapshot, Status};
 use hardware::{HealthState, SensorHealth};
 
@@ -34,7 +34,7 @@ pub struct StateSource {
     pub device_id: String,
     pub report: watch::Receiver<ConfigReport>,
     pub status: Arc<Status>,
-    pub journal: Arc<Journal>,
+    pub journal: JournalReader,
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
 }

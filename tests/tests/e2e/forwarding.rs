@@ -33,7 +33,7 @@ fn now_ns() -> i64 {
 /// sampled them an hour ago with the link down.
 fn journal_with_backlog(path: &Path, n: u64) {
     let boot = edge_agent::journal::current_boot_id();
-    let (journal, _) = Journal::open(path, JournalOptions::for_inspection(), &boot).unwrap();
+    let (mut journal, _) = Journal::open(path, JournalOptions::for_inspection(), &boot).unwrap();
     let start = now_ns() - 3_600_000_000_000;
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..n {
