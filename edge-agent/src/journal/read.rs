@@ -4,12 +4,13 @@
 //! swapped after each commit) and read redb in their own read transactions,
 //! so they never wait for a commit, nor a commit for them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::record::{self, RecordRef};
+use super::segment::Seqs;
 use super::tables::{META, READINGS, next_seq};
 use super::{JournalError, JournalReader, JournalRecord, JournalStats, ReadResult, Unreadable};
 
@@ -36,7 +37,7 @@ impl JournalReader {
         // The segment first, then redb: a reading moving from one to the
         // other meanwhile is seen in both (and taken once), never in neither.
         let view = self.view();
-        let no_acks = BTreeSet::new();
+        let no_acks = Seqs::new();
         let acked = view.hot.as_ref().map_or(&no_acks, |h| &h.cold_acks);
         let boots = &view.boots;
         let cold = self.read_db(|db| {
@@ -71,11 +72,11 @@ impl JournalReader {
         // be counted twice in this one figure, never lost).
         let view = self.view();
         let hot = view.hot.as_ref().map(|s| {
-            let first = s.readings.first_key_value();
+            let first = s.readings.iter().next();
             Held {
                 count: s.readings.len() as u64,
                 first: first.map(|(seq, frame)| (*seq, oldest_timestamp(frame))),
-                last: s.readings.last_key_value().map(|(k, _)| *k),
+                last: s.readings.iter().next_back().map(|(k, _)| *k),
                 next_seq: s.next_seq,
                 cold_acks: s.cold_acks.clone(),
             }
@@ -106,8 +107,8 @@ impl JournalReader {
 
     /// What redb holds, less the readings acknowledged (`acked`) but not yet
     /// deleted there.
-    fn redb_stats(&self, acked: Option<&BTreeSet<u64>>) -> Result<Held, JournalError> {
-        let no_acks = BTreeSet::new();
+    fn redb_stats(&self, acked: Option<&Seqs>) -> Result<Held, JournalError> {
+        let no_acks = Seqs::new();
         let acked = acked.unwrap_or(&no_acks);
         self.read_db(|db| {
             let tx = db.begin_read()?;
@@ -137,7 +138,7 @@ impl JournalReader {
                 first,
                 last,
                 next_seq: next_seq(&t, &meta)?,
-                cold_acks: BTreeSet::new(),
+                cold_acks: Seqs::new(),
             })
         })
     }
@@ -181,7 +182,7 @@ struct Held {
     last: Option<u64>,
     next_seq: u64,
     /// Acknowledged readings in redb not yet deleted (the segment's).
-    cold_acks: BTreeSet<u64>,
+    cold_acks: Seqs,
 }
 
 /// Two runs of records in sequence order, merged, at most `limit`.

@@ -41,7 +41,7 @@
 //! The boot id is kept per commit: the reading frames number their boot in
 //! the journal's boots table, which a salvage renumbers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +73,13 @@ pub fn data_blocks_for(max_bytes: u64) -> u64 {
     (max_bytes / 64).clamp(32 << 10, 1 << 20) / BLOCK
 }
 
+/// Readings held: sequence number to reading frame. A persistent map: the
+/// copy the writer publishes to readers after each commit shares all but
+/// the few nodes a commit changes, so publishing costs no copy of it.
+pub type Frames = imbl::OrdMap<u64, Arc<[u8]>>;
+/// Sequence numbers (of acknowledged readings in redb), persistent too.
+pub type Seqs = imbl::OrdSet<u64>;
+
 /// What a segment held when it was opened, besides the readings and
 /// acknowledgements it hands to the [`Segment`].
 #[derive(Debug, Default, PartialEq)]
@@ -93,8 +100,8 @@ struct Found {
     /// The number after every reading ever held (acknowledged or not), or
     /// the header's `next_seq`.
     next_seq: u64,
-    readings: BTreeMap<u64, Arc<[u8]>>,
-    cold_acks: BTreeSet<u64>,
+    readings: Frames,
+    cold_acks: Seqs,
     /// Where the last intact commit ended, in the data area.
     end: u64,
 }
@@ -112,9 +119,9 @@ pub struct Segment {
     /// The bytes of the block holding `pos`, before `pos`.
     tail: Vec<u8>,
     /// Readings held and not acknowledged: seq to reading frame.
-    pub readings: BTreeMap<u64, Arc<[u8]>>,
+    pub readings: Frames,
     /// Acknowledged readings that are in redb, not yet deleted there.
-    pub cold_acks: BTreeSet<u64>,
+    pub cold_acks: Seqs,
     /// The number the next reading gets.
     pub next_seq: u64,
 }
@@ -123,8 +130,8 @@ pub struct Segment {
 /// the writer after each commit) and what a redb transaction moves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Contents {
-    pub readings: BTreeMap<u64, Arc<[u8]>>,
-    pub cold_acks: BTreeSet<u64>,
+    pub readings: Frames,
+    pub cold_acks: Seqs,
     pub generation: u64,
     pub next_seq: u64,
 }
@@ -205,7 +212,7 @@ impl Segment {
         self.generation
     }
 
-    /// A copy of what it holds (the frames are shared, not copied).
+    /// A copy of what it holds (shared, not copied: see [`Frames`]).
     pub fn contents(&self) -> Contents {
         Contents {
             readings: self.readings.clone(),
@@ -522,7 +529,7 @@ mod tests {
         assert_eq!(r.boots["boot-a"], [10, 11, 12, 13, 14]);
         assert_eq!(held(&s), [10, 13, 14]);
         assert_eq!(s.readings[&13][..], frame(13).1[..]);
-        assert_eq!(s.cold_acks, BTreeSet::from([3]));
+        assert_eq!(s.cold_acks, Seqs::unit(3));
         assert_eq!(s.next_seq, 15, "numbers given stay given");
         // It goes on where it ended.
         s.append(&commit(&[frame(15)], &[10])).unwrap();
