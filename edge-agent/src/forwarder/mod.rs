@@ -87,6 +87,9 @@ pub enum ForwarderError {
 pub struct Forwarder {
     config: Arc<AgentConfig>,
     journal: JournalReader,
+    /// The boot this journal was opened in: readings of other boots cannot
+    /// have their timestamps corrected from this boot's clock.
+    boot_id: Arc<str>,
     /// What the journal writer has committed.
     committed: watch::Receiver<Progress>,
     /// Acknowledged sequence numbers, to the journal writer.
@@ -117,6 +120,7 @@ impl Forwarder {
     ) -> Self {
         Forwarder {
             config,
+            boot_id: journal.boot_id(),
             journal,
             committed,
             acks,
@@ -460,7 +464,7 @@ impl Forwarder {
                 }
                 let verdict = restamp::decide(
                     record.taken,
-                    *record.boot_id == *self.journal.boot_id(),
+                    record.boot_id == self.boot_id,
                     clock,
                     self.config.forward.hold_unsynced,
                 );

@@ -354,7 +354,7 @@ impl Journal {
             Ok(index)
         })?;
         // Readers learn of it with the next view published.
-        self.boots.insert(index, Arc::from(boot_id));
+        Arc::make_mut(&mut self.boots).insert(index, Arc::from(boot_id));
         Ok(index)
     }
 }

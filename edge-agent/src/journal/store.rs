@@ -78,7 +78,8 @@ pub struct Journal {
     /// The file layer's size limit, shared with [`super::file::LimitedFile`].
     pub(super) size_limit: Arc<AtomicU64>,
     pub(super) boot_index: u32,
-    pub(super) boots: HashMap<u32, Arc<str>>,
+    /// Shared with the published views: replaced when a boot is imported.
+    pub(super) boots: Arc<HashMap<u32, Arc<str>>>,
     pub(super) space: SpaceState,
     pub(super) counters: Counters,
     /// Sequence numbers reserved outside the file.
@@ -231,12 +232,13 @@ impl Journal {
             boots,
             counters,
         } = registered;
+        let boots = Arc::new(boots);
         let view = View {
             hot: None,
             counters,
             max_bytes: options.max_bytes,
             boot_id: boot_id_of(&boots, boot_index),
-            boots: Arc::new(boots.clone()),
+            boots: boots.clone(),
         };
         Journal {
             reader: JournalReader {
@@ -289,7 +291,7 @@ impl Journal {
             hot: self.segment.as_ref().map(|s| Arc::new(s.contents())),
             counters: self.counters,
             max_bytes: self.options.max_bytes,
-            boots: Arc::new(self.boots.clone()),
+            boots: self.boots.clone(),
             boot_id: boot_id_of(&self.boots, self.boot_index),
         }));
     }
