@@ -319,19 +319,14 @@ impl Journal {
     /// of it (a read takes milliseconds; readers wait meanwhile).
     pub(super) fn reopen_db(&mut self) -> Result<(), JournalError> {
         let shared = &self.reader.shared;
-        if let Some(old) = shared.db.swap(None) {
-            let deadline = std::time::Instant::now() + READERS_LET_GO;
-            while Arc::strong_count(&old) > 1 {
-                if std::time::Instant::now() > deadline {
-                    shared.db.store(Some(old));
-                    return Err(JournalError::Full {
-                        path: self.path().to_owned(),
-                        reason: "reopening after a refused growth: a reader kept the file open"
-                            .into(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        if let Some(old) = shared.db.swap(None)
+            && wait_for(|| (Arc::strong_count(&old) == 1).then_some(())).is_none()
+        {
+            shared.db.store(Some(old));
+            return Err(JournalError::Full {
+                path: self.path().to_owned(),
+                reason: "reopening after a refused growth: a reader kept the file open".into(),
+            });
         }
         let db =
             open_db(&*shared.disk, &shared.path, &self.options, &self.size_limit).map_err(|f| {
@@ -393,16 +388,8 @@ impl JournalReader {
 
     /// The open database; waits while the writer reopens it.
     fn db(&self) -> Result<Arc<Database>, JournalError> {
-        let deadline = std::time::Instant::now() + READERS_LET_GO;
-        loop {
-            if let Some(db) = self.shared.db.load_full() {
-                return Ok(db);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(self.storage_err(redb::Error::DatabaseClosed));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for(|| self.shared.db.load_full())
+            .ok_or_else(|| self.storage_err(redb::Error::DatabaseClosed))
     }
 
     /// Runs `f` (read transactions only) with the open database.
@@ -424,11 +411,6 @@ impl JournalReader {
     pub fn counters(&self) -> Counters {
         self.view().counters
     }
-
-    /// `journal.max_bytes` in force.
-    pub fn max_bytes(&self) -> u64 {
-        self.view().max_bytes
-    }
 }
 
 fn boot_id_of(boots: &HashMap<u32, Arc<str>>, index: u32) -> Arc<str> {
@@ -436,4 +418,19 @@ fn boot_id_of(boots: &HashMap<u32, Arc<str>>, index: u32) -> Arc<str> {
         .get(&index)
         .cloned()
         .unwrap_or_else(|| Arc::from("unknown"))
+}
+
+/// Polls `f` every millisecond until it gives something, for at most
+/// [`READERS_LET_GO`]: the writer and readers handing the redb file over.
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + READERS_LET_GO;
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

@@ -117,7 +117,6 @@ pub struct JournalWriter {
     committed: watch::Sender<Progress>,
     /// The settings in force.
     current: WriterSettings,
-    max_batch: usize,
     settings: watch::Receiver<WriterSettings>,
     status: Arc<Status>,
     policy_log: Throttle,
@@ -166,7 +165,6 @@ impl JournalWriter {
             acks,
             committed,
             current: initial,
-            max_batch: initial.effective_max_batch(),
             settings,
             status,
             policy_log: Throttle::new(Duration::from_secs(60)),
@@ -197,7 +195,7 @@ impl JournalWriter {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut throttle = Throttle::new(Duration::from_secs(60));
         loop {
-            let full = pending.readings.len() >= self.max_batch;
+            let full = pending.readings.len() >= self.current.effective_max_batch();
             let due = pending.due.is_some_and(|d| Instant::now() >= d);
             if full || due {
                 if let Err(e) = self.commit(&mut pending).await {
@@ -238,7 +236,7 @@ impl JournalWriter {
                     Some(r) => {
                         pending.readings.push(r);
                         // Take whatever else is already queued without waiting.
-                        while pending.readings.len() < self.max_batch {
+                        while pending.readings.len() < self.current.effective_max_batch() {
                             match self.readings.try_recv() {
                                 Ok(r) => pending.readings.push(r),
                                 Err(_) => break,
@@ -267,7 +265,6 @@ impl JournalWriter {
                     settings_open = changed.is_ok();
                     let new = *self.settings.borrow_and_update();
                     self.current = new;
-                    self.max_batch = new.effective_max_batch();
                     if let Some(journal) = self.journal.as_mut() {
                         new.apply_policy(journal);
                     }
