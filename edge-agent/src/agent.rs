@@ -21,21 +21,20 @@
 //! readiness and watchdog ([`service_manager`]), pinged from the main loop
 //! below so that a stalled loop gets the agent restarted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
-use crate::journal;
+use crate::journal::{self, Journal, JournalError, JournalReader};
 use crate::pipeline::{NotStarted, Pipeline, StageFailed};
 use crate::remote_config::controller::{
-    self, ConfigReport, Controller, Decision, Startup, Verdict,
+    self, ApplyRequest, ConfigReport, Controller, Decision, Startup, Verdict,
 };
 use crate::remote_config::mqtt;
 use crate::remote_config::state::StateSource;
@@ -52,6 +51,10 @@ pub struct Setup {
     pub boot_id: String,
     /// Where to report every commit (`edge-agent run --report-commits`).
     pub report_commits: Option<PathBuf>,
+    /// Test-only fault: the main loop stalls for good after this long, so
+    /// that the watchdog test sees the pings stop
+    /// ([`service_manager::STALL_HOOK_VAR`]).
+    pub stall_main_loop_after: Option<Duration>,
 }
 
 impl Setup {
@@ -62,12 +65,26 @@ impl Setup {
             clock: Arc::new(SystemClock::default()),
             boot_id: journal::current_boot_id(),
             report_commits: None,
+            stall_main_loop_after: None,
         }
     }
 }
 
+/// Why the agent could not start, or stopped on a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot start without a journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("cannot report commits: {0}")]
+    CommitReport(#[from] journal::commit_report::ReportError),
+    #[error(transparent)]
+    Stage(#[from] StageFailed),
+    #[error("opening the journal panicked")]
+    OpenPanicked(#[from] tokio::task::JoinError),
+}
+
 /// Runs the agent until `shutdown` is cancelled, then stops it cleanly.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     run_with(config, shutdown, Setup::system()).await
 }
 
@@ -76,7 +93,7 @@ pub async fn run_with_status(
     config: AgentConfig,
     shutdown: CancellationToken,
     status: Arc<Status>,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     let setup = Setup {
         status,
         ..Setup::system()
@@ -89,33 +106,134 @@ pub async fn run_with(
     local: AgentConfig,
     shutdown: CancellationToken,
     setup: Setup,
-) -> anyhow::Result<()> {
-    let Setup {
-        status,
-        clock,
-        boot_id,
-        report_commits,
-    } = setup;
-    let store = Store::in_dir(
-        local
-            .journal
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    );
-    let mut remote = local
-        .mqtt
-        .enabled
-        .then(|| controller::startup(&local, &store));
-    let config = remote.as_ref().map_or(&local, |s| &s.config).clone();
+) -> Result<(), AgentError> {
+    Agent::start(local, shutdown, setup).await?.run().await
+}
 
+/// The running agent: the [`Pipeline`], the remote config, the status socket
+/// and metrics, and the watchdog. [`Agent::start`] starts it all,
+/// [`Agent::run`] serves until shutdown and then stops it all in order.
+pub struct Agent {
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+    /// Desired configs the controller wants applied.
+    apply_rx: mpsc::Receiver<ApplyRequest>,
+    /// What the status socket, metrics, systemd and MQTT report.
+    source: StateSource,
+    status: Arc<Status>,
+    reader: JournalReader,
+    /// The controller and the MQTT session.
+    remote_tasks: JoinSet<()>,
+    local_servers: Vec<JoinHandle<()>>,
+    commit_report: Option<JoinHandle<()>>,
+    stall_main_loop_after: Option<Duration>,
+}
+
+impl Agent {
+    /// Opens the journal (under the stored remote config, if `[mqtt]` is on)
+    /// and starts every stage; systemd is told the agent is ready.
+    pub async fn start(
+        local: AgentConfig,
+        shutdown: CancellationToken,
+        setup: Setup,
+    ) -> Result<Agent, AgentError> {
+        let store = Store::in_dir(local.journal.state_dir());
+        let mut remote = local
+            .mqtt
+            .enabled
+            .then(|| controller::startup(&local, &store));
+        let config = remote.as_ref().map_or(&local, |s| &s.config).clone();
+        let journal = open_journal(&config, setup.boot_id.clone()).await?;
+        let reader = journal.reader();
+        let pipeline = start_pipeline(config, &local, journal, remote.as_mut(), &setup, &shutdown)?;
+        let commit_report = match &setup.report_commits {
+            Some(path) => Some(journal::commit_report::start(path, pipeline.committed())?),
+            None => None,
+        };
+        let (apply_tx, apply_rx) = mpsc::channel(1);
+        let source = StateSource {
+            device_id: local.device_id.clone(),
+            report: watch::channel(ConfigReport::default()).1,
+            status: setup.status.clone(),
+            journal: reader.clone(),
+            clock: setup.clock.clone(),
+            started: Instant::now(),
+        };
+        let (source, remote_tasks) =
+            start_remote(&local, store, remote, apply_tx, source, &shutdown);
+        let local_servers = serve_local(&local, &source, &shutdown).await;
+        service_manager::ready();
+        Ok(Agent {
+            pipeline,
+            shutdown,
+            apply_rx,
+            source,
+            status: setup.status,
+            reader,
+            remote_tasks,
+            local_servers,
+            commit_report,
+            stall_main_loop_after: setup.stall_main_loop_after,
+        })
+    }
+
+    /// Serves until shutdown, or until the forwarder or the writer fails:
+    /// applies desired configs, pings the watchdog. Then stops.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let watchdog = service_manager::watchdog_interval();
+        let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let stall_at = self
+            .stall_main_loop_after
+            .map(|after| tokio::time::Instant::now() + after);
+        let failure = loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break None,
+                failed = self.pipeline.failed() => break Some(failed),
+                Some(request) = self.apply_rx.recv() => {
+                    let result = self.pipeline.apply(Arc::new(request.config)).await;
+                    let _ = request.done.send(result);
+                }
+                _ = ping.tick(), if watchdog.is_some() => {
+                    if stall_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                        service_manager::stall();
+                    }
+                    service_manager::alive(&self.source.state());
+                }
+            }
+        };
+        self.stop(failure).await
+    }
+
+    /// Stops every stage in order (the pipeline commits what the samplers
+    /// left), then the remote config and the local servers. Returns
+    /// `failure`, else how the pipeline stopped.
+    async fn stop(mut self, failure: Option<StageFailed>) -> Result<(), AgentError> {
+        service_manager::stopping();
+        self.shutdown.cancel();
+        // A config still waiting is refused ("the agent is stopping").
+        drop(self.apply_rx);
+        let stopped = self.pipeline.stop().await;
+        if let Some(report) = self.commit_report {
+            let _ = report.await;
+        }
+        while self.remote_tasks.join_next().await.is_some() {}
+        for server in self.local_servers {
+            let _ = server.await;
+        }
+        status::log_status(&self.status.snapshot(), self.reader.stats().ok().as_ref());
+        failure.map(Err).unwrap_or(stopped)?;
+        tracing::info!("edge agent stopped; the journal is committed");
+        Ok(())
+    }
+}
+
+/// Opens the journal `config` names (repairing or salvaging it), and logs
+/// what it holds.
+async fn open_journal(config: &AgentConfig, boot_id: String) -> Result<Journal, AgentError> {
     let path = config.journal.path.clone();
     let options = config.journal.options();
     let (journal, opened) =
-        tokio::task::spawn_blocking(move || journal::Journal::open(&path, options, &boot_id))
-            .await?
-            .context("cannot start without a journal")?;
+        tokio::task::spawn_blocking(move || Journal::open(&path, options, &boot_id)).await??;
     if let Some(q) = &opened.quarantined {
         tracing::error!(
             damaged = %q.reason,
@@ -129,7 +247,6 @@ pub async fn run_with(
              between the oldest and newest salvaged)"
         );
     }
-    let reader = journal.reader();
     if let Some(dir) = journal.path().parent() {
         crate::disk::mount::advise(dir);
     }
@@ -146,18 +263,32 @@ pub async fn run_with(
         topic = %config.kafka.topic,
         "edge agent starting"
     );
+    Ok(journal)
+}
 
-    let pipeline = Pipeline::start(
-        Arc::new(config),
-        journal,
-        status.clone(),
-        clock.clone(),
-        shutdown.clone(),
-    );
-    let mut pipeline = match (pipeline.map_err(|n| *n), &mut remote) {
-        (Ok(p), _) => p,
-        // A stored remote config the producer now refuses (the local
-        // config changed under it) must not keep the agent from starting.
+/// Starts the stages under `config`. A stored remote config the producer
+/// now refuses (the local config changed under it) must not keep the agent
+/// from starting: the local config runs instead.
+fn start_pipeline(
+    config: AgentConfig,
+    local: &AgentConfig,
+    journal: Journal,
+    remote: Option<&mut Startup>,
+    setup: &Setup,
+    shutdown: &CancellationToken,
+) -> Result<Pipeline, StageFailed> {
+    let start = |config: &AgentConfig, journal| {
+        let (status, clock) = (setup.status.clone(), setup.clock.clone());
+        Pipeline::start(
+            Arc::new(config.clone()),
+            journal,
+            status,
+            clock,
+            shutdown.clone(),
+        )
+    };
+    match (start(&config, journal).map_err(|n| *n), remote) {
+        (Ok(p), _) => Ok(p),
         (
             Err(NotStarted {
                 error: StageFailed::Forwarder(e),
@@ -165,92 +296,38 @@ pub async fn run_with(
             }),
             Some(startup),
         ) if startup.report.applied_version > 0 => {
-            fall_back_to_local(startup, &local, &e.to_string());
-            Pipeline::start(
-                Arc::new(local.clone()),
-                journal,
-                status.clone(),
-                clock.clone(),
-                shutdown.clone(),
-            )
-            .map_err(|n| n.error)?
+            fall_back_to_local(startup, local, &e.to_string());
+            start(local, journal).map_err(|n| n.error)
         }
-        (Err(e), _) => return Err(e.error.into()),
-    };
-    let commit_report = match &report_commits {
-        Some(path) => Some(journal::commit_report::start(path, pipeline.committed())?),
-        None => None,
-    };
+        (Err(e), _) => Err(e.error),
+    }
+}
 
-    let (apply_tx, mut apply_rx) = mpsc::channel(1);
-    let mut remote_tasks = JoinSet::new();
-    let source = |report| StateSource {
-        device_id: local.device_id.clone(),
-        report,
-        status: status.clone(),
-        journal: reader.clone(),
-        clock: clock.clone(),
-        started: Instant::now(),
+/// With `[mqtt]` on: the controller and the MQTT session, reporting through
+/// `source`. Returns the source and their tasks.
+fn start_remote(
+    local: &AgentConfig,
+    store: Store,
+    remote: Option<Startup>,
+    apply_tx: mpsc::Sender<ApplyRequest>,
+    mut source: StateSource,
+    shutdown: &CancellationToken,
+) -> (StateSource, JoinSet<()>) {
+    let mut tasks = JoinSet::new();
+    let Some(startup) = remote else {
+        return (source, tasks);
     };
-    let source = if let Some(startup) = remote {
-        let (controller, report) = Controller::new(local.clone(), store, startup, apply_tx);
-        let (payloads_tx, payloads) = mpsc::channel(16);
-        remote_tasks.spawn(controller.run(payloads));
-        let source = source(report);
-        remote_tasks.spawn(mqtt::run(
-            local.mqtt.clone(),
-            source.clone(),
-            payloads_tx,
-            shutdown.clone(),
-        ));
-        source
-    } else {
-        drop(apply_tx);
-        source(tokio::sync::watch::channel(ConfigReport::default()).1)
-    };
-    let local_servers = serve_local(&local, &source, &shutdown).await;
-    service_manager::ready();
-    let watchdog = service_manager::watchdog_interval();
-    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    let stall_at = service_manager::stall_hook().map(|after| tokio::time::Instant::now() + after);
-
-    // Run until asked to stop, unless the forwarder or writer fails first.
-    let failure = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break None,
-            failed = pipeline.failed() => break Some(failed),
-            Some(request) = apply_rx.recv() => {
-                let result = pipeline.apply(Arc::new(request.config)).await;
-                let _ = request.done.send(result.map_err(|e| e.to_string()));
-            }
-            _ = ping.tick(), if watchdog.is_some() => {
-                if stall_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
-                    service_manager::stall();
-                }
-                service_manager::alive(&source.state());
-            }
-        }
-    };
-    service_manager::stopping();
-    shutdown.cancel();
-    // A config still waiting is refused ("the agent is stopping").
-    drop(apply_rx);
-    let stopped = pipeline.stop().await;
-    if let Some(report) = commit_report {
-        let _ = report.await;
-    }
-    while remote_tasks.join_next().await.is_some() {}
-    for server in local_servers {
-        let _ = server.await;
-    }
-    status::log_status(&status.snapshot(), reader.stats().ok().as_ref());
-    match failure.map(Err).unwrap_or(stopped) {
-        Err(e) => Err(e.into()),
-        Ok(()) => {
-            tracing::info!("edge agent stopped; the journal is committed");
-            Ok(())
-        }
-    }
+    let (controller, report) = Controller::new(local.clone(), store, startup, apply_tx);
+    source.report = report;
+    let (payloads_tx, payloads) = mpsc::channel(16);
+    tasks.spawn(controller.run(payloads));
+    tasks.spawn(mqtt::run(
+        local.mqtt.clone(),
+        source.clone(),
+        payloads_tx,
+        shutdown.clone(),
+    ));
+    (source, tasks)
 }
 
 /// Starts the status socket and, if configured, the metrics endpoint. Neither
@@ -260,7 +337,7 @@ async fn serve_local(
     config: &AgentConfig,
     source: &StateSource,
     shutdown: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<JoinHandle<()>> {
     let mut servers = Vec::new();
     match local_status::serve(&config.status_socket(), source.clone(), shutdown.clone()) {
         Ok(server) => servers.push(server),

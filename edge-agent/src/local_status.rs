@@ -21,7 +21,11 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::remote_config::state::StateSource;
+use hardware::HealthState;
+use serde::{Deserialize, Serialize};
+
+use crate::remote_config::controller::{ConfigReport, Verdict};
+use crate::remote_config::state::{JournalReport, LinkReport, ReportedState, StateSource};
 
 /// Exit status when no agent answers (as LSB's "program is not running").
 pub const EXIT_NOT_RUNNING: u8 = 3;
@@ -80,163 +84,195 @@ pub fn serve(
     }))
 }
 
+/// What an asker gets: the reported state, with the problems in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    #[serde(flatten)]
+    pub state: ReportedState,
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
 /// The JSON an asker gets: the state, with `problems` added.
 fn answer(source: &StateSource) -> String {
     let state = source.state();
-    let mut value = serde_json::to_value(&state).expect("the state serialises");
-    value["problems"] = state.problems().into();
-    let mut text = value.to_string();
+    let problems = state.problems();
+    let mut text =
+        serde_json::to_string(&Answer { state, problems }).expect("the state serialises");
     text.push('\n');
     text
 }
 
+/// Why nobody answered on the status socket.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("no edge agent is running (nothing answers on {}): {source}", path.display())]
+    NotRunning {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not allowed to ask the agent on {}: run as root or as a member of the agent's group (buoy)", path.display())]
+    NotAllowed { path: std::path::PathBuf },
+    #[error("cannot reach the agent on {}: {source}", path.display())]
+    Unreachable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent on {} did not answer: {source}", path.display())]
+    NoAnswer {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent's answer is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+}
+
 /// Asks the agent listening on `path`; `Err` says why nobody answered.
-pub fn ask(path: &Path) -> Result<Value, String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
-            "no edge agent is running (nothing answers on {}): {e}",
-            path.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => format!(
-            "not allowed to ask the agent on {}: run as root or as a member of the agent's group (buoy)",
-            path.display()
-        ),
-        _ => format!("cannot reach the agent on {}: {e}", path.display()),
-    })?;
+pub fn ask(path: &Path) -> Result<Answer, AskError> {
+    Ok(serde_json::from_value(ask_json(path)?)?)
+}
+
+/// [`ask`], the answer as the JSON it came in.
+pub fn ask_json(path: &Path) -> Result<Value, AskError> {
+    let path_buf = path.to_owned();
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                AskError::NotRunning {
+                    path: path_buf,
+                    source,
+                }
+            }
+            std::io::ErrorKind::PermissionDenied => AskError::NotAllowed { path: path_buf },
+            _ => AskError::Unreachable {
+                path: path_buf,
+                source,
+            },
+        })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
-        .map_err(|e| format!("the agent on {} did not answer: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("the agent's answer is not JSON: {e}"))
-}
-
-/// The problems listed in an answer.
-pub fn problems(state: &Value) -> Vec<String> {
-    state["problems"]
-        .as_array()
-        .map(|p| {
-            p.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+        .map_err(|source| AskError::NoAnswer {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// The answer, for a human.
-pub fn describe(s: &Value) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "edge agent {} (version {}), up {}",
-        s["device_id"].as_str().unwrap_or("?"),
-        s["agent_version"].as_str().unwrap_or("?"),
-        humantime::format_duration(Duration::from_secs(s["uptime_s"].as_u64().unwrap_or(0)))
+pub fn describe(a: &Answer) -> String {
+    let s = &a.state;
+    let mut out = format!(
+        "edge agent {} (version {}), up {}\n",
+        s.device_id,
+        s.agent_version,
+        humantime::format_duration(Duration::from_secs(s.uptime_s))
     );
-    let link = &s["link"];
-    let renewals = match link["producer_renewals"].as_u64() {
-        Some(n) if n > 0 => format!(", {n} fresh producer sessions since start"),
-        _ => String::new(),
-    };
-    let _ = match link["last_error"].as_str() {
-        Some(e) => writeln!(
-            out,
-            "  link       {} (last error: {e}){renewals}",
-            link["state"].as_str().unwrap_or("?")
-        ),
-        None => writeln!(
-            out,
-            "  link       {}{renewals}",
-            link["state"].as_str().unwrap_or("?")
-        ),
-    };
-    let j = &s["journal"];
-    if j.is_object() {
-        let age = j["oldest_unsent_age_s"]
-            .as_f64()
-            .map(|a| format!(", oldest {} old", seconds(a)))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  backlog    {} readings not yet acknowledged by Kafka{age}",
-            j["records"]
-        );
-        let _ = writeln!(
-            out,
-            "  journal    {} of {} ({:.0}%)",
-            bytes(j["file_bytes"].as_u64().unwrap_or(0)),
-            bytes(j["max_bytes"].as_u64().unwrap_or(0)),
-            100.0 * j["file_bytes"].as_f64().unwrap_or(0.0)
-                / j["max_bytes"].as_f64().unwrap_or(1.0).max(1.0)
-        );
-    } else {
-        let _ = writeln!(out, "  journal    cannot be read");
-    }
-    let d = &s["dropped"];
+    describe_link(&mut out, &s.link);
+    describe_journal(&mut out, s.journal.as_ref());
+    let d = &s.dropped;
     let _ = writeln!(
         out,
         "  dropped    {} oldest (journal full), {} new refused, {} aggregated, {} queue full, {} unencodable",
-        d["dropped_oldest"], d["rejected_new"], d["aggregated"], d["queue_full"], d["unencodable"]
+        d.dropped_oldest, d.rejected_new, d.aggregated, d.queue_full, d.unencodable
     );
     let _ = writeln!(
         out,
         "  readings   {} sampled, {} journaled, {} forwarded since start",
-        s["sampled"], s["journaled"], s["forwarded"]
+        s.sampled, s.journaled, s.forwarded
     );
-    for sensor in s["sensors"].as_array().into_iter().flatten() {
-        let error = sensor["last_error"]
-            .as_str()
-            .filter(|_| sensor["state"] == "failing")
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
+    for sensor in &s.sensors {
+        let error = match (&sensor.last_error, sensor.state) {
+            (Some(e), HealthState::Failing) => format!(": {e}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
             "  sensor     {} ({}) {}, {} readings, {} errors{error}",
-            sensor["name"].as_str().unwrap_or("?"),
-            sensor["kind"].as_str().unwrap_or("?"),
-            sensor["state"].as_str().unwrap_or("?"),
-            sensor["readings"],
-            sensor["errors"]
+            sensor.name,
+            sensor.kind,
+            sensor.state.as_str(),
+            sensor.readings,
+            sensor.errors
         );
     }
-    let c = &s["config"];
-    let version = c["applied_version"].as_u64().unwrap_or(0);
-    let config = if version == 0 {
-        "local file only".to_owned()
-    } else {
-        format!("remote version {version}")
+    describe_config(&mut out, &s.config);
+    let _ = writeln!(
+        out,
+        "  clock      {}",
+        if s.clock.synced {
+            "synchronised"
+        } else {
+            "NOT synchronised: new readings wait in the journal until it is set"
+        }
+    );
+    if a.problems.is_empty() {
+        let _ = writeln!(out, "healthy");
+    }
+    for p in &a.problems {
+        let _ = writeln!(out, "PROBLEM: {p}");
+    }
+    out
+}
+
+fn describe_link(out: &mut String, link: &LinkReport) {
+    let renewals = match link.producer_renewals {
+        0 => String::new(),
+        n => format!(", {n} fresh producer sessions since start"),
     };
-    let last = match c["last"].as_object() {
+    let error = link
+        .last_error
+        .as_ref()
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  link       {}{error}{renewals}", link.state);
+}
+
+fn describe_journal(out: &mut String, journal: Option<&JournalReport>) {
+    let Some(j) = journal else {
+        let _ = writeln!(out, "  journal    cannot be read");
+        return;
+    };
+    let age = j
+        .oldest_unsent_age_s
+        .map(|a| format!(", oldest {} old", seconds(a)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  backlog    {} readings not yet acknowledged by Kafka{age}",
+        j.records
+    );
+    let _ = writeln!(
+        out,
+        "  journal    {} of {} ({:.0}%)",
+        bytes(j.file_bytes),
+        bytes(j.max_bytes),
+        100.0 * j.file_bytes as f64 / (j.max_bytes as f64).max(1.0)
+    );
+}
+
+fn describe_config(out: &mut String, c: &ConfigReport) {
+    let config = match c.applied_version {
+        0 => "local file only".to_owned(),
+        version => format!("remote version {version}"),
+    };
+    let last = match &c.last {
         Some(last) => format!(
             "; last desired config {} {}{}",
-            last.get("version").map_or("?".into(), |v| v.to_string()),
-            last.get("result").and_then(Value::as_str).unwrap_or("?"),
-            last.get("reason")
-                .and_then(Value::as_str)
+            last.version.map_or("?".into(), |v| v.to_string()),
+            match last.result {
+                Verdict::Accepted => "accepted",
+                Verdict::Rejected => "rejected",
+            },
+            last.reason
+                .as_ref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         ),
         None => String::new(),
     };
     let _ = writeln!(out, "  config     {config}{last}");
-    let _ = writeln!(
-        out,
-        "  clock      {}",
-        if s["clock"]["synced"].as_bool().unwrap_or(true) {
-            "synchronised"
-        } else {
-            "NOT synchronised: new readings wait in the journal until it is set"
-        }
-    );
-    let problems = problems(s);
-    if problems.is_empty() {
-        let _ = writeln!(out, "healthy");
-    } else {
-        for p in problems {
-            let _ = writeln!(out, "PROBLEM: {p}");
-        }
-    }
-    out
 }
 
 fn seconds(s: f64) -> String {
@@ -249,5 +285,58 @@ fn bytes(b: u64) -> String {
         format!("{:.1} MiB", b as f64 / MIB)
     } else {
         format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Status;
+
+    fn answer_with(status: &Status) -> Answer {
+        let state = ReportedState::new(
+            "pi-7",
+            3_600,
+            ConfigReport::default(),
+            status.snapshot(),
+            None,
+            1_700_000_000_000_000_000,
+        );
+        let problems = state.problems();
+        Answer { state, problems }
+    }
+
+    #[test]
+    fn the_answer_reads_back_as_the_state_the_agent_reported() {
+        let status = Status::default();
+        status.sampled(12);
+        let sent = answer_with(&status);
+        let wire = serde_json::to_string(&sent).unwrap();
+        let value: Value = serde_json::from_str(&wire).unwrap();
+        assert_eq!(
+            value["device_id"], "pi-7",
+            "the state's keys stay at the top"
+        );
+        assert_eq!(value["problems"][0], "the journal cannot be read");
+        let read: Answer = serde_json::from_str(&wire).unwrap();
+        assert_eq!(read, sent);
+    }
+
+    #[test]
+    fn a_human_sees_the_problems_and_the_counters() {
+        let status = Status::default();
+        status.sampled(12);
+        let text = describe(&answer_with(&status));
+        assert!(text.starts_with("edge agent pi-7 (version "), "{text}");
+        assert!(
+            text.contains("  readings   12 sampled, 0 journaled"),
+            "{text}"
+        );
+        assert!(text.contains("  journal    cannot be read"), "{text}");
+        assert!(
+            text.contains("PROBLEM: the journal cannot be read"),
+            "{text}"
+        );
+        assert!(!text.contains("healthy"), "{text}");
     }
 }

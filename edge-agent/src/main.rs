@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use edge_agent::cli::{Cli, Command, ExportFormat, JournalCommand, RunArgs};
@@ -52,9 +53,24 @@ async fn run(config: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let setup = edge_agent::agent::Setup {
         report_commits: args.report_commits,
+        stall_main_loop_after: stall_hook(),
         ..edge_agent::agent::Setup::system()
     };
-    edge_agent::agent::run_with(config, shutdown, setup).await
+    Ok(edge_agent::agent::run_with(config, shutdown, setup).await?)
+}
+
+/// The test-only stall hook's delay, if set (see
+/// [`edge_agent::service_manager::STALL_HOOK_VAR`]).
+fn stall_hook() -> Option<Duration> {
+    use edge_agent::service_manager::STALL_HOOK_VAR;
+    let value = std::env::var(STALL_HOOK_VAR).ok()?;
+    match humantime::parse_duration(&value) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(%value, error = %e, "{STALL_HOOK_VAR} is not a duration; ignored");
+            None
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the
@@ -85,7 +101,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<AgentConfig>> {
 fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
     let c = &loaded.config;
     // librdkafka validates its own properties when a client is created.
-    let kafka = match edge_agent::forwarder::producer::client_config(c) {
+    let kafka = match edge_agent::forwarder::producer::client_config(&c.forwarder()) {
         Ok(kafka) => kafka,
         Err(e) => {
             eprintln!("{e}");
@@ -232,11 +248,14 @@ fn status_command(config: &AgentConfig, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{state}");
+        println!(
+            "{}",
+            serde_json::to_string(&state).expect("the state serialises")
+        );
     } else {
         print!("{}", local_status::describe(&state));
     }
-    if local_status::problems(&state).is_empty() {
+    if state.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(local_status::EXIT_UNHEALTHY)

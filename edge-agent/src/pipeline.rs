@@ -90,7 +90,7 @@ struct RunningSampler {
 
 struct RunningForwarder {
     /// The config it forwards under.
-    config: Arc<AgentConfig>,
+    config: crate::forwarder::config::ForwarderConfig,
     handover: CancellationToken,
     task: JoinHandle<Result<(), ForwarderError>>,
 }
@@ -258,7 +258,7 @@ impl Pipeline {
         let forwarder_stale = self
             .forwarder
             .as_ref()
-            .is_none_or(|f| f.config.kafka != to.kafka || f.config.forward != to.forward);
+            .is_none_or(|f| f.config != to.forwarder());
         if forwarder_stale {
             // Created before the old one stops: if librdkafka refuses the
             // settings, the old forwarder is still running.
@@ -332,9 +332,9 @@ impl Pipeline {
         );
     }
 
-    fn new_forwarder(&self, config: &Arc<AgentConfig>) -> Forwarder {
+    fn new_forwarder(&self, config: &AgentConfig) -> Forwarder {
         Forwarder::new(
-            config.clone(),
+            Arc::new(config.forwarder()),
             self.journal.clone(),
             self.committed.clone(),
             self.acks.clone().expect("acks are open until shutdown"),
@@ -347,7 +347,7 @@ impl Pipeline {
         let handover = CancellationToken::new();
         let task = tokio::spawn(started.run(self.shutdown.clone(), handover.clone()));
         self.forwarder = Some(RunningForwarder {
-            config: config.clone(),
+            config: config.forwarder(),
             handover,
             task,
         });

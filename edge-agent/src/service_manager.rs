@@ -14,7 +14,8 @@ use sd_notify::NotifyState;
 use crate::remote_config::state::ReportedState;
 
 /// Test-only fault hook: after this long the main loop stalls (blocks its
-/// thread for good), so the watchdog test can see the pings stop. Not for
+/// thread for good), so the watchdog test can see the pings stop. `main`
+/// reads it into [`crate::agent::Setup::stall_main_loop_after`]. Not for
 /// production use; not in `--help`.
 pub const STALL_HOOK_VAR: &str = "BUOY_TEST_STALL_MAIN_LOOP_AFTER";
 
@@ -55,18 +56,6 @@ fn status_line(s: &ReportedState) -> String {
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "cannot notify systemd");
-    }
-}
-
-/// The stall hook's delay, if set.
-pub fn stall_hook() -> Option<Duration> {
-    let value = std::env::var(STALL_HOOK_VAR).ok()?;
-    match humantime::parse_duration(&value) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::error!(%value, error = %e, "{STALL_HOOK_VAR} is not a duration; ignored");
-            None
-        }
     }
 }
 

@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::SensorConfig;
@@ -23,10 +25,10 @@ use crate::sensor::{Observation, Sensor, SensorError};
 const FIRST_REOPEN_DELAY: Duration = Duration::from_secs(1);
 
 /// How a sensor is doing, as reported in the agent's state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensorHealth {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     /// `ok` after a good reading, `failing` after a fault, `starting` before
     /// the first read.
     pub state: HealthState,
@@ -42,7 +44,7 @@ pub struct SensorHealth {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     Starting,
@@ -89,7 +91,7 @@ impl Supervisor {
             limits: config.effective_limits(),
             health: SensorHealth {
                 name: config.name.clone(),
-                kind: config.kind.name(),
+                kind: Cow::Borrowed(config.kind.name()),
                 state: HealthState::Starting,
                 readings: 0,
                 errors: 0,

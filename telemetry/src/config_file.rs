@@ -33,10 +33,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    /// `message` is anything that displays: text, or an error.
+    pub fn new(path: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Problem {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -298,23 +299,41 @@ fn is_overridable(value: &Value) -> bool {
     }
 }
 
+/// Why an environment variable cannot override a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum EnvValueError {
+    #[error("expected {expected}, got {raw:?}")]
+    Expected { expected: &'static str, raw: String },
+    #[error("a table cannot be set from the environment")]
+    Table,
+}
+
+impl EnvValueError {
+    fn expected(expected: &'static str, raw: &str) -> Self {
+        EnvValueError::Expected {
+            expected,
+            raw: raw.to_owned(),
+        }
+    }
+}
+
 /// Parses an environment variable as the same TOML type as `current`.
-fn parse_like(current: &Value, raw: &str) -> Result<Value, String> {
+fn parse_like(current: &Value, raw: &str) -> Result<Value, EnvValueError> {
     let raw = raw.trim();
     Ok(match current {
         Value::String(_) | Value::Datetime(_) => Value::String(raw.to_owned()),
         Value::Integer(_) => Value::Integer(
             raw.parse()
-                .map_err(|_| format!("expected a whole number, got {raw:?}"))?,
+                .map_err(|_| EnvValueError::expected("a whole number", raw))?,
         ),
         Value::Float(_) => Value::Float(
             raw.parse()
-                .map_err(|_| format!("expected a number, got {raw:?}"))?,
+                .map_err(|_| EnvValueError::expected("a number", raw))?,
         ),
         Value::Boolean(_) => Value::Boolean(match raw.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
-            _ => return Err(format!("expected true or false, got {raw:?}")),
+            _ => return Err(EnvValueError::expected("true or false", raw)),
         }),
         Value::Array(items) => {
             let element = items
@@ -329,7 +348,7 @@ fn parse_like(current: &Value, raw: &str) -> Result<Value, String> {
                     .collect::<Result<_, _>>()?,
             )
         }
-        Value::Table(_) => return Err("a table cannot be set from the environment".into()),
+        Value::Table(_) => return Err(EnvValueError::Table),
     })
 }
 

@@ -60,12 +60,17 @@ pub async fn serve(
 }
 
 /// Parses a `metrics.listen` value: empty is off.
-pub fn listen_addr(listen: &str) -> Result<Option<SocketAddr>, String> {
+pub fn listen_addr(listen: &str) -> Result<Option<SocketAddr>, BadListenAddr> {
     if listen.is_empty() {
         return Ok(None);
     }
     listen
         .parse()
         .map(Some)
-        .map_err(|_| format!("{listen:?} is not an address like 127.0.0.1:9274"))
+        .map_err(|_| BadListenAddr(listen.to_owned()))
 }
+
+/// A `metrics.listen` value that is not a socket address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an address like 127.0.0.1:9274")]
+pub struct BadListenAddr(pub String);

@@ -9,7 +9,6 @@
 //! deterministic.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// The value of one field.
 ///
@@ -184,16 +183,6 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), InvalidReading> 
 /// Control characters, which line protocol does not allow in names or keys.
 pub fn is_non_printable(b: u8) -> bool {
     b < 0x20 || b == 0x7f
-}
-
-impl fmt::Display for Reading {
-    /// Shows the reading as line protocol, or as a debug dump if it is invalid.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match crate::line_protocol::encode(self) {
-            Ok(line) => f.write_str(&line),
-            Err(_) => write!(f, "{self:?}"),
-        }
-    }
 }
 
 #[cfg(test)]

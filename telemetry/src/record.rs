@@ -64,24 +64,33 @@ impl Format {
     }
 }
 
+/// Why a topic name or a broker address is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("topic name {0:?} must be 1 to 249 characters long")]
+    TopicLength(String),
+    #[error("{0:?} is not a valid topic name")]
+    TopicDots(String),
+    #[error("topic name {0:?} contains {1:?}; use only letters, digits, '.', '_' and '-'")]
+    TopicCharacter(String, char),
+    #[error("broker address {0:?} must be host:port, e.g. \"localhost:9092\"")]
+    Broker(String),
+}
+
 /// Checks a Kafka topic name: 1 to 249 characters from `[a-zA-Z0-9._-]`, and
 /// not `.` or `..`, as the broker requires.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
+pub fn check_topic_name(name: &str) -> Result<(), AddressError> {
     if name.is_empty() || name.len() > 249 {
-        return Err(format!(
-            "topic name {name:?} must be 1 to 249 characters long"
-        ));
+        return Err(AddressError::TopicLength(name.to_owned()));
     }
     if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid topic name"));
+        return Err(AddressError::TopicDots(name.to_owned()));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "topic name {name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
-        ));
+        return Err(AddressError::TopicCharacter(name.to_owned(), c));
     }
     Ok(())
 }
@@ -126,7 +135,7 @@ pub fn reserved_property_problems<'a>(
 }
 
 /// Checks a bootstrap broker address: `host:port`.
-pub fn check_broker_address(address: &str) -> Result<(), String> {
+pub fn check_broker_address(address: &str) -> Result<(), AddressError> {
     let port_ok = address
         .rsplit_once(':')
         .filter(|(host, _)| !host.is_empty())
@@ -135,9 +144,7 @@ pub fn check_broker_address(address: &str) -> Result<(), String> {
     if port_ok {
         Ok(())
     } else {
-        Err(format!(
-            "broker address {address:?} must be host:port, e.g. \"localhost:9092\""
-        ))
+        Err(AddressError::Broker(address.to_owned()))
     }
 }
 
@@ -150,7 +157,12 @@ mod tests {
         assert!(check_topic_name("telemetry.dlq-1_a").is_ok());
         assert!(check_topic_name("").is_err());
         assert!(check_topic_name("..").is_err());
-        assert!(check_topic_name("a b").unwrap_err().contains("' '"));
+        assert!(
+            check_topic_name("a b")
+                .unwrap_err()
+                .to_string()
+                .contains("' '")
+        );
         assert!(check_topic_name(&"x".repeat(250)).is_err());
     }
 

@@ -93,7 +93,7 @@ impl ProducerContext for Counting {
 /// The ceiling: the same records from memory, same settings, no journal.
 fn bare_producer(config: &AgentConfig, lines: &[String], boot: &str) -> Duration {
     let producer: ThreadedProducer<Counting> =
-        edge_agent::forwarder::producer::client_config(config)
+        edge_agent::forwarder::producer::client_config(&config.forwarder())
             .expect("producer settings")
             .create_with_context(Counting::default())
             .expect("producer");

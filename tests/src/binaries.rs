@@ -79,10 +79,22 @@ pub fn start_with(
     log: &str,
     env: &[(&str, &str)],
 ) -> Service {
+    start_with_args(binary, dir, config, log, env, &[])
+}
+
+/// [`start_with`], with `args` after `run`.
+pub fn start_with_args(
+    binary: &str,
+    dir: &Path,
+    config: &str,
+    log: &str,
+    env: &[(&str, &str)],
+    args: &[&std::ffi::OsStr],
+) -> Service {
     let config_path = dir.join(format!("{binary}.toml"));
     std::fs::write(&config_path, config).expect("write config");
     let mut c = command(binary);
-    c.arg("--config").arg(&config_path).arg("run");
+    c.arg("--config").arg(&config_path).arg("run").args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -140,7 +152,7 @@ pub fn status_number(log: &str, key: &str) -> Option<u64> {
 /// (`edge-agent.sock` next to the journal in `dir`, where the configs of
 /// these tests put it); `None` while no agent answers there.
 pub fn agent_state(dir: &Path) -> Option<serde_json::Value> {
-    edge_agent::local_status::ask(&dir.join("edge-agent.sock")).ok()
+    edge_agent::local_status::ask_json(&dir.join("edge-agent.sock")).ok()
 }
 
 /// A number at `path` (keys separated by `/`) of the reported state, 0

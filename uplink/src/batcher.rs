@@ -12,19 +12,11 @@
 //! + 1 never skips a record that has not reached the database.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dead_letter::DeadLetter;
-use crate::offsets::Partition;
-
-/// Where a record came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-}
+pub use crate::record::Origin;
+use crate::record::Partition;
 
 /// One line of line protocol and its record.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +139,8 @@ impl Batcher {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn origin(partition: i32, offset: i64) -> Origin {

@@ -209,7 +209,9 @@ pub struct MetricsConfig {
 
 impl MetricsConfig {
     /// The address to listen on, or `None` when metrics are off.
-    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+    pub fn listen_addr(
+        &self,
+    ) -> Result<Option<std::net::SocketAddr>, telemetry::metrics_http::BadListenAddr> {
         telemetry::metrics_http::listen_addr(&self.listen)
     }
 }

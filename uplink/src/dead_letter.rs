@@ -26,9 +26,9 @@ use telemetry::backoff::Backoff;
 use telemetry::throttle::Throttle;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::Origin;
 use crate::config::UplinkConfig;
 use crate::consumer::KafkaLog;
+use crate::record::Origin;
 
 pub const HEADER_ERROR: &str = "buoy-error";
 pub const HEADER_SOURCE_TOPIC: &str = "buoy-source-topic";

@@ -21,6 +21,8 @@
 //! - [`pipeline`]: the loop that runs them, pausing when the writers fall
 //!   behind.
 //! - [`metrics`]: Prometheus text on a local port.
+//! - [`record`]: where a record came from (topic, partition, offset),
+//!   shared by every stage.
 //! - [`config`], [`cli`]: the typed config and the command line.
 //!
 //! ## Invariants
@@ -44,5 +46,6 @@ pub mod decode;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod record;
 pub mod sinks;
 pub mod writer;

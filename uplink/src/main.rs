@@ -53,7 +53,7 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
         "uplink starting"
     );
     let metrics = Arc::new(Metrics::default());
-    let server = match config.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+    let server = match config.metrics.listen_addr()? {
         Some(addr) => Some(
             telemetry::metrics_http::serve(
                 addr,

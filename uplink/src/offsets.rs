@@ -14,10 +14,9 @@
 //!    records again from the last commit, which only rewrites the same points.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 
 /// A topic and partition.
-pub type Partition = (Arc<str>, i32);
+pub use crate::record::Partition;
 
 #[derive(Debug)]
 struct Pending {
@@ -99,6 +98,8 @@ impl Offsets {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn p(n: i32) -> Partition {

@@ -389,7 +389,7 @@ impl Pipeline {
         let now = std::time::Instant::now();
         let error = match decode::decode(&view, &self.settings)
             .map_err(|e| e.to_string())
-            .and_then(|readings| encode(readings, self.integers))
+            .and_then(|readings| encode(readings, self.integers).map_err(|e| e.to_string()))
         {
             Ok(lines) => {
                 if lines.is_empty() {
@@ -425,7 +425,10 @@ impl Pipeline {
 }
 
 /// Readings → lines, integers pinned to float unless kept.
-fn encode(readings: Vec<Reading>, integers: IntegerFields) -> Result<Vec<String>, String> {
+fn encode(
+    readings: Vec<Reading>,
+    integers: IntegerFields,
+) -> Result<Vec<String>, telemetry::InvalidReading> {
     readings
         .into_iter()
         .map(|mut r| {
@@ -438,7 +441,7 @@ fn encode(readings: Vec<Reading>, integers: IntegerFields) -> Result<Vec<String>
                     }
                 }
             }
-            line_protocol::encode(&r).map_err(|e| e.to_string())
+            line_protocol::encode(&r)
         })
         .collect()
 }

@@ -6,8 +6,8 @@
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::config::KafkaConfig;
 use super::session::Episode;
-use crate::config::KafkaConfig;
 
 /// What the broker said when asked why deliveries failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

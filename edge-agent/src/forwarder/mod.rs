@@ -23,10 +23,12 @@
 //! is handed over; live readings may be exempted from both.
 //!
 //! ## Layout
+//! - [`config`]: `[kafka]` and `[forward]`, with their defaults and checks.
 //! - [`lanes`]: the in-flight bookkeeping and drain order, pure and
 //!   unit-tested.
 //! - [`budget`]: the token bucket over bytes on the wire.
 //! - [`schedule`]: send windows by local time of day.
+//! - [`record`]: the Kafka record a reading becomes (value, key, headers).
 //! - [`producer`]: librdkafka's configuration and callbacks.
 //! - `state`: what one run of the forwarder keeps track of.
 //! - [`session`]: when a producer session is given up for a fresh one
@@ -36,34 +38,31 @@
 //!   sent with corrected timestamps (or tagged, if that cannot be done).
 
 pub mod budget;
+pub mod config;
 pub mod diagnosis;
 pub mod lanes;
 pub mod producer;
+pub mod record;
 pub mod restamp;
 pub mod schedule;
 pub mod security;
 pub mod session;
 mod state;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use telemetry::record::{
-    Format, HEADER_BOOT, HEADER_CLOCK, HEADER_CONTENT_TYPE, HEADER_MONO, HEADER_SEQ,
-};
-use telemetry::telegraf_json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AgentConfig, Order};
-use crate::journal::{JournalReader, JournalRecord, Progress, ReadResult};
+use config::{ForwarderConfig, Order};
+
+use crate::journal::{JournalReader, JournalRecord, Progress};
 use crate::status::{Link, Status};
 use diagnosis::{Diagnosis, calls_for_diagnosis, episode_of};
 use lanes::{Allowed, LaneKind};
@@ -73,9 +72,6 @@ use state::Run;
 
 /// Most journal records read in one go.
 const READ_CHUNK: usize = 2_000;
-/// Bytes a record's headers and framing add to its value and key, for the
-/// budget's estimate before compression.
-const RECORD_OVERHEAD: usize = 80;
 
 /// Why the forwarder could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +81,7 @@ pub enum ForwarderError {
 }
 
 pub struct Forwarder {
-    config: Arc<AgentConfig>,
+    config: Arc<ForwarderConfig>,
     journal: JournalReader,
     /// The boot this journal was opened in: readings of other boots cannot
     /// have their timestamps corrected from this boot's clock.
@@ -100,19 +96,22 @@ pub struct Forwarder {
 }
 
 /// Why one record was not handed over.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum SendError {
+    #[error("librdkafka's queue is full")]
     /// librdkafka's queue is full: wait for deliveries, then continue.
     QueueFull,
-    /// The record cannot be encoded in the configured format.
-    Encode(String),
+    /// The record cannot be built (see [`record`]).
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
     /// librdkafka refused it for another reason.
+    #[error(transparent)]
     Kafka(KafkaError),
 }
 
 impl Forwarder {
     pub fn new(
-        config: Arc<AgentConfig>,
+        config: Arc<ForwarderConfig>,
         journal: JournalReader,
         committed: watch::Receiver<Progress>,
         acks: mpsc::UnboundedSender<Vec<u64>>,
@@ -133,15 +132,6 @@ impl Forwarder {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
-    }
-
-    /// Forwards until `shutdown`. It then keeps forwarding until the journal
-    /// is drained (the samplers have stopped, their last readings are
-    /// committed and acknowledged) or `forward.shutdown_grace` has passed.
-    /// Whatever is not acknowledged by then stays in the journal for the next
-    /// start.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwarderError> {
-        self.start()?.run(shutdown, CancellationToken::new()).await
     }
 
     /// Creates the producer: the step that can fail (librdkafka refuses the
@@ -167,11 +157,14 @@ pub struct Started {
 }
 
 impl Started {
-    /// Forwards until `shutdown` (see [`Forwarder::run`]) or `handover`. On
-    /// `handover` (a new config replaces this forwarder) it stops sending and
-    /// waits, at most `forward.shutdown_grace`, only for what it already
-    /// handed to librdkafka; the next forwarder sends the rest from the
-    /// journal.
+    /// Forwards until `shutdown` or `handover`. After `shutdown` it keeps
+    /// forwarding until the journal is drained (the samplers have stopped,
+    /// their last readings are committed and acknowledged) or
+    /// `forward.shutdown_grace` has passed; whatever is not acknowledged by
+    /// then stays in the journal for the next start. On `handover` (a new
+    /// config replaces this forwarder) it stops sending and waits, at most
+    /// `forward.shutdown_grace`, only for what it already handed to
+    /// librdkafka; the next forwarder sends the rest from the journal.
     pub async fn run(
         self,
         shutdown: CancellationToken,
@@ -432,7 +425,11 @@ impl Forwarder {
                     return;
                 }
             }
-            let batch = match self.read(next.after, next.up_to, limit).await {
+            let batch = match self
+                .journal
+                .read_range_async(next.after, next.up_to, limit)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the journal; retrying");
@@ -486,11 +483,11 @@ impl Forwarder {
                         }
                     }
                     Err(SendError::QueueFull) => return,
-                    Err(SendError::Encode(reason)) => {
+                    Err(SendError::Record(reason)) => {
                         self.status.unreadable(1);
                         tracing::error!(
                             seq = record.seq,
-                            reason,
+                            %reason,
                             "journal record cannot be encoded; skipping it"
                         );
                         run.lanes.skipped(record.seq);
@@ -505,18 +502,6 @@ impl Forwarder {
         }
     }
 
-    async fn read(
-        &self,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<Vec<ReadResult>, crate::journal::JournalError> {
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.read_range(after, up_to, limit))
-            .await
-            .expect("journal read task panicked")
-    }
-
     /// Hands one record to librdkafka; returns its raw size (value, key and
     /// headers), what the budget is charged before compression.
     fn send(
@@ -525,54 +510,15 @@ impl Forwarder {
         record: &JournalRecord,
         verdict: restamp::Verdict,
     ) -> Result<usize, SendError> {
-        let format = self.config.kafka.format;
-        let line = restamp::apply(&record.line, verdict).map_err(SendError::Encode)?;
-        let value: Cow<'_, str> = match format {
-            Format::Influx => line,
-            Format::Json => {
-                let reading = telemetry::line_protocol::parse_line(&line, 0)
-                    .map_err(|e| SendError::Encode(e.to_string()))?;
-                Cow::Owned(
-                    telegraf_json::encode(&reading)
-                        .map_err(|e| SendError::Encode(e.to_string()))?,
-                )
-            }
-        };
-        let raw = value.len() + record.key.len() + RECORD_OVERHEAD;
-        let seq = record.seq.to_string();
-        let mono = record.taken.map(|t| t.mono_ns.to_string());
-        let mut headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: HEADER_SEQ,
-                value: Some(seq.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_BOOT,
-                value: Some(&*record.boot_id),
-            })
-            .insert(Header {
-                key: HEADER_CONTENT_TYPE,
-                value: Some(format.content_type()),
-            });
-        if let Some(mono) = &mono {
-            headers = headers.insert(Header {
-                key: HEADER_MONO,
-                value: Some(mono.as_str()),
-            });
-        }
-        if let Some(clock) = verdict.header() {
-            headers = headers.insert(Header {
-                key: HEADER_CLOCK,
-                value: Some(clock),
-            });
-        }
+        let out = record::build(record, verdict, self.config.kafka.format)?;
+        let raw = out.raw_len();
         // The Kafka timestamp is left to librdkafka (send time): stamping a
         // month-old backlog reading with its sampling time would let the
         // broker's retention delete it on arrival.
         let message = BaseRecord::with_opaque_to(&self.config.kafka.topic, Box::new(record.seq))
-            .key(record.key.as_str())
-            .payload(value.as_ref())
-            .headers(headers);
+            .key(out.key)
+            .payload(out.value.as_ref())
+            .headers(out.headers);
         producer
             .send(message)
             .map(|()| raw)

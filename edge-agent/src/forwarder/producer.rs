@@ -15,8 +15,8 @@ use rdkafka::statistics::Statistics;
 use telemetry::throttle::Throttle;
 use tokio::sync::mpsc;
 
+use super::config::ForwarderConfig;
 use super::security::SecretFileError;
-use crate::config::AgentConfig;
 use crate::status::{Link, Status};
 
 /// librdkafka's own queue, in KiB. The journal is the buffer; this only
@@ -134,7 +134,7 @@ pub const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The librdkafka settings for the agent's producer, with the security
 /// secrets read from their files. Never log the result: it holds them.
-pub fn client_config(config: &AgentConfig) -> Result<ClientConfig, SecretFileError> {
+pub fn client_config(config: &ForwarderConfig) -> Result<ClientConfig, SecretFileError> {
     let mut c = ClientConfig::new();
     let kafka = &config.kafka;
     c.set("bootstrap.servers", kafka.brokers.join(","))
@@ -185,7 +185,7 @@ pub enum CreateError {
 /// in `kafka.properties`) or a secret file that cannot be read, which
 /// `check-config` reports too.
 pub fn create(
-    config: &AgentConfig,
+    config: &ForwarderConfig,
     deliveries: mpsc::UnboundedSender<Event>,
     status: Arc<Status>,
 ) -> Result<Producer, CreateError> {

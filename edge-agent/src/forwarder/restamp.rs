@@ -71,12 +71,10 @@ pub fn decide(taken: Option<Taken>, this_boot: bool, now: Stamp, hold: Duration)
 }
 
 /// The line to send for `verdict` (never called with [`Verdict::Hold`]).
-pub fn apply(line: &str, verdict: Verdict) -> Result<Cow<'_, str>, String> {
+pub fn apply(line: &str, verdict: Verdict) -> Result<Cow<'_, str>, RestampError> {
     let mut reading = match verdict {
         Verdict::AsIs(_) | Verdict::Hold => return Ok(Cow::Borrowed(line)),
-        Verdict::Restamp(_) | Verdict::Tag => {
-            line_protocol::parse_line(line, 0).map_err(|e| e.to_string())?
-        }
+        Verdict::Restamp(_) | Verdict::Tag => line_protocol::parse_line(line, 0)?,
     };
     match verdict {
         Verdict::Restamp(ts) => reading.timestamp_ns = ts,
@@ -86,9 +84,16 @@ pub fn apply(line: &str, verdict: Verdict) -> Result<Cow<'_, str>, String> {
                 .insert(UNSYNCED_TAG.0.into(), UNSYNCED_TAG.1.into());
         }
     }
-    line_protocol::encode(&reading)
-        .map(Cow::Owned)
-        .map_err(|e| e.to_string())
+    Ok(Cow::Owned(line_protocol::encode(&reading)?))
+}
+
+/// Why a journaled line could not be restamped or tagged.
+#[derive(Debug, thiserror::Error)]
+pub enum RestampError {
+    #[error("the journaled line does not parse: {0}")]
+    Parse(#[from] line_protocol::LineProtocolError),
+    #[error("the restamped reading is invalid: {0}")]
+    Invalid(#[from] telemetry::InvalidReading),
 }
 
 #[cfg(test)]

@@ -67,20 +67,27 @@ fn parse_time(s: &str) -> Option<u16> {
     }
 }
 
-impl FromStr for SendWindow {
-    type Err = String;
+/// Why a send window does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("{0:?} is not a window; write local times as \"01:00-05:00\"")]
+    Malformed(String),
+    #[error("{0:?} is empty; a window needs a start before its end")]
+    Empty(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a window; write local times as \"01:00-05:00\"");
+impl FromStr for SendWindow {
+    type Err = WindowError;
+
+    fn from_str(s: &str) -> Result<Self, WindowError> {
+        let bad = || WindowError::Malformed(s.to_owned());
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let (start, end) = (
             parse_time(a).ok_or_else(bad)?,
             parse_time(b).ok_or_else(bad)?,
         );
         if start == end || start == 1440 {
-            return Err(format!(
-                "{s:?} is empty; a window needs a start before its end"
-            ));
+            return Err(WindowError::Empty(s.to_owned()));
         }
         Ok(SendWindow {
             start,
@@ -160,7 +167,7 @@ mod tests {
     #[test]
     fn bad_windows_say_how_to_write_them() {
         for bad in ["1-5", "01:00", "25:00-26:00", "01:60-02:00", "03:00-03:00"] {
-            let e = bad.parse::<SendWindow>().unwrap_err();
+            let e = bad.parse::<SendWindow>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
         assert!(local_minute_of_day() < 1440);

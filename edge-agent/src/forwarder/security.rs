@@ -124,37 +124,57 @@ pub struct SecretFileError {
     pub source: std::io::Error,
 }
 
-/// Where a configured file is: as given if absolute, else in
-/// `$CREDENTIALS_DIRECTORY` when set, else relative to the working directory.
-pub fn resolve(path: &Path) -> PathBuf {
-    resolve_in(path, std::env::var_os("CREDENTIALS_DIRECTORY").as_deref())
-}
-
-fn resolve_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> PathBuf {
+/// Where a configured file is: as given if absolute, else in `credentials`
+/// (`$CREDENTIALS_DIRECTORY`, read when the config is loaded) when set, else
+/// relative to the working directory.
+pub fn resolve_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> PathBuf {
     match credentials {
         Some(dir) if path.is_relative() => Path::new(dir).join(path),
         _ => path.to_owned(),
     }
 }
 
+/// Each file `resolve_in` `credentials`.
+pub fn resolve_files<'a>(
+    files: impl IntoIterator<Item = &'a mut Option<PathBuf>>,
+    credentials: Option<&std::ffi::OsStr>,
+) {
+    for file in files.into_iter().flatten() {
+        *file = resolve_in(file, credentials);
+    }
+}
+
 fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SecretFileError> {
     read_secret_file(path).map_err(|source| SecretFileError {
         key,
-        path: resolve(path),
+        path: path.to_owned(),
         source,
     })
 }
 
-/// A secret from a file (resolved as [`resolve`] says), without its one
-/// trailing newline.
+/// A secret from a file, without its one trailing newline.
 pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
-    let text = std::fs::read_to_string(resolve(path))?;
+    let text = std::fs::read_to_string(path)?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let text = text.strip_suffix('\r').unwrap_or(text);
     Ok(Secret(text.to_owned()))
 }
 
 impl KafkaSecurity {
+    /// Relative files made absolute in `credentials` ([`resolve_in`]).
+    pub fn resolve_files(&mut self, credentials: Option<&std::ffi::OsStr>) {
+        resolve_files(
+            [
+                &mut self.password_file,
+                &mut self.ca_file,
+                &mut self.cert_file,
+                &mut self.key_file,
+                &mut self.key_password_file,
+            ],
+            credentials,
+        );
+    }
+
     /// Everything inconsistent in these settings, or a file that cannot be
     /// read.
     pub fn problems(&self, at: &str) -> Vec<Problem> {
@@ -203,10 +223,10 @@ impl KafkaSecurity {
             ));
         }
         for (name, file) in self.files() {
-            if let Err(e) = std::fs::File::open(resolve(file)) {
+            if let Err(e) = std::fs::File::open(file) {
                 p.push(Problem::new(
                     key(name),
-                    format!("cannot read {}: {e}", resolve(file).display()),
+                    format!("cannot read {}: {e}", file.display()),
                 ));
             }
         }
@@ -244,14 +264,11 @@ impl KafkaSecurity {
         }
         if self.protocol.tls() {
             if let Some(ca) = &self.ca_file {
-                c.set("ssl.ca.location", resolve(ca).display().to_string());
+                c.set("ssl.ca.location", ca.display().to_string());
             }
             if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-                c.set(
-                    "ssl.certificate.location",
-                    resolve(cert).display().to_string(),
-                );
-                c.set("ssl.key.location", resolve(key).display().to_string());
+                c.set("ssl.certificate.location", cert.display().to_string());
+                c.set("ssl.key.location", key.display().to_string());
             }
             if let Some(file) = &self.key_password_file {
                 c.set(

@@ -12,9 +12,9 @@ use telemetry::throttle::Throttle;
 use tokio::time::Instant;
 
 use super::budget::Budget;
+use super::config::{ForwardConfig, Order};
 use super::lanes::Lanes;
 use super::session::{Renewal, SessionWatch};
-use crate::config::{ForwardConfig, Order};
 
 /// The backlog may have about this much of deliveries in flight...
 const BACKLOG_QUEUE_TIME: Duration = Duration::from_secs(1);

@@ -11,6 +11,8 @@
 //! commit and for the copy-on-write pages that freeing space itself needs, so
 //! the file never wedges at 100%.
 
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
 
 /// What to do when the journal is full (`journal.when_full`).
@@ -136,6 +138,36 @@ pub fn plan(space: &Space, batch: u64, when_full: WhenFull, forced: u64) -> Opti
 /// aggregates frees enough to be worth it: at least half.
 pub fn worth_aggregating(raw: u64, aggregates: u64) -> bool {
     aggregates * 2 <= raw
+}
+
+/// The last measurement of space, and what changed since.
+#[derive(Debug, Default)]
+pub(super) struct SpaceState {
+    pub(super) measured_used: u64,
+    /// Stored bytes appended minus deleted since the measurement.
+    pub(super) changed: i64,
+    pub(super) file_len: u64,
+    pub(super) disk_available: u64,
+    /// A growth was refused; with the disk space available then.
+    pub(super) blocked_at_disk: Option<u64>,
+    /// When a measurement last found the journal full.
+    pub(super) full_since: Option<Instant>,
+    /// A commit was refused for want of space since the last one that
+    /// worked: whatever the estimate says, the next makes room first.
+    pub(super) refused_commit: bool,
+}
+
+impl SpaceState {
+    pub(super) fn estimate(&self, limit: u64) -> Space {
+        let used = (self.measured_used as f64 + self.changed as f64 * RATIO).max(0.0) as u64;
+        Space {
+            file_len: self.file_len,
+            used,
+            limit,
+            disk_available: self.disk_available,
+            growth_blocked: self.blocked_at_disk.is_some(),
+        }
+    }
 }
 
 #[cfg(test)]

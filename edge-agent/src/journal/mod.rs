@@ -69,26 +69,33 @@
 //! | `meta` | name | a meta frame: `next_seq`, `stored_bytes`, the [`Counters`] and `segment_generation` |
 //!
 //! ## Layout
-//! - [`commit`]: the commit protocol, segment or redb; [`segment`]: the
-//!   segment file.
-//! - [`store`]: [`Journal`] (write) and [`JournalReader`] (read): open
-//!   (with quarantine); `read`: reading back, merged from redb and the
-//!   segment, and stats;
-//!   `open`: redb's integrity check and ours; `tables`: the tables and the
-//!   operations transactions share.
-//! - [`policy`]: measuring space, and making room when full.
+//! From the bottom up; a module uses only those above it in this list (and
+//! the types of this file).
+//! - [`config`], [`record`], [`file`], [`capacity`], [`downsample`],
+//!   [`reservation`], [`segment`], `tables`: the options, the frame format,
+//!   the size-limited file, the space arithmetic, aggregation, sequence
+//!   numbers reserved outside the file, the segment file, and the redb
+//!   tables with the operations transactions share.
+//! - `db`: the redb file opened with redb's integrity check and ours, and
+//!   the boot registered.
+//! - `handle`: [`Journal`] (write) and [`JournalReader`] (read), and their
+//!   access to redb (reopened after a refused growth).
+//! - [`policy`]: making room when full; [`commit`]: the commit protocol,
+//!   segment or redb; [`salvage`]: recovery from a damaged file.
+//! - `open`: opening all of it, with quarantine and salvage, and the segment
+//!   replayed.
+//! - `read`: reading back, merged from redb and the segment, and stats;
+//!   [`inspect`]: `edge-agent journal stats` and `export`.
 //! - [`writer`]: the group-commit task.
-//! - [`inspect`]: `edge-agent journal stats` and `export`.
-//! - [`record`], [`file`], [`capacity`], [`downsample`], [`salvage`],
-//!   [`reservation`]: the frame format, the size-limited file, the space
-//!   arithmetic, aggregation, recovery from a damaged file, and sequence
-//!   numbers reserved outside it.
 
 pub mod capacity;
 pub mod commit;
 pub mod commit_report;
+pub mod config;
+mod db;
 pub mod downsample;
 pub mod file;
+mod handle;
 pub mod inspect;
 mod open;
 pub mod policy;
@@ -97,7 +104,6 @@ pub mod record;
 pub mod reservation;
 pub mod salvage;
 pub mod segment;
-pub mod store;
 mod tables;
 pub mod writer;
 
@@ -107,8 +113,11 @@ use std::sync::Arc;
 use telemetry::{InvalidReading, Reading, line_protocol};
 
 pub use capacity::WhenFull;
-pub use store::{Journal, JournalOptions, JournalReader};
-pub use writer::{JournalWriter, Progress, WriterHandles, WriterSettings};
+pub use config::JournalOptions;
+pub use config::WriterSettings;
+pub use handle::{Journal, JournalReader};
+pub use open::Opened;
+pub use writer::{JournalWriter, Progress, WriterHandles};
 
 /// What can go wrong with the journal. Every variant says which file.
 #[derive(Debug, thiserror::Error)]

@@ -1,174 +1,134 @@
-//! Opening the redb file: redb's integrity check plus our own, telling a
-//! damaged file (to quarantine) from one that cannot be opened for another
-//! reason, and registering the boot the journal is opened in; then replaying
-//! the hot segment ([`Journal::open_segment`]).
+//! Opening the journal: the redb file (quarantined and salvaged when
+//! damaged, [`super::salvage`]), then the hot segment replayed into the
+//! write handle ([`Journal::open_segment`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use redb::{Database, DatabaseError, ReadableTable, StorageError};
-
 use redb::ReadableDatabase;
 
 use super::commit::SEGMENT_GENERATION;
-use super::file::LimitedFile;
+use super::config::JournalOptions;
+use super::db::{OpenFailure, open_db, register_boot};
 use super::record;
+use super::salvage;
 use super::segment::{self, Segment};
-use super::store::JournalOptions;
-use super::tables::{BOOTS, META, READINGS, begin, get};
-use super::{Counters, Journal, JournalError};
-use crate::disk::{Disk, Mode};
+use super::tables::{META, get};
+use super::{Journal, JournalError};
+use crate::disk::{self, Disk};
 
-/// Why the file could not be opened.
-pub(super) enum OpenFailure {
-    /// The file is damaged: quarantine it.
-    Damaged(String),
-    Other(JournalError),
-}
-
-/// Opens the file with redb's integrity check. Anything that says the bytes
-/// are not a sound journal (redb's checks, a panic inside redb, tables of the
-/// wrong type) is [`OpenFailure::Damaged`]; a lock held by another process or
-/// an I/O error is not.
-pub(super) fn open_db(
-    disk: &dyn Disk,
-    path: &Path,
-    options: &JournalOptions,
-    size_limit: &Arc<AtomicU64>,
-) -> Result<Database, OpenFailure> {
-    let io_err = |e: std::io::Error| {
-        OpenFailure::Other(JournalError::Open {
-            path: path.to_owned(),
-            source: redb::Error::Io(e),
-        })
-    };
-    let file = disk.open(path, Mode::Create).map_err(io_err)?;
-    let backend = LimitedFile::new(file, size_limit.clone());
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .set_check_integrity_on_open(true)
-            .create_with_backend(backend)
-    }));
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(OpenFailure::Other(JournalError::InUse {
-                path: path.to_owned(),
-            }));
-        }
-        Ok(Err(DatabaseError::Storage(StorageError::Corrupted(reason)))) => {
-            return Err(OpenFailure::Damaged(reason));
-        }
-        Ok(Err(DatabaseError::Storage(StorageError::Io(e))))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            return Err(OpenFailure::Damaged(e.to_string()));
-        }
-        Ok(Err(e)) => {
-            return Err(OpenFailure::Other(JournalError::Open {
-                path: path.to_owned(),
-                source: e.into(),
-            }));
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Err(OpenFailure::Damaged(format!(
-                "redb could not read it ({what})"
-            )));
-        }
-    };
-    // Our own tables must open with the right types and their first and
-    // last records decode.
-    let check = (|| -> Result<(), String> {
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let table = tx.open_table(READINGS).map_err(|e| e.to_string())?;
-            tx.open_table(BOOTS).map_err(|e| e.to_string())?;
-            tx.open_table(META).map_err(|e| e.to_string())?;
-            for end in [table.first(), table.last()] {
-                if let Some((_, v)) = end.map_err(|e| e.to_string())? {
-                    record::decode_reading(v.value())?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| e.to_string())
-    })();
-    match check {
-        Ok(()) => Ok(db),
-        Err(reason) => Err(OpenFailure::Damaged(reason)),
-    }
-}
-
-/// Finds or adds `boot_id` (if any) in the `boots` table; returns its index, the whole
-/// table (one entry per boot the journal has seen, a handful), the persisted
-/// counters.
-pub(super) fn register_boot(
-    db: &Database,
-    boot_id: Option<&str>,
-) -> Result<Registered, redb::Error> {
-    let tx = begin(db)?;
-    let (index, boots, counters);
-    {
-        let mut table = tx.open_table(BOOTS)?;
-        let mut known = read_boots(&table)?;
-        index = match boot_id.map(|b| (b, known.iter().find(|(_, v)| &***v == b))) {
-            None => u32::MAX,
-            Some((_, Some((&i, _)))) => i,
-            Some((boot_id, None)) => {
-                let i = known.keys().max().map_or(0, |m| m + 1);
-                let mut value = Vec::new();
-                record::encode_boot(&mut value, i, boot_id);
-                table.insert(i, value.as_slice())?;
-                known.insert(i, Arc::from(boot_id));
-                i
-            }
-        };
-        boots = known;
-        let meta = tx.open_table(META)?;
-        let mut values = [0; 6];
-        for (v, key) in values.iter_mut().zip(Counters::KEYS) {
-            *v = get(&meta, key)?;
-        }
-        counters = Counters::from_values(values);
-    }
-    tx.commit()?;
-    Ok(Registered {
-        boot_index: index,
-        boots,
-        counters,
-    })
-}
-
-/// What [`register_boot`] found.
-pub(super) struct Registered {
-    pub boot_index: u32,
-    pub boots: HashMap<u32, Arc<str>>,
-    pub counters: Counters,
-}
-
-pub(super) fn read_boots(
-    table: &impl ReadableTable<u32, &'static [u8]>,
-) -> Result<HashMap<u32, Arc<str>>, redb::Error> {
-    let mut boots = HashMap::new();
-    for entry in table.iter()? {
-        let (k, v) = entry?;
-        let id = record::decode_boot(v.value()).map_or("unknown", |(_, id)| id);
-        boots.insert(k.value(), Arc::<str>::from(id));
-    }
-    Ok(boots)
+/// What opening found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The file was damaged: where it went and what was saved from it.
+    pub quarantined: Option<salvage::Report>,
 }
 
 impl Journal {
+    /// Opens (or creates) the journal at `path` and records `boot_id` as the
+    /// current boot. A damaged file is quarantined and salvaged; [`Opened`]
+    /// says so.
+    pub fn open(
+        path: &Path,
+        options: JournalOptions,
+        boot_id: &str,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_on(disk::real(), path, options, boot_id)
+    }
+
+    /// [`Journal::open`] on another disk (a test's).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        boot_id: &str,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_as(disk, path, options, Some(boot_id))
+    }
+
+    /// Opens the journal for `edge-agent journal stats` and `export`: as the
+    /// agent does (repairing it after a crash, quarantining it if damaged),
+    /// but without recording a boot.
+    pub fn open_for_inspection(
+        path: &Path,
+        options: JournalOptions,
+    ) -> Result<(Journal, Opened), JournalError> {
+        Journal::open_as(disk::real(), path, options, None)
+    }
+
+    /// Opens the redb file, then replays the hot segment into it.
+    pub(super) fn open_as(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        boot_id: Option<&str>,
+    ) -> Result<(Journal, Opened), JournalError> {
+        let (mut journal, opened) = Journal::open_redb(disk, path, options, boot_id)?;
+        journal.open_segment()?;
+        journal.publish();
+        Ok((journal, opened))
+    }
+
+    /// Opens the redb file alone (with quarantine and salvage), without a
+    /// segment.
+    pub(super) fn open_redb(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        options: JournalOptions,
+        boot_id: Option<&str>,
+    ) -> Result<(Journal, Opened), JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            disk.create_dir_all(dir)
+                .map_err(|source| JournalError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        let quarantine_err = |source| JournalError::Quarantine {
+            path: path.to_owned(),
+            source,
+        };
+        salvage::finish_interrupted(&*disk, path).map_err(quarantine_err)?;
+        let size_limit = Arc::new(AtomicU64::new(options.max_bytes));
+        let existed = disk.exists(path);
+        let db = match open_db(&*disk, path, &options, &size_limit) {
+            Ok(db) => db,
+            Err(OpenFailure::Other(e)) => return Err(e),
+            Err(OpenFailure::Damaged(reason)) => {
+                let staging = salvage::staging_path(path);
+                let (staged, _) =
+                    Journal::open_redb(disk.clone(), &staging, options.clone(), boot_id)?;
+                let report = salvage::recover(staged, path, reason)?;
+                let (journal, _) = Journal::open_redb(disk, path, options, boot_id)?;
+                return Ok((
+                    journal,
+                    Opened {
+                        quarantined: Some(report),
+                    },
+                ));
+            }
+        };
+        let open_err = |source: redb::Error| JournalError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let registered = register_boot(&db, boot_id).map_err(open_err)?;
+        let mut journal = Journal::assemble(disk, path, options, size_limit, db, registered);
+        journal.measure()?;
+        // The file was created now: the journal it replaces (deleted by
+        // hand) may have handed out numbers past anything this one knows
+        // of; they are not handed out again. (A salvaged journal was raised
+        // before it was put in place.)
+        let limit = journal.reservation.limit();
+        if !existed && limit > 0 {
+            tracing::info!(path = %path.display(), next_seq = limit,
+                "new journal file; sequence numbers continue after those of the one it replaces");
+            journal.raise_next_seq(limit)?;
+        }
+        Ok((journal, Opened { quarantined: None }))
+    }
+
     /// At open: the segment goes on where its last intact commit ended,
     /// holding what it held; a generation already moved into redb (a cut
     /// came before its successor's header was written) starts anew.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use telemetry::{Reading, line_protocol};
 
-use super::capacity::{self, RATIO, Space};
+use super::capacity::{self, RATIO};
 use super::downsample::{self, is_aggregate_line};
 use super::record;
 use super::tables::{META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
@@ -37,36 +37,6 @@ const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 /// New records a policy step appends (aggregates): Kafka key and line
 /// (aggregates carry no [`record::Taken`]: they are made, not sampled).
 type Appended = Vec<(String, String, Option<record::Taken>)>;
-
-/// The last measurement of space, and what changed since.
-#[derive(Debug, Default)]
-pub(super) struct SpaceState {
-    pub(super) measured_used: u64,
-    /// Stored bytes appended minus deleted since the measurement.
-    pub(super) changed: i64,
-    pub(super) file_len: u64,
-    pub(super) disk_available: u64,
-    /// A growth was refused; with the disk space available then.
-    pub(super) blocked_at_disk: Option<u64>,
-    /// When a measurement last found the journal full.
-    pub(super) full_since: Option<Instant>,
-    /// A commit was refused for want of space since the last one that
-    /// worked: whatever the estimate says, the next makes room first.
-    pub(super) refused_commit: bool,
-}
-
-impl SpaceState {
-    pub(super) fn estimate(&self, limit: u64) -> Space {
-        let used = (self.measured_used as f64 + self.changed as f64 * RATIO).max(0.0) as u64;
-        Space {
-            file_len: self.file_len,
-            used,
-            limit,
-            disk_available: self.disk_available,
-            growth_blocked: self.blocked_at_disk.is_some(),
-        }
-    }
-}
 
 impl Journal {
     /// Whether `batch` more bytes may not fit: first by the estimate, then,
@@ -97,38 +67,6 @@ impl Journal {
         let full = measured.is_full(batch);
         self.space.full_since = full.then(Instant::now);
         Ok(full)
-    }
-
-    /// Counts the pages in use, the file's size and the disk's free space.
-    pub fn measure(&mut self) -> Result<Space, JournalError> {
-        let used = self.with_db(|_, db| {
-            let tx = db.begin_write()?;
-            let stats = tx.stats()?;
-            tx.abort()?;
-            Ok(stats.allocated_pages() * stats.page_size() as u64)
-        })?;
-        let file_len = self.disk().file_len(self.path()).unwrap_or(0);
-        let disk_available = self.disk().available(self.path());
-        let limit = self.options().max_bytes;
-        let s = &mut self.space;
-        s.measured_used = used;
-        s.changed = 0;
-        s.file_len = file_len;
-        if s.blocked_at_disk.is_some_and(|d| disk_available > d) {
-            s.blocked_at_disk = None;
-        }
-        s.disk_available = disk_available;
-        Ok(s.estimate(limit))
-    }
-
-    /// After redb hit a refused growth: reopen it (it answers nothing else
-    /// until then) and assume the file cannot grow until the disk gains space.
-    pub(super) fn after_refused_growth(&mut self) -> Result<(), JournalError> {
-        self.reopen_db()?;
-        self.space.blocked_at_disk = Some(self.disk().available(self.path()));
-        self.space.refused_commit = true;
-        self.measure()?;
-        Ok(())
     }
 
     /// Deletes acknowledged readings in transactions of [`DELETE_STEP`]:

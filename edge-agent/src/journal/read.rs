@@ -22,6 +22,19 @@ impl JournalReader {
         self.read_range(after, u64::MAX, limit)
     }
 
+    /// [`JournalReader::read_range`] on a blocking thread, for async callers.
+    pub async fn read_range_async(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<ReadResult>, JournalError> {
+        let journal = self.clone();
+        tokio::task::spawn_blocking(move || journal.read_range(after, up_to, limit))
+            .await
+            .expect("journal read task panicked")
+    }
+
     /// Like [`JournalReader::read_after`], stopping after sequence number `up_to`.
     /// Readings in redb and in the hot segment come merged, in order;
     /// acknowledged ones still waiting to be deleted from redb are skipped.
@@ -233,6 +246,9 @@ fn to_record(seq: u64, value: &[u8], boots: &HashMap<u32, Arc<str>>) -> ReadResu
             seq,
             reason: format!("the record stored under {seq} says it is {}", r.seq),
         }),
-        Err(reason) => Err(Unreadable { seq, reason }),
+        Err(e) => Err(Unreadable {
+            seq,
+            reason: e.to_string(),
+        }),
     }
 }

@@ -102,6 +102,30 @@ pub fn encode_boot(out: &mut Vec<u8>, index: u32, id: &str) {
     });
 }
 
+/// Why bytes are not an intact frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("record is {len} bytes, shorter than its header")]
+    ShorterThanHeader { len: usize },
+    #[error("record does not start with the journal's magic bytes")]
+    NoMagic,
+    #[error("record says it holds {len} bytes, but only {present} follow")]
+    Truncated { len: usize, present: usize },
+    #[error("record checksum does not match: the bytes were damaged")]
+    Checksum,
+    #[error("{what} record is too short")]
+    TooShort { what: &'static str },
+    #[error("{what} is not UTF-8: {source}")]
+    NotUtf8 {
+        what: &'static str,
+        source: std::str::Utf8Error,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("another kind of frame where a {expected} was expected")]
+    WrongKind { expected: &'static str },
+}
+
 /// Appends a meta value frame to `out`.
 pub fn encode_meta(out: &mut Vec<u8>, name: &str, value: u64) {
     frame(out, KIND_META, |p| {
@@ -111,10 +135,10 @@ pub fn encode_meta(out: &mut Vec<u8>, name: &str, value: u64) {
 }
 
 /// Decodes a stored meta value.
-pub fn decode_meta(bytes: &[u8]) -> Result<(&str, u64), String> {
+pub fn decode_meta(bytes: &[u8]) -> Result<(&str, u64), FrameError> {
     match decode(bytes)? {
         (Frame::Meta { name, value }, _) => Ok((name, value)),
-        _ => Err("not a meta frame".into()),
+        _ => Err(FrameError::WrongKind { expected: "meta" }),
     }
 }
 
@@ -139,75 +163,79 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 
 /// Decodes one stored reading. Any damage (length, checksum, UTF-8) is an
 /// error saying what is wrong.
-pub fn decode_reading(bytes: &[u8]) -> Result<RecordRef<'_>, String> {
+pub fn decode_reading(bytes: &[u8]) -> Result<RecordRef<'_>, FrameError> {
     match decode(bytes)? {
         (Frame::Reading(r), _) => Ok(r),
-        _ => Err("another kind of frame where a reading was expected".into()),
+        _ => Err(FrameError::WrongKind {
+            expected: "reading",
+        }),
     }
 }
 
 /// Decodes one stored boot entry.
-pub fn decode_boot(bytes: &[u8]) -> Result<(u32, &str), String> {
+pub fn decode_boot(bytes: &[u8]) -> Result<(u32, &str), FrameError> {
     match decode(bytes)? {
         (Frame::Boot { index, id }, _) => Ok((index, id)),
-        _ => Err("another kind of frame where a boot was expected".into()),
+        _ => Err(FrameError::WrongKind { expected: "boot" }),
     }
 }
 
 /// Decodes the frame at the start of `bytes`; returns it and its length.
-fn decode(bytes: &[u8]) -> Result<(Frame<'_>, usize), String> {
+fn decode(bytes: &[u8]) -> Result<(Frame<'_>, usize), FrameError> {
     if bytes.len() < HEADER {
-        return Err(format!(
-            "record is {} bytes, shorter than its header",
-            bytes.len()
-        ));
+        return Err(FrameError::ShorterThanHeader { len: bytes.len() });
     }
     if bytes[..2] != MAGIC {
-        return Err("record does not start with the journal's magic bytes".into());
+        return Err(FrameError::NoMagic);
     }
     let kind = bytes[2];
     let len = u32::from_le_bytes(bytes[3..7].try_into().expect("4 bytes")) as usize;
     if bytes.len() - HEADER < len {
-        return Err(format!(
-            "record says it holds {len} bytes, but only {} follow",
-            bytes.len() - HEADER
-        ));
+        return Err(FrameError::Truncated {
+            len,
+            present: bytes.len() - HEADER,
+        });
     }
     let stored = u32::from_le_bytes(bytes[7..11].try_into().expect("4 bytes"));
     let payload = &bytes[HEADER..HEADER + len];
     if checksum(&bytes[2..7], payload) != stored {
-        return Err("record checksum does not match: the bytes were damaged".into());
+        return Err(FrameError::Checksum);
     }
     let frame = match kind {
         KIND_READING => Frame::Reading(reading_payload(payload, false)?),
         KIND_STAMPED => Frame::Reading(reading_payload(payload, true)?),
         KIND_BOOT => {
             if payload.len() < 4 {
-                return Err("boot record is too short".into());
+                return Err(FrameError::TooShort { what: "boot" });
             }
             let index = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
-            let id = std::str::from_utf8(&payload[4..])
-                .map_err(|e| format!("boot id is not UTF-8: {e}"))?;
+            let id = std::str::from_utf8(&payload[4..]).map_err(|source| FrameError::NotUtf8 {
+                what: "boot id",
+                source,
+            })?;
             Frame::Boot { index, id }
         }
         KIND_META => {
             if payload.len() < 8 {
-                return Err("meta record is too short".into());
+                return Err(FrameError::TooShort { what: "meta" });
             }
             let value = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-            let name = std::str::from_utf8(&payload[8..])
-                .map_err(|e| format!("meta name is not UTF-8: {e}"))?;
+            let name =
+                std::str::from_utf8(&payload[8..]).map_err(|source| FrameError::NotUtf8 {
+                    what: "meta name",
+                    source,
+                })?;
             Frame::Meta { name, value }
         }
-        other => return Err(format!("unknown record kind {other}")),
+        other => return Err(FrameError::UnknownKind(other)),
     };
     Ok((frame, HEADER + len))
 }
 
-fn reading_payload(p: &[u8], stamped: bool) -> Result<RecordRef<'_>, String> {
+fn reading_payload(p: &[u8], stamped: bool) -> Result<RecordRef<'_>, FrameError> {
     let stamp_len = if stamped { STAMP_LEN } else { 0 };
     if p.len() < 14 + stamp_len {
-        return Err("reading record is too short".into());
+        return Err(FrameError::TooShort { what: "reading" });
     }
     let seq = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
     let boot = u32::from_le_bytes(p[8..12].try_into().expect("4 bytes"));
@@ -219,12 +247,18 @@ fn reading_payload(p: &[u8], stamped: bool) -> Result<RecordRef<'_>, String> {
     let key_len = u16::from_le_bytes(p[..2].try_into().expect("2 bytes")) as usize;
     let rest = &p[2..];
     if rest.len() < key_len {
-        return Err("reading record is shorter than its key".into());
+        return Err(FrameError::TooShort {
+            what: "reading's key",
+        });
     }
-    let key =
-        std::str::from_utf8(&rest[..key_len]).map_err(|e| format!("key is not UTF-8: {e}"))?;
-    let line =
-        std::str::from_utf8(&rest[key_len..]).map_err(|e| format!("reading is not UTF-8: {e}"))?;
+    let key = std::str::from_utf8(&rest[..key_len]).map_err(|source| FrameError::NotUtf8 {
+        what: "key",
+        source,
+    })?;
+    let line = std::str::from_utf8(&rest[key_len..]).map_err(|source| FrameError::NotUtf8 {
+        what: "reading",
+        source,
+    })?;
     Ok(RecordRef {
         seq,
         boot,

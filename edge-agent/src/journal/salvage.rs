@@ -34,7 +34,7 @@ use super::reservation::Reservation;
 use super::tables::{
     BOOTS, META, NEXT_SEQ, READINGS, add_counters, begin, get, keep_next_seq, next_seq, put,
 };
-use super::{Counters, Journal, JournalError, JournalOptions};
+use super::{Counters, Journal, JournalError};
 use crate::disk::{Disk, Mode, dir_of};
 
 /// A reading found in a damaged file: sequence number, boot index, key,
@@ -100,8 +100,9 @@ pub fn staging_path(journal: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Replaces the damaged journal at `path` by a fresh one holding what is
-/// intact in it, so that a power cut at any point leaves either the damaged
+/// Replaces the damaged journal at `path` by `staged`, a fresh one opened
+/// at [`staging_path`], filled with what is intact in the damaged one, so
+/// that a power cut at any point leaves either the damaged
 /// journal in place (and the salvage starts again) or the finished result:
 /// 1. the fresh journal is built, durably, at [`staging_path`];
 /// 2. the damaged file is moved aside ([`move_aside`]);
@@ -109,25 +110,22 @@ pub fn staging_path(journal: &Path) -> PathBuf {
 ///
 /// [`finish_interrupted`] completes or discards one cut short.
 pub(super) fn recover(
-    disk: &Arc<dyn Disk>,
+    mut staged: Journal,
     path: &Path,
-    options: &JournalOptions,
-    boot_id: Option<&str>,
     reason: String,
 ) -> Result<Report, JournalError> {
+    let disk = staged.disk().clone();
     let io_err = |source: io::Error| JournalError::Quarantine {
         path: path.to_owned(),
         source,
     };
-    let staging = staging_path(path);
-    let (mut staged, _) = Journal::open_redb(disk.clone(), &staging, options.clone(), boot_id)?;
     let mut report = salvage(&mut staged, path, reason)?;
     // Numbers past even the damaged file's high-water mark may have gone
     // with the damage: on after the reservation's limit.
     staged.raise_next_seq(Reservation::load(disk.clone(), path).limit())?;
     drop(staged);
-    report.moved_to = move_aside(&**disk, path).map_err(io_err)?;
-    disk.rename(&staging, path).map_err(io_err)?;
+    report.moved_to = move_aside(&*disk, path).map_err(io_err)?;
+    disk.rename(&staging_path(path), path).map_err(io_err)?;
     disk.sync_dir(dir_of(path)).map_err(io_err)?;
     Ok(report)
 }
@@ -143,7 +141,7 @@ pub(super) fn finish_interrupted(disk: &dyn Disk, path: &Path) -> io::Result<()>
     if disk.exists(path) {
         disk.remove(&staging)?;
     } else {
-        disk.rename(&staging, path)?;
+        disk.rename(&staging_path(path), path)?;
     }
     disk.sync_dir(dir_of(path))
 }

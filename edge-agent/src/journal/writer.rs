@@ -32,7 +32,8 @@ use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Counters, Journal, JournalError, Sampled, WhenFull};
+use super::config::WriterSettings;
+use super::{Counters, Journal, JournalError, Sampled};
 use crate::status::Status;
 
 /// Readings that may wait in the channel in front of the writer.
@@ -54,28 +55,7 @@ pub struct WriterHandles {
     pub settings: watch::Sender<WriterSettings>,
 }
 
-/// How often and in what batches the writer commits, and how full the
-/// journal may get (`[journal]`). All of it can change while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriterSettings {
-    pub commit_interval: Duration,
-    pub max_batch: usize,
-    /// `journal.max_bytes`.
-    pub max_bytes: u64,
-    pub when_full: WhenFull,
-    pub downsample_window: Duration,
-}
-
 impl WriterSettings {
-    /// `commit_interval = 0s` commits every reading on its own.
-    fn effective_max_batch(&self) -> usize {
-        if self.commit_interval.is_zero() {
-            1
-        } else {
-            self.max_batch.max(1)
-        }
-    }
-
     /// Settings for `journal` as opened, committing every `commit_interval`
     /// at most `max_batch` readings.
     pub fn for_journal(journal: &Journal, commit_interval: Duration, max_batch: usize) -> Self {

@@ -5,24 +5,49 @@
 //! (in the pipeline and on disk).
 
 use ed25519_dalek::VerifyingKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::desired::{self, Desired};
+use super::desired::{self, Desired, Rejected};
 use super::overlay::overlay;
 use super::store::Store;
 use crate::config::AgentConfig;
-use crate::pipeline::Changes;
+use crate::pipeline::{ApplyFailed, Changes};
 
 /// A config for the agent to run, and where to say how it went.
 pub struct ApplyRequest {
     pub config: AgentConfig,
-    pub done: oneshot::Sender<Result<Changes, String>>,
+    pub done: oneshot::Sender<Result<Changes, ApplyFailed>>,
+}
+
+/// Why a desired config was not applied (reported as `rejected`, with this
+/// as the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Unsigned, badly signed, stale, malformed or invalid.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    #[error("cannot read the stored config before replacing it: {0}")]
+    ReadStored(std::io::Error),
+    #[error("cannot store it durably in {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent is stopping")]
+    Stopping,
+    /// The agent tried it and went back to the config it ran; `restore` is
+    /// set when putting back the stored config failed too.
+    #[error("applying failed: {error}{}", restore.as_ref().map_or(String::new(), |(e, version)| format!(" (and putting back the stored config failed: {e}; it may start with version {version} after a restart)")))]
+    Apply {
+        error: ApplyFailed,
+        restore: Option<(std::io::Error, u64)>,
+    },
 }
 
 /// `accepted` or `rejected`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Accepted,
@@ -30,7 +55,7 @@ pub enum Verdict {
 }
 
 /// The decision on one desired config.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The config's version, when it had a readable one.
     pub version: Option<u64>,
@@ -40,7 +65,7 @@ pub struct Decision {
 }
 
 /// The config part of the reported state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigReport {
     /// The version of the remote config running; 0: the local config only.
     pub applied_version: u64,
@@ -187,7 +212,7 @@ impl Controller {
         let version = parsed.as_ref().ok().map(|d| d.version);
         let outcome = match parsed {
             Ok(d) => self.consider(d, payload).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Refusal::Rejected(e)),
         };
         match outcome {
             Ok(None) => {}
@@ -225,7 +250,7 @@ impl Controller {
                     r.last = Some(Decision {
                         version,
                         result: Verdict::Rejected,
-                        reason: Some(reason),
+                        reason: Some(reason.to_string()),
                     });
                 });
             }
@@ -234,47 +259,38 @@ impl Controller {
 
     /// `Ok(None)`: the config already running, delivered again (a retained
     /// message after a reconnect).
-    async fn consider(&mut self, d: Desired, payload: &[u8]) -> Result<Option<Changes>, String> {
-        desired::check_signature(&d, self.key.as_ref()).map_err(|e| e.to_string())?;
+    async fn consider(&mut self, d: Desired, payload: &[u8]) -> Result<Option<Changes>, Refusal> {
+        desired::check_signature(&d, self.key.as_ref())?;
         if let Some((version, canonical)) = &self.current {
             if d.version == *version && d.canonical == *canonical {
                 return Ok(None);
             }
-            desired::check_version(&d, *version).map_err(|e| e.to_string())?;
+            desired::check_version(&d, *version)?;
         }
-        let config = overlay(&self.local, &d.settings).map_err(|e| e.to_string())?;
-        let previous = self
-            .store
-            .load()
-            .map_err(|e| format!("cannot read the stored config before replacing it: {e}"))?;
-        self.store.save(payload).map_err(|e| {
-            format!(
-                "cannot store it durably in {}: {e}",
-                self.store.path().display()
-            )
+        let config = overlay(&self.local, &d.settings)?;
+        let previous = self.store.load().map_err(Refusal::ReadStored)?;
+        self.store.save(payload).map_err(|source| Refusal::Store {
+            path: self.store.path().to_owned(),
+            source,
         })?;
         let (done, result) = oneshot::channel();
         let applied = match self.apply.send(ApplyRequest { config, done }).await {
-            Ok(()) => result
-                .await
-                .unwrap_or_else(|_| Err("the agent is stopping".into())),
-            Err(_) => Err("the agent is stopping".into()),
+            Ok(()) => result.await.map_err(|_| Refusal::Stopping)?,
+            Err(_) => return Err(Refusal::Stopping),
         };
         match applied {
             Ok(changes) => {
                 self.current = Some((d.version, d.canonical));
                 Ok(Some(changes))
             }
-            Err(e) => {
-                let restored = match self.store.restore(previous.as_deref()) {
-                    Ok(()) => String::new(),
-                    Err(re) => format!(
-                        " (and putting back the stored config failed: {re}; it may start with version {} after a restart)",
-                        d.version
-                    ),
-                };
-                Err(format!("applying failed: {e}{restored}"))
-            }
+            Err(error) => Err(Refusal::Apply {
+                error,
+                restore: self
+                    .store
+                    .restore(previous.as_deref())
+                    .err()
+                    .map(|e| (e, d.version)),
+            }),
         }
     }
 }

@@ -133,27 +133,37 @@ pub fn sign(payload: &[u8], key: &SigningKey) -> Result<String, Rejected> {
 
 /// A public key as `mqtt.config_public_key` gives it: PEM (`openssl pkey
 /// -pubout`), or the base64 of the 32 raw bytes.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
     let text = text.trim();
     if text.starts_with("-----BEGIN") {
         return VerifyingKey::from_public_key_pem(text)
-            .map_err(|e| format!("not an ed25519 public key in PEM: {e}"));
+            .map_err(|e| KeyError::PublicPem(e.to_string()));
     }
-    let bytes = BASE64
-        .decode(text)
-        .map_err(|_| "neither PEM nor base64".to_owned())?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| "a raw ed25519 public key is 32 bytes".to_owned())?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an ed25519 public key: {e}"))
+    let bytes = BASE64.decode(text).map_err(|_| KeyError::NotPemOrBase64)?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::RawLength)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::Public(e.to_string()))
 }
 
 /// A private key in PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
-pub fn parse_private_key(pem: &str) -> Result<SigningKey, String> {
+pub fn parse_private_key(pem: &str) -> Result<SigningKey, KeyError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    SigningKey::from_pkcs8_pem(pem.trim())
-        .map_err(|e| format!("not an ed25519 private key in PKCS#8 PEM: {e}"))
+    SigningKey::from_pkcs8_pem(pem.trim()).map_err(|e| KeyError::PrivatePem(e.to_string()))
+}
+
+/// Why a signing or verifying key was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an ed25519 public key in PEM: {0}")]
+    PublicPem(String),
+    #[error("neither PEM nor base64")]
+    NotPemOrBase64,
+    #[error("a raw ed25519 public key is 32 bytes")]
+    RawLength,
+    #[error("not an ed25519 public key: {0}")]
+    Public(String),
+    #[error("not an ed25519 private key in PKCS#8 PEM: {0}")]
+    PrivatePem(String),
 }
 
 /// JSON with no whitespace and object keys in byte order.
@@ -322,7 +332,12 @@ MC4CAQAwBQYDK2VwBCIEIK0FrOHs8G4zyj1qD92rab2Drtau82TmVNU1IV0yt+tH
         assert_eq!(parse_public_key(&pem).unwrap(), public);
         let raw = BASE64.encode(public.to_bytes());
         assert_eq!(parse_public_key(&raw).unwrap(), public);
-        assert!(parse_public_key("AAAA").unwrap_err().contains("32 bytes"));
+        assert!(
+            parse_public_key("AAAA")
+                .unwrap_err()
+                .to_string()
+                .contains("32 bytes")
+        );
         assert!(parse_private_key("nope").is_err());
     }
 }

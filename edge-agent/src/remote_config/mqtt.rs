@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::controller::ConfigReport;
 use super::settings::MqttConfig;
 use super::state::StateSource;
-use crate::forwarder::security::{read_secret_file, resolve};
+use crate::forwarder::security::read_secret_file;
 
 /// Largest MQTT packet taken in; larger desired configs are refused anyway
 /// (256 KiB), this leaves room to say so instead of dropping the link.
@@ -58,7 +58,7 @@ impl Topics {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("mqtt.url: {0}")]
-    Url(String),
+    Url(#[from] super::settings::BrokerUrlError),
     #[error("cannot read mqtt.{key} {path}: {source}")]
     File {
         key: &'static str,
@@ -76,8 +76,11 @@ pub enum SetupError {
 }
 
 fn read_file(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, SetupError> {
-    let path = resolve(path);
-    std::fs::read(&path).map_err(|source| SetupError::File { key, path, source })
+    std::fs::read(path).map_err(|source| SetupError::File {
+        key,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The client options `settings` give: address, credentials (read from
@@ -87,7 +90,7 @@ pub fn options(
     device_id: &str,
     topics: &Topics,
 ) -> Result<MqttOptions, SetupError> {
-    let broker = settings.broker().map_err(SetupError::Url)?;
+    let broker = settings.broker()?;
     let mut options = MqttOptions::new(settings.client_id(device_id), &broker.host, broker.port);
     options
         .set_keep_alive(settings.keep_alive)
@@ -104,7 +107,7 @@ pub fn options(
             Some(file) => read_secret_file(file)
                 .map_err(|source| SetupError::File {
                     key: "password_file",
-                    path: resolve(file),
+                    path: file.to_owned(),
                     source,
                 })?
                 .expose()
@@ -127,7 +130,7 @@ fn tls_config(settings: &MqttConfig) -> Result<rustls::ClientConfig, SetupError>
     let pem_err = |key: &'static str, path: &std::path::Path, e: rustls::pki_types::pem::Error| {
         SetupError::Pem {
             key,
-            path: resolve(path),
+            path: path.to_owned(),
             reason: e.to_string(),
         }
     };
@@ -141,7 +144,7 @@ fn tls_config(settings: &MqttConfig) -> Result<rustls::ClientConfig, SetupError>
             if roots.is_empty() {
                 return Err(SetupError::Pem {
                     key: "ca_file",
-                    path: resolve(path),
+                    path: path.to_owned(),
                     reason: "holds no certificate".into(),
                 });
             }
@@ -227,7 +230,7 @@ struct Session {
 
 type News = (
     ConfigReport,
-    &'static str,
+    std::borrow::Cow<'static, str>,
     Vec<(String, hardware::HealthState)>,
 );
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use telemetry::config_file::Problem;
 
 use super::desired;
-use crate::forwarder::security::resolve;
+use crate::forwarder::security::resolve_files;
 
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -86,15 +86,40 @@ pub struct Broker {
     pub tls: bool,
 }
 
+/// Why `mqtt.url` does not name a broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("must start with mqtt:// or mqtts://")]
+    Scheme,
+    #[error("{0:?} is not a port number")]
+    Port(String),
+    #[error("needs a host name, as mqtt://host:port")]
+    Host,
+}
+
 impl MqttConfig {
+    /// Relative files made absolute in `credentials`, as for
+    /// `[kafka.security]`.
+    pub fn resolve_files(&mut self, credentials: Option<&std::ffi::OsStr>) {
+        resolve_files(
+            [
+                &mut self.password_file,
+                &mut self.ca_file,
+                &mut self.cert_file,
+                &mut self.key_file,
+            ],
+            credentials,
+        );
+    }
+
     /// The broker `url` names.
-    pub fn broker(&self) -> Result<Broker, String> {
+    pub fn broker(&self) -> Result<Broker, BrokerUrlError> {
         let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtts://") {
             (true, rest)
         } else if let Some(rest) = self.url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err("must start with mqtt:// or mqtts://".into());
+            return Err(BrokerUrlError::Scheme);
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -106,14 +131,14 @@ impl MqttConfig {
                     port.parse::<u16>()
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("{port:?} is not a port number"))?,
+                        .ok_or_else(|| BrokerUrlError::Port(port.to_owned()))?,
                 )
             }
             _ => (rest, if tls { 8883 } else { 1883 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') || host.contains('@') {
-            return Err("needs a host name, as mqtt://host:port".into());
+            return Err(BrokerUrlError::Host);
         }
         Ok(Broker {
             host: host.to_owned(),
@@ -138,7 +163,7 @@ impl MqttConfig {
         }
         let broker = self.broker();
         if let Err(e) = &broker {
-            p.push(Problem::new("mqtt.url", e.clone()));
+            p.push(Problem::new("mqtt.url", e.to_string()));
         }
         if self.password_file.is_some() && self.username.is_none() {
             p.push(Problem::new(
@@ -166,18 +191,18 @@ impl MqttConfig {
             ("key_file", &self.key_file),
         ] {
             if let Some(file) = file
-                && let Err(e) = std::fs::File::open(resolve(file))
+                && let Err(e) = std::fs::File::open(file)
             {
                 p.push(Problem::new(
                     format!("mqtt.{name}"),
-                    format!("cannot read {}: {e}", resolve(file).display()),
+                    format!("cannot read {}: {e}", file.display()),
                 ));
             }
         }
         if let Some(key) = &self.config_public_key
             && let Err(e) = desired::parse_public_key(key)
         {
-            p.push(Problem::new("mqtt.config_public_key", e));
+            p.push(Problem::new("mqtt.config_public_key", e.to_string()));
         }
         if !(Duration::from_secs(5)..=Duration::from_secs(65_535)).contains(&self.keep_alive) {
             p.push(Problem::new(
@@ -224,9 +249,14 @@ mod tests {
         assert_eq!(b("mqtts://10.0.0.1").unwrap().port, 8883);
         assert_eq!(b("mqtt://[::1]:1883").unwrap().host, "::1");
         assert_eq!(b("mqtt://h").unwrap().port, 1883);
-        assert!(b("tcp://h:1").unwrap_err().contains("mqtt://"));
-        assert!(b("mqtt://h:99999").unwrap_err().contains("port"));
-        assert!(b("mqtt://:1883").unwrap_err().contains("host"));
+        assert!(b("tcp://h:1").unwrap_err().to_string().contains("mqtt://"));
+        assert!(
+            b("mqtt://h:99999")
+                .unwrap_err()
+                .to_string()
+                .contains("port")
+        );
+        assert!(b("mqtt://:1883").unwrap_err().to_string().contains("host"));
     }
 
     #[test]

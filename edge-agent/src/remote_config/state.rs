@@ -16,7 +16,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::controller::ConfigReport;
@@ -55,10 +57,10 @@ impl StateSource {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportedState {
     pub device_id: String,
-    pub agent_version: &'static str,
+    pub agent_version: Cow<'static, str>,
     pub uptime_s: u64,
     pub config: ConfigReport,
     pub link: LinkReport,
@@ -74,17 +76,17 @@ pub struct ReportedState {
     pub time_ns: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClockReport {
     /// Whether the wall clock is believed (see `crate::clock`); while it is
     /// not, new readings wait in the journal for it to be set.
     pub synced: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkReport {
     /// `unknown` (nothing sent yet), `up` or `down`.
-    pub state: &'static str,
+    pub state: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Fresh Kafka producer sessions started since start, in place of one
@@ -92,7 +94,7 @@ pub struct LinkReport {
     pub producer_renewals: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalReport {
     /// Readings not yet acknowledged by Kafka.
     pub records: u64,
@@ -104,7 +106,7 @@ pub struct JournalReport {
 }
 
 /// Readings lost or reduced since start, by cause.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DroppedReport {
     /// The journal writer's queue was full.
     pub queue_full: u64,
@@ -127,11 +129,11 @@ impl ReportedState {
     ) -> ReportedState {
         ReportedState {
             device_id: device_id.to_owned(),
-            agent_version: env!("CARGO_PKG_VERSION"),
+            agent_version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
             uptime_s,
             config,
             link: LinkReport {
-                state: status.link.as_str(),
+                state: Cow::Borrowed(status.link.as_str()),
                 last_error: status.last_error,
                 producer_renewals: status.producer_renewals,
             },
@@ -198,12 +200,12 @@ impl ReportedState {
         &self,
     ) -> (
         ConfigReport,
-        &'static str,
+        Cow<'static, str>,
         Vec<(String, hardware::HealthState)>,
     ) {
         (
             self.config.clone(),
-            self.link.state,
+            self.link.state.clone(),
             self.sensors
                 .iter()
                 .map(|s| (s.name.clone(), s.state))

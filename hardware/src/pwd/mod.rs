@@ -121,7 +121,8 @@ impl Sensor for PwdSensor {
             .write_all(&protocol::poll_command(&self.unit_id))
             .await?;
         let body = self.answer().await?;
-        let obs = protocol::parse_message2(&body).map_err(SensorError::Garbage)?;
+        let obs =
+            protocol::parse_message2(&body).map_err(|e| SensorError::Garbage(e.to_string()))?;
         Ok(vec![obs])
     }
 }

@@ -104,17 +104,25 @@ pub fn scan(buf: &mut Vec<u8>) -> Scan {
     }
 }
 
+/// Why a message 2 body is not an observation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Message2Error {
+    #[error("empty message")]
+    Empty,
+    #[error("status {0:?} is not two digits")]
+    Status(String),
+    #[error("expected 10 values in message 2, got {got}: {body:?}")]
+    Count { got: usize, body: String },
+    #[error("{name} {value:?} is not a number")]
+    NotANumber { name: &'static str, value: String },
+    #[error("{name} {value:?} is not a code 0 to 99")]
+    NotACode { name: &'static str, value: String },
+}
+
 /// Parses a message 2 body into the `visibility` observation.
-pub fn parse_message2(body: &str) -> Result<Observation, String> {
+pub fn parse_message2(body: &str) -> Result<Observation, Message2Error> {
     let tokens: Vec<&str> = body.split_whitespace().collect();
-    let status = tokens.first().ok_or("empty message")?;
-    let mut chars = status.chars();
-    let (Some(alarm), Some(hardware), None) = (chars.next(), chars.next(), chars.next()) else {
-        return Err(format!("status {status:?} is not two digits"));
-    };
-    let (Some(alarm), Some(hardware)) = (alarm.to_digit(10), hardware.to_digit(10)) else {
-        return Err(format!("status {status:?} is not two digits"));
-    };
+    let (alarm, hardware) = status(tokens.first().ok_or(Message2Error::Empty)?)?;
     // The NWS code is letters (C, R-, S+, ...); a sensor reporting no
     // present weather leaves it blank, and then the next token is a number.
     let (nws, rest) = match tokens.get(3) {
@@ -123,31 +131,11 @@ pub fn parse_message2(body: &str) -> Result<Observation, String> {
         None => (None, &tokens[tokens.len().min(3)..]),
     };
     if tokens.len() < 3 || rest.len() != 6 {
-        return Err(format!(
-            "expected 10 values in message 2, got {}: {body:?}",
-            tokens.len()
-        ));
+        return Err(Message2Error::Count {
+            got: tokens.len(),
+            body: body.to_owned(),
+        });
     }
-    let number = |name: &str, t: &str| -> Result<Option<f64>, String> {
-        if t.chars().all(|c| c == '/') {
-            return Ok(None);
-        }
-        t.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .map(Some)
-            .ok_or_else(|| format!("{name} {t:?} is not a number"))
-    };
-    let code = |name: &str, t: &str| -> Result<Option<i64>, String> {
-        if t.chars().all(|c| c == '/') {
-            return Ok(None);
-        }
-        t.parse::<i64>()
-            .ok()
-            .filter(|v| (0..=99).contains(v))
-            .map(Some)
-            .ok_or_else(|| format!("{name} {t:?} is not a code 0 to 99"))
-    };
     let mut fields: Vec<(&'static str, FieldValue)> = vec![
         ("alarm", FieldValue::Int(alarm.into())),
         ("hardware_status", FieldValue::Int(hardware.into())),
@@ -183,6 +171,49 @@ pub fn parse_message2(body: &str) -> Result<Observation, String> {
         tags: Vec::new(),
         fields,
     })
+}
+
+/// The two-digit status: alarm, then hardware.
+fn status(token: &str) -> Result<(u32, u32), Message2Error> {
+    let bad = || Message2Error::Status(token.to_owned());
+    let mut chars = token.chars();
+    let (Some(alarm), Some(hardware), None) = (chars.next(), chars.next(), chars.next()) else {
+        return Err(bad());
+    };
+    match (alarm.to_digit(10), hardware.to_digit(10)) {
+        (Some(alarm), Some(hardware)) => Ok((alarm, hardware)),
+        _ => Err(bad()),
+    }
+}
+
+/// A quantity; slashes say the sensor has none.
+fn number(name: &'static str, t: &str) -> Result<Option<f64>, Message2Error> {
+    if t.chars().all(|c| c == '/') {
+        return Ok(None);
+    }
+    t.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(Some)
+        .ok_or_else(|| Message2Error::NotANumber {
+            name,
+            value: t.to_owned(),
+        })
+}
+
+/// A weather code 0 to 99; slashes say the sensor has none.
+fn code(name: &'static str, t: &str) -> Result<Option<i64>, Message2Error> {
+    if t.chars().all(|c| c == '/') {
+        return Ok(None);
+    }
+    t.parse::<i64>()
+        .ok()
+        .filter(|v| (0..=99).contains(v))
+        .map(Some)
+        .ok_or_else(|| Message2Error::NotACode {
+            name,
+            value: t.to_owned(),
+        })
 }
 
 /// A message 2 frame as the sensor sends it (for the simulator and tests).
@@ -253,7 +284,7 @@ mod tests {
             ("00 1839 1505 C 0 0 100 0 0 0", "present_weather_1h"),
             ("00 1839 1505 C 0 0 0 0 0 0 7", "expected 10 values"),
         ] {
-            let e = parse_message2(body).unwrap_err();
+            let e = parse_message2(body).unwrap_err().to_string();
             assert!(e.contains(says), "{body:?}: {e}");
         }
     }

@@ -112,6 +112,16 @@ fn escape_into(out: &mut String, s: &str, special: &[u8]) {
     }
 }
 
+impl std::fmt::Display for Reading {
+    /// Shows the reading as line protocol, or as a debug dump if it is invalid.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match encode(self) {
+            Ok(line) => f.write_str(&line),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,7 @@
-//! [`Journal`]: the journal's files, opened; the write handle and the read
-//! handle.
+//! The write handle ([`Journal`]) and the read handle ([`JournalReader`]),
+//! and their access to the redb file.
 //!
-//! - Open: the redb file is checked page by page (redb's integrity check); a
-//!   damaged file is quarantined and salvaged ([`super::salvage`]); then the
-//!   hot segment is replayed ([`Journal::open_segment`]).
+//! - Opening them: [`super::open`].
 //! - [`Journal`] is owned by the writer task and changes the journal with
 //!   `&mut self`, taking no lock. [`JournalReader`]s share the redb
 //!   database with it (redb's read transactions never wait for a write) and
@@ -22,49 +20,17 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use redb::Database;
 
-use super::capacity::WhenFull;
-use super::open::{OpenFailure, Registered, open_db, register_boot};
-use super::policy::SpaceState;
+use super::capacity::{Space, SpaceState, WhenFull};
+use super::config::JournalOptions;
+use super::db::{OpenFailure, Registered, open_db};
 use super::reservation::Reservation;
-use super::salvage;
 use super::segment::{Contents, Segment};
 use super::{Counters, JournalError};
-use crate::disk::{self, Disk};
+use crate::disk::Disk;
 
 /// How long the writer waits for readers to let go of the file before
 /// reopening it, and readers wait for it to be open again.
 const READERS_LET_GO: Duration = Duration::from_secs(30);
-
-/// How the journal is opened and bounded (from `[journal]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct JournalOptions {
-    /// redb's page cache.
-    pub cache_bytes: usize,
-    /// The most the file may grow to.
-    pub max_bytes: u64,
-    pub when_full: WhenFull,
-    /// The aggregation window of `downsample`.
-    pub downsample_window: Duration,
-}
-
-impl JournalOptions {
-    /// Small and unbounded enough for tests and tools that only read.
-    pub fn for_inspection() -> JournalOptions {
-        JournalOptions {
-            cache_bytes: 1 << 20,
-            max_bytes: u64::MAX,
-            when_full: WhenFull::DropOldest,
-            downsample_window: Duration::from_secs(300),
-        }
-    }
-}
-
-/// What opening found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Opened {
-    /// The file was damaged: where it went and what was saved from it.
-    pub quarantined: Option<salvage::Report>,
-}
 
 /// The journal's write handle, owned by the writer task: every commit, the
 /// full-journal policy and salvage go through it, with `&mut self` and no
@@ -118,108 +84,8 @@ pub(super) struct View {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path` and records `boot_id` as the
-    /// current boot. A damaged file is quarantined and salvaged; [`Opened`]
-    /// says so.
-    pub fn open(
-        path: &Path,
-        options: JournalOptions,
-        boot_id: &str,
-    ) -> Result<(Journal, Opened), JournalError> {
-        Journal::open_on(disk::real(), path, options, boot_id)
-    }
-
-    /// [`Journal::open`] on another disk (a test's).
-    pub fn open_on(
-        disk: Arc<dyn Disk>,
-        path: &Path,
-        options: JournalOptions,
-        boot_id: &str,
-    ) -> Result<(Journal, Opened), JournalError> {
-        Journal::open_as(disk, path, options, Some(boot_id))
-    }
-
-    /// Opens the journal for `edge-agent journal stats` and `export`: as the
-    /// agent does (repairing it after a crash, quarantining it if damaged),
-    /// but without recording a boot.
-    pub fn open_for_inspection(
-        path: &Path,
-        options: JournalOptions,
-    ) -> Result<(Journal, Opened), JournalError> {
-        Journal::open_as(disk::real(), path, options, None)
-    }
-
-    /// Opens the redb file, then replays the hot segment into it.
-    pub(super) fn open_as(
-        disk: Arc<dyn Disk>,
-        path: &Path,
-        options: JournalOptions,
-        boot_id: Option<&str>,
-    ) -> Result<(Journal, Opened), JournalError> {
-        let (mut journal, opened) = Journal::open_redb(disk, path, options, boot_id)?;
-        journal.open_segment()?;
-        journal.publish();
-        Ok((journal, opened))
-    }
-
-    /// Opens the redb file alone (with quarantine and salvage), without a
-    /// segment.
-    pub(super) fn open_redb(
-        disk: Arc<dyn Disk>,
-        path: &Path,
-        options: JournalOptions,
-        boot_id: Option<&str>,
-    ) -> Result<(Journal, Opened), JournalError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            disk.create_dir_all(dir)
-                .map_err(|source| JournalError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-        }
-        let quarantine_err = |source| JournalError::Quarantine {
-            path: path.to_owned(),
-            source,
-        };
-        salvage::finish_interrupted(&*disk, path).map_err(quarantine_err)?;
-        let size_limit = Arc::new(AtomicU64::new(options.max_bytes));
-        let existed = disk.exists(path);
-        let db = match open_db(&*disk, path, &options, &size_limit) {
-            Ok(db) => db,
-            Err(OpenFailure::Other(e)) => return Err(e),
-            Err(OpenFailure::Damaged(reason)) => {
-                let report = salvage::recover(&disk, path, &options, boot_id, reason)?;
-                let (journal, _) = Journal::open_redb(disk, path, options, boot_id)?;
-                return Ok((
-                    journal,
-                    Opened {
-                        quarantined: Some(report),
-                    },
-                ));
-            }
-        };
-        let open_err = |source: redb::Error| JournalError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let registered = register_boot(&db, boot_id).map_err(open_err)?;
-        let mut journal = Journal::assemble(disk, path, options, size_limit, db, registered);
-        journal.measure()?;
-        // The file was created now: the journal it replaces (deleted by
-        // hand) may have handed out numbers past anything this one knows
-        // of; they are not handed out again. (A salvaged journal was raised
-        // before it was put in place.)
-        let limit = journal.reservation.limit();
-        if !existed && limit > 0 {
-            tracing::info!(path = %path.display(), next_seq = limit,
-                "new journal file; sequence numbers continue after those of the one it replaces");
-            journal.raise_next_seq(limit)?;
-        }
-        Ok((journal, Opened { quarantined: None }))
-    }
-
     /// The write handle and its first published view, on an open database.
-    fn assemble(
+    pub(super) fn assemble(
         disk: Arc<dyn Disk>,
         path: &Path,
         options: JournalOptions,
@@ -339,6 +205,38 @@ impl Journal {
                 }
             })?;
         shared.db.store(Some(Arc::new(db)));
+        Ok(())
+    }
+
+    /// Counts the pages in use, the file's size and the disk's free space.
+    pub fn measure(&mut self) -> Result<Space, JournalError> {
+        let used = self.with_db(|_, db| {
+            let tx = db.begin_write()?;
+            let stats = tx.stats()?;
+            tx.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })?;
+        let file_len = self.disk().file_len(self.path()).unwrap_or(0);
+        let disk_available = self.disk().available(self.path());
+        let limit = self.options().max_bytes;
+        let s = &mut self.space;
+        s.measured_used = used;
+        s.changed = 0;
+        s.file_len = file_len;
+        if s.blocked_at_disk.is_some_and(|d| disk_available > d) {
+            s.blocked_at_disk = None;
+        }
+        s.disk_available = disk_available;
+        Ok(s.estimate(limit))
+    }
+
+    /// After redb hit a refused growth: reopen it (it answers nothing else
+    /// until then) and assume the file cannot grow until the disk gains space.
+    pub(super) fn after_refused_growth(&mut self) -> Result<(), JournalError> {
+        self.reopen_db()?;
+        self.space.blocked_at_disk = Some(self.disk().available(self.path()));
+        self.space.refused_commit = true;
+        self.measure()?;
         Ok(())
     }
 
