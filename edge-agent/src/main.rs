@@ -112,8 +112,7 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         eprintln!("kafka: librdkafka refuses these settings: {e}");
         return ExitCode::from(2);
     }
-    println!("config OK");
-    println!("  device_id  {}", c.device_id);
+    println!("config OK\n  device_id  {}", c.device_id);
     println!(
         "  journal    {} (commit every {:?}, at most {}, when full: {})",
         c.journal.path.display(),
@@ -127,27 +126,7 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         c.kafka.topic,
         c.kafka.format
     );
-    let f = &c.forward;
-    println!(
-        "  forward    {:?}, {}{}{}",
-        f.order,
-        if f.max_bytes_per_sec.bytes() == 0 {
-            "no bandwidth limit".to_owned()
-        } else {
-            format!("at most {}/s on the wire", f.max_bytes_per_sec)
-        },
-        if f.send_windows.is_empty() {
-            String::new()
-        } else {
-            let w: Vec<String> = f.send_windows.iter().map(|w| w.to_string()).collect();
-            format!(", only during {} local time", w.join(", "))
-        },
-        if f.live_exempt {
-            " (live readings exempt)"
-        } else {
-            ""
-        }
-    );
+    println!("  forward    {}", describe_forward(&c.forward));
     println!(
         "  status     edge-agent status asks {}; metrics {}",
         c.status_socket().display(),
@@ -157,22 +136,7 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
             format!("on http://{}/metrics", c.metrics.listen)
         }
     );
-    let m = &c.mqtt;
-    if m.enabled {
-        println!(
-            "  mqtt       {} as {:?}, desired config on buoy/{}/config{}",
-            m.url,
-            m.client_id(&c.device_id),
-            c.device_id,
-            if m.config_public_key.is_some() {
-                " (signed configs only)"
-            } else {
-                " (unsigned configs accepted)"
-            }
-        );
-    } else {
-        println!("  mqtt       off (local config only)");
-    }
+    println!("  mqtt       {}", describe_mqtt(c));
     for s in &c.sensors {
         let state = if s.enabled { "" } else { " (disabled)" };
         println!(
@@ -193,6 +157,46 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `[forward]` in one line.
+fn describe_forward(f: &edge_agent::config::ForwardConfig) -> String {
+    let budget = if f.max_bytes_per_sec.bytes() == 0 {
+        "no bandwidth limit".to_owned()
+    } else {
+        format!("at most {}/s on the wire", f.max_bytes_per_sec)
+    };
+    let windows = if f.send_windows.is_empty() {
+        String::new()
+    } else {
+        let w: Vec<String> = f.send_windows.iter().map(|w| w.to_string()).collect();
+        format!(", only during {} local time", w.join(", "))
+    };
+    let exempt = if f.live_exempt {
+        " (live readings exempt)"
+    } else {
+        ""
+    };
+    format!("{:?}, {budget}{windows}{exempt}", f.order)
+}
+
+/// `[mqtt]` in one line.
+fn describe_mqtt(c: &AgentConfig) -> String {
+    let m = &c.mqtt;
+    if !m.enabled {
+        return "off (local config only)".into();
+    }
+    format!(
+        "{} as {:?}, desired config on buoy/{}/config{}",
+        m.url,
+        m.client_id(&c.device_id),
+        c.device_id,
+        if m.config_public_key.is_some() {
+            " (signed configs only)"
+        } else {
+            " (unsigned configs accepted)"
+        }
+    )
 }
 
 /// `edge-agent sign-config`.

@@ -41,16 +41,54 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Hands each observation to the journal writer as a reading (dropped,
+    /// and counted, while the writer is behind); `false` once the writer is
+    /// gone.
+    fn hand_over(
+        &self,
+        name: &str,
+        observations: Vec<Observation>,
+        wall_ns: i64,
+        taken: Taken,
+        full: &mut Throttle,
+    ) -> bool {
+        for obs in observations {
+            let reading = to_reading(&self.device_id, name, obs, wall_ns);
+            self.status.sampled(1);
+            let sampled = Sampled {
+                reading,
+                taken: Some(taken),
+            };
+            match self.out.try_send(sampled) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.status.dropped_queue_full();
+                    if let Some(held_back) = full.allow(std::time::Instant::now()) {
+                        tracing::warn!(
+                            sensor = %name,
+                            similar_not_logged = held_back,
+                            "journal writer is behind; reading dropped"
+                        );
+                    }
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
     /// Samples until `shutdown`. Dropping `out` on return is what tells the
     /// journal writer this sampler is done.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.sensor.config().name.clone();
         let kind = self.sensor.config().kind.name();
         let device = self.sensor.config().device();
-        let mut ticker = tokio::time::interval(self.sensor.config().interval);
+        let period = self.sensor.config().interval;
+        let mut ticker = tokio::time::interval(period);
         // After a stall, carry on at the normal pace instead of catching up
         // with a burst of readings stamped a few microseconds apart.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_tick: Option<tokio::time::Instant> = None;
         let mut errors = Throttle::new(Duration::from_secs(60));
         let mut full = Throttle::new(Duration::from_secs(60));
         self.status.sensor_health(self.sensor.health());
@@ -59,6 +97,14 @@ impl Sampler {
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            // tokio keeps to its schedule for a tick up to 5 ms late, so the
+            // next can follow at once: at most one reading per half interval
+            // (two within a millisecond would be one point in most databases).
+            let now = tokio::time::Instant::now();
+            if last_tick.is_some_and(|t| now - t < period / 2) {
+                continue;
+            }
+            last_tick = Some(now);
             let stamp = self.clock.stamp();
             let taken = Taken {
                 mono_ns: stamp.mono_ns,
@@ -76,27 +122,8 @@ impl Sampler {
                     if was_failing {
                         tracing::info!(sensor = %name, kind, "sensor reads again");
                     }
-                    for obs in observations {
-                        let reading = to_reading(&self.device_id, &name, obs, stamp.wall_ns);
-                        self.status.sampled(1);
-                        let sampled = Sampled {
-                            reading,
-                            taken: Some(taken),
-                        };
-                        match self.out.try_send(sampled) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
-                                self.status.dropped_queue_full();
-                                if let Some(held_back) = full.allow(std::time::Instant::now()) {
-                                    tracing::warn!(
-                                        sensor = %name,
-                                        similar_not_logged = held_back,
-                                        "journal writer is behind; reading dropped"
-                                    );
-                                }
-                            }
-                            Err(TrySendError::Closed(_)) => return,
-                        }
+                    if !self.hand_over(&name, observations, stamp.wall_ns, taken, &mut full) {
+                        return;
                     }
                 }
                 Outcome::Failed(error) => {
@@ -213,6 +240,59 @@ mod tests {
         assert_eq!(r.tag("sensor"), Some("cooling"));
         assert_eq!(r.tag("fan"), Some("fan0"));
         assert!(r.validate().is_ok());
+    }
+
+    /// Records when it is read; every other read takes almost two
+    /// intervals, so that the next tick is late and the one after due at once.
+    struct Uneven(Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>);
+
+    #[async_trait::async_trait]
+    impl Sensor for Uneven {
+        fn kind(&self) -> SensorKind {
+            SensorKind::SimulatedFan
+        }
+        async fn read(&mut self) -> Result<Vec<Observation>, SensorError> {
+            let slow = {
+                let mut reads = self.0.lock().unwrap();
+                reads.push(tokio::time::Instant::now());
+                reads.len() % 2 == 1
+            };
+            if slow {
+                tokio::time::sleep(Duration::from_micros(9_900)).await;
+            }
+            Ok(vec![Observation {
+                measurement: "fan",
+                tags: Vec::new(),
+                fields: vec![("fan_rpm", FieldValue::Float(1.0))],
+            }])
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_tick_is_not_followed_by_a_second_reading_at_once() {
+        let (tx, mut rx) = mpsc::channel(1_000);
+        let shutdown = CancellationToken::new();
+        let reads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = SensorConfig::new("fan", SensorKind::Fan, Duration::from_millis(5));
+        let sampler = Sampler {
+            device_id: "pi-1".into(),
+            sensor: Supervisor::new(config).with_sensor(Box::new(Uneven(reads.clone()))),
+            clock: Arc::new(SystemClock::default()),
+            out: tx,
+            status: Arc::new(Status::default()),
+        };
+        let task = tokio::spawn(sampler.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let reads = reads.lock().unwrap();
+        assert!(reads.len() >= 20, "{} reads", reads.len());
+        let closest = reads.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+        assert!(
+            closest >= Duration::from_micros(2_500),
+            "two reads {closest:?} apart, on a 5 ms interval"
+        );
+        assert!(rx.try_recv().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

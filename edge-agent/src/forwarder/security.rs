@@ -134,6 +134,26 @@ pub fn resolve_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> PathBuf
     }
 }
 
+/// A problem for each configured file (key `at.name`) that cannot be
+/// opened: a missing secret is found when the config is checked, not when
+/// the link is first needed.
+pub fn unreadable_files<'a>(
+    at: &str,
+    files: impl IntoIterator<Item = (&'static str, &'a Option<PathBuf>)>,
+) -> Vec<Problem> {
+    files
+        .into_iter()
+        .filter_map(|(name, file)| {
+            let file = file.as_ref()?;
+            let e = std::fs::File::open(file).err()?;
+            Some(Problem::new(
+                format!("{at}.{name}"),
+                format!("cannot read {}: {e}", file.display()),
+            ))
+        })
+        .collect()
+}
+
 /// Each file `resolve_in` `credentials`.
 pub fn resolve_files<'a>(
     files: impl IntoIterator<Item = &'a mut Option<PathBuf>>,
@@ -222,18 +242,11 @@ impl KafkaSecurity {
                 "a client certificate needs both cert_file and key_file",
             ));
         }
-        for (name, file) in self.files() {
-            if let Err(e) = std::fs::File::open(file) {
-                p.push(Problem::new(
-                    key(name),
-                    format!("cannot read {}: {e}", file.display()),
-                ));
-            }
-        }
+        p.extend(unreadable_files(at, self.files()));
         p
     }
 
-    fn files(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+    fn files(&self) -> [(&'static str, &Option<PathBuf>); 5] {
         [
             ("password_file", &self.password_file),
             ("ca_file", &self.ca_file),
@@ -241,8 +254,6 @@ impl KafkaSecurity {
             ("key_file", &self.key_file),
             ("key_password_file", &self.key_password_file),
         ]
-        .into_iter()
-        .filter_map(|(name, file)| file.as_ref().map(|f| (name, f)))
     }
 
     /// Sets the librdkafka properties, reading the secrets from their files.

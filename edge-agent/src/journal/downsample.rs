@@ -55,7 +55,8 @@ fn is_visibility(field: &str) -> bool {
     field.starts_with("visibility") && field.ends_with("_m")
 }
 
-#[derive(Debug)]
+/// One series in one window.
+#[derive(Debug, Default)]
 struct Group {
     count: i64,
     numeric: BTreeMap<String, Stats>,
@@ -63,28 +64,14 @@ struct Group {
     other: BTreeMap<String, (i64, FieldValue)>,
 }
 
-/// Aggregates `readings` over windows of `window_ns`. The result is ordered by
-/// window, then series.
-pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) -> Vec<Reading> {
-    let window_ns = window_ns.max(1);
-    type Key = (i64, String, Vec<(String, String)>);
-    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
-    for r in readings {
-        let start = r.timestamp_ns.div_euclid(window_ns) * window_ns;
-        let tags: Vec<(String, String)> = r.tags.into_iter().collect();
-        let group = groups
-            .entry((start, r.measurement, tags))
-            .or_insert_with(|| Group {
-                count: 0,
-                numeric: BTreeMap::new(),
-                other: BTreeMap::new(),
-            });
-        group.count += 1;
-        for (name, value) in r.fields {
+impl Group {
+    fn add(&mut self, timestamp_ns: i64, fields: BTreeMap<String, FieldValue>) {
+        self.count += 1;
+        for (name, value) in fields {
             match value {
                 FieldValue::Float(v) => {
                     let visibility = is_visibility(&name);
-                    let s = group.numeric.entry(name).or_insert(Stats {
+                    let s = self.numeric.entry(name).or_insert(Stats {
                         min: v,
                         max: v,
                         sum: 0.0,
@@ -98,42 +85,62 @@ pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) ->
                     s.n += 1;
                 }
                 value => {
-                    let latest = group
+                    let latest = self
                         .other
                         .entry(name)
-                        .or_insert((r.timestamp_ns, value.clone()));
-                    if r.timestamp_ns >= latest.0 {
-                        *latest = (r.timestamp_ns, value);
+                        .or_insert((timestamp_ns, value.clone()));
+                    if timestamp_ns >= latest.0 {
+                        *latest = (timestamp_ns, value);
                     }
                 }
             }
         }
     }
+
+    /// The aggregate reading, stamped with the window's start.
+    fn into_reading(self, start: i64, measurement: &str, tags: Vec<(String, String)>) -> Reading {
+        let mut agg = Reading::new(format!("{measurement}{AGG_SUFFIX}"), start);
+        agg.tags = tags.into_iter().collect();
+        for (name, s) in self.numeric {
+            agg.fields
+                .insert(format!("{name}_min"), FieldValue::Float(s.min));
+            agg.fields
+                .insert(format!("{name}_max"), FieldValue::Float(s.max));
+            let mean = s.sum / s.n as f64;
+            let mean = if is_visibility(&name) {
+                3.0 / mean
+            } else {
+                mean
+            };
+            agg.fields
+                .insert(format!("{name}_mean"), FieldValue::Float(mean));
+        }
+        for (name, (_, v)) in self.other {
+            agg.fields.insert(name, v);
+        }
+        agg.fields
+            .insert("count".into(), FieldValue::Int(self.count));
+        agg
+    }
+}
+
+/// Aggregates `readings` over windows of `window_ns`. The result is ordered by
+/// window, then series.
+pub fn aggregate(readings: impl IntoIterator<Item = Reading>, window_ns: i64) -> Vec<Reading> {
+    let window_ns = window_ns.max(1);
+    type Key = (i64, String, Vec<(String, String)>);
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    for r in readings {
+        let start = r.timestamp_ns.div_euclid(window_ns) * window_ns;
+        let tags: Vec<(String, String)> = r.tags.into_iter().collect();
+        groups
+            .entry((start, r.measurement, tags))
+            .or_default()
+            .add(r.timestamp_ns, r.fields);
+    }
     groups
         .into_iter()
-        .map(|((start, measurement, tags), g)| {
-            let mut agg = Reading::new(format!("{measurement}{AGG_SUFFIX}"), start);
-            agg.tags = tags.into_iter().collect();
-            for (name, s) in g.numeric {
-                agg.fields
-                    .insert(format!("{name}_min"), FieldValue::Float(s.min));
-                agg.fields
-                    .insert(format!("{name}_max"), FieldValue::Float(s.max));
-                let mean = s.sum / s.n as f64;
-                let mean = if is_visibility(&name) {
-                    3.0 / mean
-                } else {
-                    mean
-                };
-                agg.fields
-                    .insert(format!("{name}_mean"), FieldValue::Float(mean));
-            }
-            for (name, (_, v)) in g.other {
-                agg.fields.insert(name, v);
-            }
-            agg.fields.insert("count".into(), FieldValue::Int(g.count));
-            agg
-        })
+        .map(|((start, measurement, tags), g)| g.into_reading(start, &measurement, tags))
         .collect()
 }
 

@@ -38,6 +38,28 @@ const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 /// (aggregates carry no [`record::Taken`]: they are made, not sampled).
 type Appended = Vec<(String, String, Option<record::Taken>)>;
 
+/// What [`Journal::oldest_raw`] picked.
+type Picked = (Vec<u64>, Vec<(String, Reading)>, u64);
+
+/// Per Kafka key (one device per journal in practice, but keys are kept
+/// apart anyway), the aggregates of `readings` over windows of `window` ns,
+/// as records to append.
+fn aggregates_of(readings: Vec<(String, Reading)>, window: i64) -> Appended {
+    let mut by_key: HashMap<String, Vec<Reading>> = HashMap::new();
+    for (key, reading) in readings {
+        by_key.entry(key).or_default().push(reading);
+    }
+    let mut aggregates = Vec::new();
+    for (key, readings) in by_key {
+        for agg in downsample::aggregate(readings, window) {
+            if let Ok(line) = line_protocol::encode(&agg) {
+                aggregates.push((key.clone(), line, None));
+            }
+        }
+    }
+    aggregates
+}
+
 impl Journal {
     /// Whether `batch` more bytes may not fit: first by the estimate, then,
     /// if that says full, by a measurement.
@@ -178,50 +200,11 @@ impl Journal {
             .downsample_window
             .as_nanos()
             .min(i64::MAX as u128) as i64;
-        // Find the oldest raw readings (aggregates are passed over).
-        let picked = self.read_db(|db| {
-            let tx = db.begin_read()?;
-            let table = tx.open_table(READINGS)?;
-            let (mut seqs, mut readings, mut bytes) = (Vec::new(), Vec::new(), 0u64);
-            for entry in table.iter()? {
-                let (seq, value) = entry?;
-                let value = value.value();
-                let Ok(r) = record::decode_reading(value) else {
-                    continue;
-                };
-                if is_aggregate_line(r.line) {
-                    continue;
-                }
-                let Ok(reading) = line_protocol::parse_line(r.line, 0) else {
-                    continue;
-                };
-                seqs.push(seq.value());
-                readings.push((r.key.to_owned(), reading));
-                bytes += value.len() as u64;
-                if (bytes >= stored_to_free * 2 && seqs.len() >= 1000) || seqs.len() >= POLICY_STEP
-                {
-                    break;
-                }
-            }
-            Ok((seqs, readings, bytes))
-        })?;
-        let (seqs, readings, raw_bytes) = picked;
+        let (seqs, readings, raw_bytes) = self.oldest_raw(stored_to_free)?;
         if seqs.is_empty() {
             return Ok(None);
         }
-        // One device per journal in practice, but keep keys apart anyway.
-        let mut by_key: HashMap<String, Vec<Reading>> = HashMap::new();
-        for (key, reading) in readings {
-            by_key.entry(key).or_default().push(reading);
-        }
-        let mut aggregates = Vec::new();
-        for (key, readings) in by_key {
-            for agg in downsample::aggregate(readings, window) {
-                if let Ok(line) = line_protocol::encode(&agg) {
-                    aggregates.push((key.clone(), line, None));
-                }
-            }
-        }
+        let mut aggregates = aggregates_of(readings, window);
         let agg_bytes: u64 = aggregates
             .iter()
             .map(|(k, l, _)| record::reading_len(k, l) as u64)
@@ -246,6 +229,38 @@ impl Journal {
             Ok((freed, std::mem::take(&mut aggregates), done))
         })
         .map(Some)
+    }
+
+    /// The oldest raw readings (aggregates are passed over) holding about
+    /// twice `stored_to_free` bytes, at most [`POLICY_STEP`]: their sequence
+    /// numbers, Kafka keys and readings, and the bytes they take.
+    fn oldest_raw(&self, stored_to_free: u64) -> Result<Picked, JournalError> {
+        self.read_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(READINGS)?;
+            let (mut seqs, mut readings, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+            for entry in table.iter()? {
+                let (seq, value) = entry?;
+                let value = value.value();
+                let Ok(r) = record::decode_reading(value) else {
+                    continue;
+                };
+                if is_aggregate_line(r.line) {
+                    continue;
+                }
+                let Ok(reading) = line_protocol::parse_line(r.line, 0) else {
+                    continue;
+                };
+                seqs.push(seq.value());
+                readings.push((r.key.to_owned(), reading));
+                bytes += value.len() as u64;
+                if (bytes >= stored_to_free * 2 && seqs.len() >= 1000) || seqs.len() >= POLICY_STEP
+                {
+                    break;
+                }
+            }
+            Ok((seqs, readings, bytes))
+        })
     }
 
     /// One transaction of the full-journal policy: `f` removes what it

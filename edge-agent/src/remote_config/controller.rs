@@ -98,28 +98,17 @@ pub fn public_key(local: &AgentConfig) -> Option<VerifyingKey> {
 
 /// Reads the stored config and lays it over `local`.
 pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
-    let mut report = ConfigReport {
-        applied_version: 0,
-        last: None,
-        accepted: 0,
-        rejected: 0,
+    let local_only = || Startup {
+        config: local.clone(),
+        report: ConfigReport::default(),
+        stored: None,
     };
     let payload = match store.load() {
         Ok(Some(payload)) => payload,
-        Ok(None) => {
-            return Startup {
-                config: local.clone(),
-                report,
-                stored: None,
-            };
-        }
+        Ok(None) => return local_only(),
         Err(e) => {
             tracing::error!(path = %store.path().display(), error = %e, "cannot read the stored remote config; running the local config");
-            return Startup {
-                config: local.clone(),
-                report,
-                stored: None,
-            };
+            return local_only();
         }
     };
     let parsed = desired::parse(&payload);
@@ -130,39 +119,47 @@ pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
     let checked = parsed.and_then(|d| {
         desired::check_signature(&d, public_key(local).as_ref())?;
         let config = overlay(local, &d.settings)?;
-        Ok((d, config))
+        Ok((d.version, config))
     });
-    match checked {
-        Ok((d, config)) => {
-            tracing::info!(version = d.version, path = %store.path().display(), "running the stored remote config");
-            report.applied_version = d.version;
-            report.last = Some(Decision {
-                version: Some(d.version),
-                result: Verdict::Accepted,
-                reason: None,
-            });
-            Startup {
+    let (config, decision) = match checked {
+        Ok((version, config)) => {
+            tracing::info!(version, path = %store.path().display(), "running the stored remote config");
+            (
                 config,
-                report,
-                stored,
-            }
+                Decision {
+                    version: Some(version),
+                    result: Verdict::Accepted,
+                    reason: None,
+                },
+            )
         }
         Err(e) => {
             let reason = format!(
                 "the stored remote config no longer applies ({e}); running the local config"
             );
             tracing::error!(path = %store.path().display(), "{reason}");
-            report.last = Some(Decision {
-                version: stored.as_ref().map(|v| v.0),
-                result: Verdict::Rejected,
-                reason: Some(reason),
-            });
-            Startup {
-                config: local.clone(),
-                report,
-                stored,
-            }
+            (
+                local.clone(),
+                Decision {
+                    version: stored.as_ref().map(|v| v.0),
+                    result: Verdict::Rejected,
+                    reason: Some(reason),
+                },
+            )
         }
+    };
+    let report = ConfigReport {
+        applied_version: match decision.result {
+            Verdict::Accepted => decision.version.unwrap_or(0),
+            Verdict::Rejected => 0,
+        },
+        last: Some(decision),
+        ..ConfigReport::default()
+    };
+    Startup {
+        config,
+        report,
+        stored,
     }
 }
 

@@ -287,23 +287,35 @@ impl Session {
                     return;
                 }
             }
-            let since = last_published.elapsed();
-            // Within NEWS_GAP of the last state nothing goes out: do not
-            // even make one (a flood of configs is a hot path).
-            if connected && (last_news.is_none() || since >= NEWS_GAP) {
-                let state = self.source.state();
-                let news = state.news();
-                if since >= self.state_interval || last_news.as_ref() != Some(&news) {
-                    let json = serde_json::to_vec(&state).expect("the state serialises");
-                    if self
-                        .client
-                        .try_publish(&self.topics.state, QoS::AtLeastOnce, true, json)
-                        .is_ok()
-                    {
-                        last_news = Some(news);
-                        last_published = tokio::time::Instant::now();
-                    }
-                }
+            if connected {
+                self.publish_state(&mut last_news, &mut last_published);
+            }
+        }
+    }
+
+    /// Publishes the state (retained) when it has news, or the state
+    /// interval has passed. Within NEWS_GAP of the last state nothing goes
+    /// out: it is not even made (a flood of configs is a hot path).
+    fn publish_state(
+        &self,
+        last_news: &mut Option<News>,
+        last_published: &mut tokio::time::Instant,
+    ) {
+        let since = last_published.elapsed();
+        if last_news.is_some() && since < NEWS_GAP {
+            return;
+        }
+        let state = self.source.state();
+        let news = state.news();
+        if since >= self.state_interval || last_news.as_ref() != Some(&news) {
+            let json = serde_json::to_vec(&state).expect("the state serialises");
+            if self
+                .client
+                .try_publish(&self.topics.state, QoS::AtLeastOnce, true, json)
+                .is_ok()
+            {
+                *last_news = Some(news);
+                *last_published = tokio::time::Instant::now();
             }
         }
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use telemetry::config_file::Problem;
 
 use super::desired;
-use crate::forwarder::security::resolve_files;
+use crate::forwarder::security::{resolve_files, unreadable_files};
 
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -184,21 +184,15 @@ impl MqttConfig {
                 "TLS files are given, so the url must start with mqtts://",
             ));
         }
-        for (name, file) in [
-            ("password_file", &self.password_file),
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ] {
-            if let Some(file) = file
-                && let Err(e) = std::fs::File::open(file)
-            {
-                p.push(Problem::new(
-                    format!("mqtt.{name}"),
-                    format!("cannot read {}: {e}", file.display()),
-                ));
-            }
-        }
+        p.extend(unreadable_files(
+            "mqtt",
+            [
+                ("password_file", &self.password_file),
+                ("ca_file", &self.ca_file),
+                ("cert_file", &self.cert_file),
+                ("key_file", &self.key_file),
+            ],
+        ));
         if let Some(key) = &self.config_public_key
             && let Err(e) = desired::parse_public_key(key)
         {
