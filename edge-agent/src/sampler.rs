@@ -41,6 +41,22 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Counts a failed read, and logs it (at most once a minute).
+    fn read_failed(&self, error: &hardware::SensorError, log: &mut Throttle) {
+        self.status.sensor_error();
+        if let Some(held_back) = log.allow(std::time::Instant::now()) {
+            let config = self.sensor.config();
+            tracing::warn!(
+                sensor = %config.name,
+                kind = config.kind.name(),
+                device = %config.device(),
+                %error,
+                similar_not_logged = held_back,
+                "sensor read failed; reading skipped, retrying"
+            );
+        }
+    }
+
     /// Hands each observation to the journal writer as a reading (dropped,
     /// and counted, while the writer is behind); `false` once the writer is
     /// gone.
@@ -82,7 +98,6 @@ impl Sampler {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.sensor.config().name.clone();
         let kind = self.sensor.config().kind.name();
-        let device = self.sensor.config().device();
         let period = self.sensor.config().interval;
         let mut ticker = tokio::time::interval(period);
         // After a stall, carry on at the normal pace instead of catching up
@@ -126,19 +141,7 @@ impl Sampler {
                         return;
                     }
                 }
-                Outcome::Failed(error) => {
-                    self.status.sensor_error();
-                    if let Some(held_back) = errors.allow(std::time::Instant::now()) {
-                        tracing::warn!(
-                            sensor = %name,
-                            kind,
-                            %device,
-                            %error,
-                            similar_not_logged = held_back,
-                            "sensor read failed; reading skipped, retrying"
-                        );
-                    }
-                }
+                Outcome::Failed(error) => self.read_failed(&error, &mut errors),
                 Outcome::Waiting => {}
             }
         }

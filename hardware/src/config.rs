@@ -223,6 +223,32 @@ impl SensorConfig {
         if self.max_reopen_delay < Duration::from_secs(1) {
             p.push(Problem::new(key("max_reopen_delay"), "must be at least 1s"));
         }
+        p.extend(self.device_problems(at));
+        for (name, is_given, applies) in self.optional_keys() {
+            if is_given && !applies(self.kind) {
+                let takes: Vec<&str> = SensorKind::ALL
+                    .into_iter()
+                    .filter(|k| applies(*k))
+                    .map(|k| k.name())
+                    .collect();
+                p.push(Problem::new(
+                    key(name),
+                    format!(
+                        "does not apply to kind = {:?} (only to {})",
+                        self.kind.name(),
+                        takes.join(", ")
+                    ),
+                ));
+            }
+        }
+        p.extend(self.limit_problems(at));
+        p
+    }
+
+    /// The device keys: an I²C address, a serial port and its settings.
+    fn device_problems(&self, at: &str) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let key = |k: &str| format!("{at}.{k}");
         if let Some(address) = self.address
             && address != 0x76
             && address != 0x77
@@ -262,23 +288,12 @@ impl SensorConfig {
                 "must be between 100ms and 60s",
             ));
         }
-        for (name, is_given, applies) in self.optional_keys() {
-            if is_given && !applies(self.kind) {
-                let takes: Vec<&str> = SensorKind::ALL
-                    .into_iter()
-                    .filter(|k| applies(*k))
-                    .map(|k| k.name())
-                    .collect();
-                p.push(Problem::new(
-                    key(name),
-                    format!(
-                        "does not apply to kind = {:?} (only to {})",
-                        self.kind.name(),
-                        takes.join(", ")
-                    ),
-                ));
-            }
-        }
+        p
+    }
+
+    /// `limits`: fields the kind has, each `[min, max]` with min < max.
+    fn limit_problems(&self, at: &str) -> Vec<Problem> {
+        let mut p = Vec::new();
         let limited = self.kind.default_limits();
         for (field, [min, max]) in &self.limits {
             if !limited.iter().any(|(f, _, _)| f == field) {

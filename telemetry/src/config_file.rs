@@ -174,55 +174,17 @@ where
     };
 
     // 1. The file alone: syntax, unknown keys and types, with their lines.
-    let from_file: T = toml::from_str(text).map_err(|e| {
-        let origin = e
-            .span()
-            .map_or(Origin::Default, |span| file_origin(text, span.start));
-        fail(vec![Located {
-            origin,
-            problem: Problem::new("", e.message().trim().to_owned()),
-        }])
-    })?;
+    let from_file: T = toml::from_str(text).map_err(|e| fail(vec![file_error(text, &e)]))?;
 
     // 2. Environment overrides, typed by the value each key already has.
     let mut table = match Value::try_from(&from_file) {
         Ok(Value::Table(t)) => t,
         _ => unreachable!("a config struct serialises to a table"),
     };
-    let mut overrides = Vec::new();
-    let mut unknown_env = Vec::new();
-    let mut problems = Vec::new();
-    for (var, raw) in env {
-        let Some(name) = var.strip_prefix(prefix) else {
-            continue;
-        };
-        let Some((section, key)) = find_key(&table, name) else {
-            unknown_env.push(var.clone());
-            continue;
-        };
-        let slot = match &section {
-            None => table.get_mut(&key),
-            Some(s) => table
-                .get_mut(s)
-                .and_then(Value::as_table_mut)
-                .and_then(|t| t.get_mut(&key)),
-        }
-        .expect("find_key found it");
-        let path = section.map_or(key.clone(), |s| format!("{s}.{key}"));
-        match parse_like(slot, raw) {
-            Ok(value) => {
-                *slot = value;
-                overrides.push((var.clone(), path));
-            }
-            Err(message) => problems.push(Located {
-                origin: Origin::Env(var.clone()),
-                problem: Problem::new(path, message),
-            }),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(fail(problems));
-    }
+    let Overrides {
+        applied: overrides,
+        unknown: unknown_env,
+    } = apply_env(&mut table, env, prefix).map_err(fail)?;
     let config: T = if overrides.is_empty() {
         from_file
     } else {
@@ -240,29 +202,105 @@ where
     // 3. Semantic checks, traced back to where each value came from.
     let problems = validate(&config);
     if !problems.is_empty() {
-        let doc = DeTable::parse(text).ok();
-        let located = problems
-            .into_iter()
-            .map(|problem| {
-                let from_env = overrides.iter().find(|(_, path)| {
-                    problem.path == *path || problem.path.starts_with(&format!("{path}["))
-                });
-                let origin = match (from_env, &doc) {
-                    (Some((var, _)), _) => Origin::Env(var.clone()),
-                    (None, Some(doc)) => locate(doc, &problem.path)
-                        .map_or(Origin::Default, |offset| file_origin(text, offset)),
-                    (None, None) => Origin::Default,
-                };
-                Located { origin, problem }
-            })
-            .collect();
-        return Err(fail(located));
+        return Err(fail(locate_problems(text, problems, &overrides)));
     }
     Ok(Loaded {
         config,
         overrides,
         unknown_env,
     })
+}
+
+/// A syntax or type error of the file, at its line.
+fn file_error(text: &str, e: &toml::de::Error) -> Located {
+    let origin = e
+        .span()
+        .map_or(Origin::Default, |span| file_origin(text, span.start));
+    Located {
+        origin,
+        problem: Problem::new("", e.message().trim().to_owned()),
+    }
+}
+
+/// What [`apply_env`] did.
+struct Overrides {
+    /// `(variable, key path)` for every override applied.
+    applied: Vec<(String, String)>,
+    /// Variables with the prefix that match no key.
+    unknown: Vec<String>,
+}
+
+/// Sets every key that an environment variable `<prefix><KEY>` names, typed
+/// like the value it replaces; every variable that does not parse is a
+/// problem.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+    prefix: &str,
+) -> Result<Overrides, Vec<Located>> {
+    let mut done = Overrides {
+        applied: Vec::new(),
+        unknown: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    for (var, raw) in env {
+        let Some(name) = var.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((section, key)) = find_key(table, name) else {
+            done.unknown.push(var.clone());
+            continue;
+        };
+        let slot = match &section {
+            None => table.get_mut(&key),
+            Some(s) => table
+                .get_mut(s)
+                .and_then(Value::as_table_mut)
+                .and_then(|t| t.get_mut(&key)),
+        }
+        .expect("find_key found it");
+        let path = section.map_or(key.clone(), |s| format!("{s}.{key}"));
+        match parse_like(slot, raw) {
+            Ok(value) => {
+                *slot = value;
+                done.applied.push((var.clone(), path));
+            }
+            Err(message) => problems.push(Located {
+                origin: Origin::Env(var.clone()),
+                problem: Problem::new(path, message),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(done)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Each problem with where its value came from: the variable that set it,
+/// or its line in the file (`text`), or the default.
+fn locate_problems(
+    text: &str,
+    problems: Vec<Problem>,
+    overrides: &[(String, String)],
+) -> Vec<Located> {
+    let doc = DeTable::parse(text).ok();
+    problems
+        .into_iter()
+        .map(|problem| {
+            let from_env = overrides.iter().find(|(_, path)| {
+                problem.path == *path || problem.path.starts_with(&format!("{path}["))
+            });
+            let origin = match (from_env, &doc) {
+                (Some((var, _)), _) => Origin::Env(var.clone()),
+                (None, Some(doc)) => locate(doc, &problem.path)
+                    .map_or(Origin::Default, |offset| file_origin(text, offset)),
+                (None, None) => Origin::Default,
+            };
+            Located { origin, problem }
+        })
+        .collect()
 }
 
 /// Finds the key an environment variable name (without prefix) refers to:

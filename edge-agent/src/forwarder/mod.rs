@@ -28,9 +28,13 @@
 //!   unit-tested.
 //! - [`budget`]: the token bucket over bytes on the wire.
 //! - [`schedule`]: send windows by local time of day.
+//! - `fill`: handing over: journal reads within the lanes, windows and
+//!   budget, held readings, librdkafka's queue.
 //! - [`record`]: the Kafka record a reading becomes (value, key, headers).
 //! - [`producer`]: librdkafka's configuration and callbacks.
-//! - `state`: what one run of the forwarder keeps track of.
+//! - `state`: what one run of the forwarder keeps track of, and the pure
+//!   decision of what the loop does next ([`state::Step`]); this file only
+//!   performs the steps.
 //! - [`session`]: when a producer session is given up for a fresh one
 //!   (pure, unit-tested); [`diagnosis`]: what a failed delivery means.
 //! - [`security`]: TLS and SASL settings, secrets read from files.
@@ -40,6 +44,7 @@
 pub mod budget;
 pub mod config;
 pub mod diagnosis;
+mod fill;
 pub mod lanes;
 pub mod producer;
 pub mod record;
@@ -53,8 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{Producer as _, PurgeConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,16 +66,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use config::{ForwarderConfig, Order};
 
-use crate::journal::{JournalReader, JournalRecord, Progress};
+use crate::journal::{JournalReader, Progress};
 use crate::status::{Link, Status};
 use diagnosis::{Diagnosis, calls_for_diagnosis, episode_of};
-use lanes::{Allowed, LaneKind};
 use producer::{Event, Producer};
 use session::{Episode, Renewal};
-use state::Run;
-
-/// Most journal records read in one go.
-const READ_CHUNK: usize = 2_000;
+use state::{Run, Step, Stopping};
 
 /// Why the forwarder could not start.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +186,9 @@ impl Started {
 }
 
 impl Forwarder {
-    /// The forwarding loop; returns the producer to be dropped.
+    /// The forwarding loop: asks [`Run::next`] what to do, does it, and
+    /// waits for news when there is nothing to do. Returns the producer, to
+    /// be dropped.
     async fn forward(
         &mut self,
         mut producer: Producer,
@@ -196,93 +198,100 @@ impl Forwarder {
         handover: CancellationToken,
     ) -> Result<Producer, ForwarderError> {
         let head = self.committed.borrow().last_seq;
-        let now = Instant::now();
-        let mut run = Run::new(&self.config.forward, head, now);
-        let mut stopping: Option<Instant> = None;
-        let mut handing_over = false;
+        let mut run = Run::new(&self.config.forward, head, Instant::now());
+        let mut stopping: Option<Stopping> = None;
         let mut committed_open = true;
         loop {
             let now = Instant::now();
-            if let Some(budget) = &mut run.budget {
-                let sent = producer.context().wire_bytes();
-                budget.observe_wire(sent, now.into_std());
-                self.status.wire_bytes(run.wire_base + sent);
-            }
-            if run.lanes.ready_to_rewind() {
-                self.rewind(&producer, &mut run).await;
-            }
-            if run.renew.is_some() && run.lanes.in_flight() == 0 {
-                run.wire_base += producer.context().wire_bytes();
-                producer = self
-                    .replace_producer(producer, deliveries_tx.clone())
-                    .await?;
-                run.renew = None;
-                run.session.renewed();
-                self.status.producer_renewed();
-            }
-            if run.renew.is_none() && run.resume_at.is_none_or(|t| now >= t) {
-                run.resume_at = None;
-                run.wake_at = None;
-                if !handing_over {
+            self.observe_wire(&producer, &mut run, now);
+            let progress = *self.committed.borrow();
+            let wake = match run.next(progress, stopping, now) {
+                Step::Rewind => {
+                    self.rewind(&producer, &mut run).await;
+                    continue;
+                }
+                Step::Renew => {
+                    producer = self
+                        .renew_producer(producer, &deliveries_tx, &mut run)
+                        .await?;
+                    continue;
+                }
+                Step::Fill => {
                     self.fill(&producer, &mut run).await;
+                    self.send_acks(&mut run);
+                    continue;
                 }
-            }
-            let acked = run.lanes.take_acked();
-            if !acked.is_empty() {
-                let _ = self.acks.send(acked);
-            }
-            if let Some(deadline) = stopping {
-                let progress = *self.committed.borrow();
-                let drained = if handing_over {
-                    run.lanes.in_flight() == 0
-                } else {
-                    progress.sampling_done && run.lanes.drained(progress.last_seq)
-                };
-                if drained || Instant::now() >= deadline {
-                    break;
-                }
-            }
-            let wake = [run.resume_at, run.wake_at, stopping]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                Step::Stop => break,
+                Step::Wait(until) => until,
+            };
             tokio::select! {
                 Some(event) = deliveries.recv() => {
                     self.handle(event, &producer, &mut run);
                     while let Ok(event) = deliveries.try_recv() {
                         self.handle(event, &producer, &mut run);
                     }
+                    self.send_acks(&mut run);
                 }
                 changed = self.committed.changed(), if committed_open => {
                     committed_open = changed.is_ok();
-                    let head = self.committed.borrow().last_seq;
-                    run.saw_head(head, Instant::now());
+                    run.saw_head(self.committed.borrow().last_seq, Instant::now());
                 }
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = shutdown.cancelled(), if stopping.is_none() || handing_over => {
-                    handing_over = false;
-                    stopping = Some(Instant::now() + self.config.forward.shutdown_grace);
+                _ = shutdown.cancelled(), if stopping.is_none_or(|s| s.handing_over) => {
+                    stopping = Some(Stopping::after(self.config.forward.shutdown_grace, false));
                 }
                 _ = handover.cancelled(), if stopping.is_none() => {
-                    handing_over = true;
-                    stopping = Some(Instant::now() + self.config.forward.shutdown_grace);
+                    stopping = Some(Stopping::after(self.config.forward.shutdown_grace, true));
                 }
             }
+            run.fill_due = true;
         }
-        let outstanding = self.committed.borrow().last_seq;
-        let unsent = run.lanes.unsent(outstanding);
+        self.finish(&mut run);
+        Ok(producer)
+    }
+
+    /// Stopping: the last acknowledgements go to the writer, and what is
+    /// left is said.
+    fn finish(&self, run: &mut Run) {
+        let unsent = run.lanes.unsent(self.committed.borrow().last_seq);
         if unsent > 0 {
             tracing::info!(
                 unsent,
                 "stopping with readings not yet acknowledged by Kafka; they stay in the journal"
             );
         }
+        self.send_acks(run);
+    }
+
+    /// A fresh producer session in place of `old` (nothing is in flight).
+    async fn renew_producer(
+        &self,
+        old: Producer,
+        deliveries_tx: &mpsc::UnboundedSender<producer::Event>,
+        run: &mut Run,
+    ) -> Result<Producer, ForwarderError> {
+        run.wire_base += old.context().wire_bytes();
+        let producer = self.replace_producer(old, deliveries_tx.clone()).await?;
+        run.renewed();
+        self.status.producer_renewed();
+        Ok(producer)
+    }
+
+    /// With a budget: what librdkafka put on the wire since the last look.
+    fn observe_wire(&self, producer: &Producer, run: &mut Run, now: Instant) {
+        if let Some(budget) = &mut run.budget {
+            let sent = producer.context().wire_bytes();
+            budget.observe_wire(sent, now.into_std());
+            self.status.wire_bytes(run.wire_base + sent);
+        }
+    }
+
+    /// Passes what Kafka acknowledged to the journal writer, to delete.
+    fn send_acks(&self, run: &mut Run) {
         let acked = run.lanes.take_acked();
         if !acked.is_empty() {
             let _ = self.acks.send(acked);
         }
-        Ok(producer)
     }
 
     /// After a failure has fully resolved: go back to the oldest failed
@@ -355,177 +364,6 @@ impl Forwarder {
         })
         .await
         .unwrap_or_else(|e| Diagnosis::Unreachable(format!("cannot diagnose: {e}")))
-    }
-
-    /// Which lanes the send windows let through now.
-    fn allowed(&self, run: &mut Run, now: Instant) -> Allowed {
-        let forward = &self.config.forward;
-        // Only look at the clock when there are windows: this runs for every
-        // chunk handed over.
-        let open = forward.send_windows.is_empty()
-            || schedule::open_at(&forward.send_windows, schedule::local_minute_of_day());
-        if open == run.window_closed {
-            run.window_closed = !open;
-            if !forward.send_windows.is_empty() {
-                tracing::info!(
-                    open,
-                    live_exempt = forward.live_exempt,
-                    "send window {}",
-                    if open { "open" } else { "closed" }
-                );
-            }
-        }
-        if !open {
-            // Windows are whole minutes: look again within one.
-            run.wake_no_later_than(now + Duration::from_secs(10));
-        }
-        let exempt = forward.live_exempt;
-        Allowed {
-            live: (open || exempt) && !run.live_held,
-            backlog: open,
-            backlog_in_flight: run.backlog_in_flight(),
-        }
-    }
-
-    /// Hands committed records to librdkafka while the lanes, the budget and
-    /// librdkafka's queue have room.
-    async fn fill(&mut self, producer: &Producer, run: &mut Run) {
-        let live_first = self.config.forward.order == Order::LiveFirst;
-        // Held readings are looked at again on every fill, and at least
-        // every second.
-        run.live_held = false;
-        let clock = self.clock.stamp();
-        loop {
-            let committed = self.committed.borrow().last_seq;
-            let now = Instant::now();
-            if live_first
-                && !run.lanes.failure_pending()
-                && run.lanes.live_pending(committed) > 0
-                && run.live_lag(now) > self.config.forward.live_horizon
-            {
-                tracing::debug!(
-                    from = run.lanes.live_cursor(),
-                    to = committed,
-                    "live readings fell behind; they join the backlog"
-                );
-                run.lanes.jump_live(committed);
-            }
-            let allowed = self.allowed(run, now);
-            let Some(next) = run.lanes.next(committed, allowed) else {
-                return;
-            };
-            let budgeted = !(next.lane == LaneKind::Live && self.config.forward.live_exempt);
-            let mut limit = next.limit.min(READ_CHUNK);
-            if let (Some(budget), true) = (&mut run.budget, budgeted) {
-                limit =
-                    limit.min(budget.records_allowed(run.record_bytes as usize, now.into_std()));
-                if limit == 0 {
-                    let wait = budget.wait(now.into_std());
-                    run.wake_no_later_than(now + wait);
-                    return;
-                }
-            }
-            let batch = match self
-                .journal
-                .read_range_async(next.after, next.up_to, limit)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the journal; retrying");
-                    run.resume_at = Some(Instant::now() + run.backoff.next_delay(rand::random()));
-                    return;
-                }
-            };
-            if batch.is_empty() {
-                // Everything up to `up_to` was acknowledged and deleted
-                // (possible after a rewind).
-                run.lanes.skipped_to(next.up_to);
-                continue;
-            }
-            'records: for item in batch {
-                let record = match item {
-                    Ok(record) => record,
-                    Err(bad) => {
-                        self.status.unreadable(1);
-                        tracing::error!(seq = bad.seq, reason = %bad.reason, "journal record is unreadable; skipping it");
-                        run.lanes.skipped(bad.seq);
-                        continue;
-                    }
-                };
-                if budgeted
-                    && let Some(budget) = &mut run.budget
-                    && !budget.allows(Instant::now().into_std())
-                {
-                    return;
-                }
-                let verdict = restamp::decide(
-                    record.taken,
-                    record.boot_id == self.boot_id,
-                    clock,
-                    self.config.forward.hold_unsynced,
-                );
-                if verdict == restamp::Verdict::Hold {
-                    run.wake_no_later_than(Instant::now() + Duration::from_secs(1));
-                    if next.lane == LaneKind::Live {
-                        // The backlog may still go.
-                        run.live_held = true;
-                        break 'records;
-                    }
-                    return;
-                }
-                match self.send(producer, &record, verdict) {
-                    Ok(raw) => {
-                        run.lanes.sent(record.seq);
-                        run.record_bytes = 0.9 * run.record_bytes + 0.1 * raw as f64;
-                        if let Some(budget) = &mut run.budget {
-                            budget.charge(raw);
-                        }
-                    }
-                    Err(SendError::QueueFull) => return,
-                    Err(SendError::Record(reason)) => {
-                        self.status.unreadable(1);
-                        tracing::error!(
-                            seq = record.seq,
-                            %reason,
-                            "journal record cannot be encoded; skipping it"
-                        );
-                        run.lanes.skipped(record.seq);
-                    }
-                    Err(SendError::Kafka(e)) => {
-                        run.lanes.sent(record.seq);
-                        self.failed(record.seq, &e, producer, run);
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands one record to librdkafka; returns its raw size (value, key and
-    /// headers), what the budget is charged before compression.
-    fn send(
-        &self,
-        producer: &Producer,
-        record: &JournalRecord,
-        verdict: restamp::Verdict,
-    ) -> Result<usize, SendError> {
-        let out = record::build(record, verdict, self.config.kafka.format)?;
-        let raw = out.raw_len();
-        // The Kafka timestamp is left to librdkafka (send time): stamping a
-        // month-old backlog reading with its sampling time would let the
-        // broker's retention delete it on arrival.
-        let message = BaseRecord::with_opaque_to(&self.config.kafka.topic, Box::new(record.seq))
-            .key(out.key)
-            .payload(out.value.as_ref())
-            .headers(out.headers);
-        producer
-            .send(message)
-            .map(|()| raw)
-            .map_err(|(e, _)| match e {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-                e => SendError::Kafka(e),
-            })
     }
 
     fn handle(&self, event: Event, producer: &Producer, run: &mut Run) {

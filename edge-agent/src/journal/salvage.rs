@@ -150,65 +150,14 @@ pub(super) fn finish_interrupted(disk: &dyn Disk, path: &Path) -> io::Result<()>
 /// `journal`, and counts the quarantine and what was saved in the journal's
 /// counters.
 fn salvage(journal: &mut Journal, source: &Path, reason: String) -> Result<Report, JournalError> {
-    let disk = journal.disk().clone();
-    let moved_to = source.to_owned();
-    let io_err = |source: io::Error| JournalError::Quarantine {
-        path: moved_to.clone(),
-        source,
+    let io_err = |e: io::Error| JournalError::Quarantine {
+        path: source.to_owned(),
+        source: e,
     };
-    // Pass 1: the boot ids, so readings keep the boot they were taken in.
-    let mut boots: HashMap<u32, u32> = HashMap::new();
-    // Meta values only grow, so the largest copy of each is the latest.
-    let mut meta: HashMap<String, u64> = HashMap::new();
-    scan_file(&*disk, &moved_to, |frame| {
-        match frame {
-            Frame::Boot { index, id } if !boots.contains_key(&index) => {
-                boots.insert(index, journal.import_boot(id)?);
-            }
-            Frame::Meta { name, value } => {
-                let v = meta.entry(name.to_owned()).or_default();
-                *v = (*v).max(value);
-            }
-            _ => {}
-        }
-        Ok(())
-    })
-    .map_err(|e| e.into_journal(&io_err))?;
-    let unknown_boot = journal.import_boot("unknown (salvaged)")?;
-    // Aggregates the policy writes while importing are numbered after every
-    // number ever given (readings in the hot segment are above anything
-    // redb holds).
-    let floor = Reservation::load(disk.clone(), source).limit();
-    // Boots were numbered in the order they came: that order, by the index
-    // each has here.
-    let age: HashMap<u32, u32> = boots.iter().map(|(&old, &new)| (new, old + 1)).collect();
-    // Pass 2: the readings.
+    let (boots, meta) = boots_and_meta(journal, source).map_err(|e| e.into_journal(&io_err))?;
     let before = journal.stats()?.records;
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
-    let mut batch_bytes = 0;
-    let mut unparsable = 0;
     let dropped_before = journal.counters().dropped_oldest;
-    let (mut lowest, mut highest) = (u64::MAX, 0);
-    scan_file(&*disk, &moved_to, |frame| {
-        if let Frame::Reading(r) = frame {
-            lowest = lowest.min(r.seq);
-            highest = highest.max(r.seq);
-            if telemetry::line_protocol::parse_line(r.line, 0).is_err() {
-                unparsable += 1;
-                return Ok(());
-            }
-            let boot = boots.get(&r.boot).copied().unwrap_or(unknown_boot);
-            batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned(), r.taken));
-            batch_bytes += r.line.len() + r.key.len();
-            if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BYTES {
-                journal.import(&batch, Counters::default(), &age, floor)?;
-                (batch_bytes, _) = (0, batch.clear());
-            }
-        }
-        Ok(())
-    })
-    .map_err(|e| e.into_journal(&io_err))?;
-    journal.import(&batch, Counters::default(), &age, floor)?;
+    let found = import_readings(journal, source, &boots).map_err(|e| e.into_journal(&io_err))?;
     let dropped = journal.counters().dropped_oldest - dropped_before;
     let salvaged = journal.stats()?.records - before + dropped;
     // The damaged journal's own high-water mark, if found.
@@ -221,19 +170,107 @@ fn salvage(journal: &mut Journal, source: &Path, reason: String) -> Result<Repor
         salvaged,
         ..Counters::default()
     });
-    journal.import(&[], carried, &age, floor)?;
-    let missing = if highest >= lowest {
-        (highest - lowest + 1).saturating_sub(salvaged)
+    journal.import(&[], carried, &age_of(&boots), found.floor)?;
+    let missing = if found.highest >= found.lowest {
+        (found.highest - found.lowest + 1).saturating_sub(salvaged)
     } else {
         0
     };
     Ok(Report {
-        moved_to,
+        moved_to: source.to_owned(),
         reason,
         salvaged,
-        unparsable,
+        unparsable: found.unparsable,
         missing,
     })
+}
+
+/// The damaged file's boot index → this journal's.
+type Boots = HashMap<u32, u32>;
+
+/// Pass 1 over the damaged file: its boot ids, imported into `journal` (the
+/// damaged file's index → this journal's), so readings keep the boot they
+/// were taken in; and the latest value of each meta key (they only grow, so
+/// the largest copy of each).
+fn boots_and_meta(
+    journal: &mut Journal,
+    source: &Path,
+) -> Result<(Boots, HashMap<String, u64>), ScanError> {
+    let disk = journal.disk().clone();
+    let mut boots: HashMap<u32, u32> = HashMap::new();
+    let mut meta: HashMap<String, u64> = HashMap::new();
+    scan_file(&*disk, source, |frame| {
+        match frame {
+            Frame::Boot { index, id } if !boots.contains_key(&index) => {
+                boots.insert(index, journal.import_boot(id)?);
+            }
+            Frame::Meta { name, value } => {
+                let v = meta.entry(name.to_owned()).or_default();
+                *v = (*v).max(value);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((boots, meta))
+}
+
+/// Boots were numbered in the order they came: that order, by the index
+/// each has in this journal.
+fn age_of(boots: &HashMap<u32, u32>) -> HashMap<u32, u32> {
+    boots.iter().map(|(&old, &new)| (new, old + 1)).collect()
+}
+
+/// What pass 2 found besides the readings it imported.
+struct Found {
+    unparsable: u64,
+    lowest: u64,
+    highest: u64,
+    /// Aggregates the policy writes while importing are numbered after
+    /// every number ever given (readings in the hot segment are above
+    /// anything redb holds).
+    floor: u64,
+}
+
+/// Pass 2: every intact, parsable reading, imported in batches with its
+/// sequence number and boot.
+fn import_readings(
+    journal: &mut Journal,
+    source: &Path,
+    boots: &HashMap<u32, u32>,
+) -> Result<Found, ScanError> {
+    let disk = journal.disk().clone();
+    let unknown_boot = journal.import_boot("unknown (salvaged)")?;
+    let age = age_of(boots);
+    let floor = Reservation::load(disk.clone(), source).limit();
+    let mut found = Found {
+        unparsable: 0,
+        lowest: u64::MAX,
+        highest: 0,
+        floor,
+    };
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut batch_bytes = 0;
+    scan_file(&*disk, source, |frame| {
+        if let Frame::Reading(r) = frame {
+            found.lowest = found.lowest.min(r.seq);
+            found.highest = found.highest.max(r.seq);
+            if telemetry::line_protocol::parse_line(r.line, 0).is_err() {
+                found.unparsable += 1;
+                return Ok(());
+            }
+            let boot = boots.get(&r.boot).copied().unwrap_or(unknown_boot);
+            batch.push((r.seq, boot, r.key.to_owned(), r.line.to_owned(), r.taken));
+            batch_bytes += r.line.len() + r.key.len();
+            if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BYTES {
+                journal.import(&batch, Counters::default(), &age, floor)?;
+                (batch_bytes, _) = (0, batch.clear());
+            }
+        }
+        Ok(())
+    })?;
+    journal.import(&batch, Counters::default(), &age, floor)?;
+    Ok(found)
 }
 
 impl Journal {

@@ -55,6 +55,22 @@ pub struct WriterHandles {
     pub settings: watch::Sender<WriterSettings>,
 }
 
+/// How a failed commit is retried: with a backoff, logged at most once a
+/// minute.
+struct Retry {
+    backoff: Backoff,
+    log: Throttle,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            log: Throttle::new(Duration::from_secs(60)),
+        }
+    }
+}
+
 impl WriterSettings {
     /// Settings for `journal` as opened, committing every `commit_interval`
     /// at most `max_batch` readings.
@@ -172,31 +188,12 @@ impl JournalWriter {
         let mut pending = Pending::default();
         let (mut readings_open, mut acks_open) = (true, true);
         let mut settings_open = true;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let mut throttle = Throttle::new(Duration::from_secs(60));
+        let mut retry = Retry::new();
         loop {
             let full = pending.readings.len() >= self.current.effective_max_batch();
             let due = pending.due.is_some_and(|d| Instant::now() >= d);
             if full || due {
-                if let Err(e) = self.commit(&mut pending).await {
-                    if let Some(held_back) = throttle.allow(std::time::Instant::now()) {
-                        let what = if e.is_no_space() {
-                            "the journal has no room (journal.max_bytes or a full disk)"
-                        } else {
-                            "journal commit failed"
-                        };
-                        tracing::error!(
-                            error = %e,
-                            waiting = pending.readings.len(),
-                            similar_errors_not_logged = held_back,
-                            "{what}; the readings stay in memory and the commit is retried"
-                        );
-                    }
-                    pending.due = Some(Instant::now() + backoff.next_delay(rand::random()));
-                } else {
-                    backoff.reset();
-                    throttle.reset();
-                }
+                self.commit_or_retry(&mut pending, &mut retry).await;
                 continue;
             }
             if !readings_open && !acks_open {
@@ -213,17 +210,7 @@ impl JournalWriter {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 r = self.readings.recv(), if readings_open && !full => match r {
-                    Some(r) => {
-                        pending.readings.push(r);
-                        // Take whatever else is already queued without waiting.
-                        while pending.readings.len() < self.current.effective_max_batch() {
-                            match self.readings.try_recv() {
-                                Ok(r) => pending.readings.push(r),
-                                Err(_) => break,
-                            }
-                        }
-                        self.arm(&mut pending);
-                    }
+                    Some(r) => self.take(&mut pending, r),
                     None => {
                         readings_open = false;
                         // Commit the last readings now, not at the interval,
@@ -243,22 +230,68 @@ impl JournalWriter {
                 _ = tokio::time::sleep_until(wake), if pending.due.is_some() => {}
                 changed = self.settings.changed(), if settings_open => {
                     settings_open = changed.is_ok();
-                    let new = *self.settings.borrow_and_update();
-                    self.current = new;
-                    if let Some(journal) = self.journal.as_mut() {
-                        new.apply_policy(journal);
-                    }
-                    // A shorter interval applies to what is already waiting.
-                    if let Some(due) = pending.due {
-                        pending.due = Some(due.min(Instant::now() + new.commit_interval));
-                    }
+                    self.apply_settings(&mut pending);
                 }
             }
         }
+        self.last_commit(&mut pending).await
+    }
+
+    /// `first`, and whatever else is already queued, without waiting.
+    fn take(&mut self, pending: &mut Pending, first: Sampled) {
+        pending.readings.push(first);
+        while pending.readings.len() < self.current.effective_max_batch() {
+            match self.readings.try_recv() {
+                Ok(r) => pending.readings.push(r),
+                Err(_) => break,
+            }
+        }
+        self.arm(pending);
+    }
+
+    /// New settings: the policy goes to the journal, and a shorter interval
+    /// applies to what is already waiting.
+    fn apply_settings(&mut self, pending: &mut Pending) {
+        let new = *self.settings.borrow_and_update();
+        self.current = new;
+        if let Some(journal) = self.journal.as_mut() {
+            new.apply_policy(journal);
+        }
+        if let Some(due) = pending.due {
+            pending.due = Some(due.min(Instant::now() + new.commit_interval));
+        }
+    }
+
+    /// Commits; on failure keeps the readings and tries again after a
+    /// backoff, logging (rate-limited) why.
+    async fn commit_or_retry(&mut self, pending: &mut Pending, retry: &mut Retry) {
+        let Err(e) = self.commit(pending).await else {
+            retry.backoff.reset();
+            retry.log.reset();
+            return;
+        };
+        if let Some(held_back) = retry.log.allow(std::time::Instant::now()) {
+            let what = if e.is_no_space() {
+                "the journal has no room (journal.max_bytes or a full disk)"
+            } else {
+                "journal commit failed"
+            };
+            tracing::error!(
+                error = %e,
+                waiting = pending.readings.len(),
+                similar_errors_not_logged = held_back,
+                "{what}; the readings stay in memory and the commit is retried"
+            );
+        }
+        pending.due = Some(Instant::now() + retry.backoff.next_delay(rand::random()));
+    }
+
+    /// On the way out: commits what is left, a few times if need be.
+    async fn last_commit(&mut self, pending: &mut Pending) -> Result<(), JournalError> {
         let mut attempt = 0;
         while !pending.is_empty() {
             attempt += 1;
-            match self.commit(&mut pending).await {
+            match self.commit(pending).await {
                 Ok(()) => {}
                 Err(e) if attempt >= FINAL_ATTEMPTS => {
                     tracing::error!(

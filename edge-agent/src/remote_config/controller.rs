@@ -96,20 +96,25 @@ pub fn public_key(local: &AgentConfig) -> Option<VerifyingKey> {
         .map(|k| desired::parse_public_key(k).expect("checked when the config was loaded"))
 }
 
-/// Reads the stored config and lays it over `local`.
-pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
-    let local_only = || Startup {
-        config: local.clone(),
-        report: ConfigReport::default(),
-        stored: None,
-    };
-    let payload = match store.load() {
-        Ok(Some(payload)) => payload,
-        Ok(None) => return local_only(),
+/// The stored desired config, if there is one and it can be read.
+fn stored_payload(store: &Store) -> Option<Vec<u8>> {
+    match store.load() {
+        Ok(payload) => payload,
         Err(e) => {
             tracing::error!(path = %store.path().display(), error = %e, "cannot read the stored remote config; running the local config");
-            return local_only();
+            None
         }
+    }
+}
+
+/// Reads the stored config and lays it over `local`.
+pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
+    let Some(payload) = stored_payload(store) else {
+        return Startup {
+            config: local.clone(),
+            report: ConfigReport::default(),
+            stored: None,
+        };
     };
     let parsed = desired::parse(&payload);
     let stored = parsed

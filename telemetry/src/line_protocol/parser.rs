@@ -189,6 +189,17 @@ impl<'a> Parser<'a> {
     }
 
     fn reading(&mut self, default_ts: i64) -> Result<Reading, LineProtocolError> {
+        let measurement = self.measurement()?;
+        let mut reading = Reading::new(measurement, default_ts);
+        self.tags(&mut reading.tags)?;
+        reading.fields = self.fields()?;
+        if let Some(ts) = self.timestamp()? {
+            reading.timestamp_ns = ts;
+        }
+        Ok(reading)
+    }
+
+    fn measurement(&mut self) -> Result<String, LineProtocolError> {
         let start = self.pos;
         let measurement = self.take_escaped(in_measurement, MEASUREMENT_ESCAPES);
         if measurement.is_empty() {
@@ -201,8 +212,11 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error(start, what));
         }
-        let mut reading = Reading::new(measurement, default_ts);
+        Ok(measurement)
+    }
 
+    /// The tag set: `,key=value` pairs after the measurement.
+    fn tags(&mut self, tags: &mut BTreeMap<String, String>) -> Result<(), LineProtocolError> {
         // Tag set.
         while self.peek() == Some(b',') {
             self.pos += 1;
@@ -220,11 +234,16 @@ impl<'a> Parser<'a> {
             if value.is_empty() {
                 return Err(self.error(value_at, format!("tag {key:?} has no value")));
             }
-            if reading.tags.insert(key.clone(), value).is_some() {
+            if tags.insert(key.clone(), value).is_some() {
                 return Err(self.error(key_at, format!("tag key {key:?} appears twice")));
             }
         }
 
+        Ok(())
+    }
+
+    /// The field set, after one or more spaces.
+    fn fields(&mut self) -> Result<BTreeMap<String, FieldValue>, LineProtocolError> {
         // Field set.
         match self.peek() {
             Some(b' ') => self.skip_spaces(),
@@ -273,12 +292,15 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        reading.fields = fields;
+        Ok(fields)
+    }
 
+    /// The optional timestamp, and the end of the line.
+    fn timestamp(&mut self) -> Result<Option<i64>, LineProtocolError> {
         // Optional timestamp.
         self.skip_spaces();
         if self.take_eol() {
-            return Ok(reading);
+            return Ok(None);
         }
         let ts_at = self.pos;
         while matches!(self.peek(), Some(b'-' | b'0'..=b'9')) {
@@ -297,13 +319,13 @@ impl<'a> Parser<'a> {
                 format!("invalid timestamp {:?}", &self.text[ts_at..end]),
             ));
         }
-        reading.timestamp_ns = digits.parse::<i64>().map_err(|_| {
+        let ts = digits.parse::<i64>().map_err(|_| {
             self.error(
                 ts_at,
                 format!("timestamp {digits:?} is not a 64-bit integer"),
             )
         })?;
-        Ok(reading)
+        Ok(Some(ts))
     }
 
     fn field_value(&mut self, key: &str) -> Result<FieldValue, LineProtocolError> {
