@@ -227,7 +227,40 @@ impl UplinkConfig {
 
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        let k = &self.kafka;
+        p.extend(self.kafka.problems());
+        if self.batch.max_lines == 0 {
+            p.push(Problem::new("batch.max_lines", "must be at least 1"));
+        }
+        if self.batch.max_bytes < ByteSize::kib(1) {
+            p.push(Problem::new("batch.max_bytes", "must be at least 1KiB"));
+        }
+        if self.batch.max_wait.is_zero() {
+            p.push(Problem::new("batch.max_wait", "must be more than 0s"));
+        }
+        if self.retry.max_delay < Duration::from_millis(100) {
+            p.push(Problem::new("retry.max_delay", "must be at least 100ms"));
+        }
+        if self.sinks.is_empty() {
+            p.push(Problem::new("sink", "needs at least one [[sink]]"));
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            p.extend(sink.problems(i));
+        }
+        if self.batch.max_in_flight == 0 {
+            p.push(Problem::new("batch.max_in_flight", "must be at least 1"));
+        }
+        if let Err(e) = self.metrics.listen_addr() {
+            p.push(Problem::new("metrics.listen", e));
+        }
+        p
+    }
+}
+
+impl KafkaConfig {
+    /// Everything wrong with `[kafka]`.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let k = self;
         p.extend(broker_problems("kafka.brokers", &k.brokers));
         if k.topics.is_empty() {
             p.push(Problem::new("kafka.topics", "needs at least one topic"));
@@ -261,30 +294,6 @@ impl UplinkConfig {
             k.properties.keys(),
             RESERVED_PROPERTIES,
         ));
-        if self.batch.max_lines == 0 {
-            p.push(Problem::new("batch.max_lines", "must be at least 1"));
-        }
-        if self.batch.max_bytes < ByteSize::kib(1) {
-            p.push(Problem::new("batch.max_bytes", "must be at least 1KiB"));
-        }
-        if self.batch.max_wait.is_zero() {
-            p.push(Problem::new("batch.max_wait", "must be more than 0s"));
-        }
-        if self.retry.max_delay < Duration::from_millis(100) {
-            p.push(Problem::new("retry.max_delay", "must be at least 100ms"));
-        }
-        if self.sinks.is_empty() {
-            p.push(Problem::new("sink", "needs at least one [[sink]]"));
-        }
-        for (i, sink) in self.sinks.iter().enumerate() {
-            p.extend(sink.problems(i));
-        }
-        if self.batch.max_in_flight == 0 {
-            p.push(Problem::new("batch.max_in_flight", "must be at least 1"));
-        }
-        if let Err(e) = self.metrics.listen_addr() {
-            p.push(Problem::new("metrics.listen", e));
-        }
         p
     }
 }

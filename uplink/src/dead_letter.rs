@@ -85,6 +85,50 @@ impl DeadLetters {
         })
     }
 
+    /// Logs a letter sent (at most once a minute).
+    fn log_sent(&self, letter: &DeadLetter) {
+        let allowed = self
+            .sent_log
+            .lock()
+            .expect("log throttle")
+            .allow(std::time::Instant::now());
+        if let Some(held_back) = allowed {
+            tracing::warn!(
+                similar_not_logged = held_back,
+                dead_letter_topic = %self.topic,
+                source_topic = %letter.origin.topic,
+                partition = letter.origin.partition,
+                offset = letter.origin.offset,
+                error = %letter.error,
+                "record sent to the dead-letter topic"
+            );
+        }
+    }
+
+    /// Logs a failed send (at most once a minute), with a hint when the
+    /// topic may be missing.
+    fn log_failure(&self, error: &KafkaError) {
+        let allowed = self
+            .log
+            .lock()
+            .expect("log throttle")
+            .allow(std::time::Instant::now());
+        if let Some(held_back) = allowed {
+            let hint = match error.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::MessageTimedOut,
+                ) => " (does the dead-letter topic exist? the uplink does not create topics)",
+                _ => "",
+            };
+            tracing::error!(
+                dead_letter_topic = %self.topic,
+                error = %error,
+                retries_not_logged = held_back,
+                "cannot write to the dead-letter topic{hint}; the partition waits and nothing past this record is committed"
+            );
+        }
+    }
+
     /// Sends `letter` and waits for Kafka's acknowledgement, retrying until it
     /// succeeds. Returns false if `stop` fired first: the record is then not
     /// dealt with and must not be committed.
@@ -99,88 +143,20 @@ impl DeadLetters {
             );
             return true;
         };
-        let partition = letter.origin.partition.to_string();
-        let offset = letter.origin.offset.to_string();
         let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 5);
-            for (key, value) in &letter.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_slice()),
-                });
-            }
-            headers = headers
-                .insert(Header {
-                    key: HEADER_ERROR,
-                    value: Some(letter.error.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_TOPIC,
-                    value: Some(&*letter.origin.topic),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_PARTITION,
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_OFFSET,
-                    value: Some(offset.as_str()),
-                });
-            if let Some(sink) = &letter.sink {
-                headers = headers.insert(Header {
-                    key: HEADER_SINK,
-                    value: Some(sink.as_str()),
-                });
-            }
             let mut record = FutureRecord::to(&self.topic)
                 .payload(letter.payload.as_slice())
-                .headers(headers);
+                .headers(headers_of(letter));
             if let Some(key) = &letter.key {
                 record = record.key(key);
             }
-            let error = match producer.send(record, Duration::from_secs(5)).await {
+            match producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    let allowed = self
-                        .sent_log
-                        .lock()
-                        .expect("log throttle")
-                        .allow(std::time::Instant::now());
-                    let Some(held_back) = allowed else {
-                        return true;
-                    };
-                    tracing::warn!(
-                        similar_not_logged = held_back,
-                        dead_letter_topic = %self.topic,
-                        source_topic = %letter.origin.topic,
-                        partition = letter.origin.partition,
-                        offset = letter.origin.offset,
-                        error = %letter.error,
-                        "record sent to the dead-letter topic"
-                    );
+                    self.log_sent(letter);
                     return true;
                 }
-                Err((e, _)) => e,
-            };
-            let allowed = self
-                .log
-                .lock()
-                .expect("log throttle")
-                .allow(std::time::Instant::now());
-            if let Some(held_back) = allowed {
-                let hint = match error.rdkafka_error_code() {
-                    Some(
-                        RDKafkaErrorCode::UnknownTopicOrPartition
-                        | RDKafkaErrorCode::MessageTimedOut,
-                    ) => " (does the dead-letter topic exist? the uplink does not create topics)",
-                    _ => "",
-                };
-                tracing::error!(
-                    dead_letter_topic = %self.topic,
-                    error = %error,
-                    retries_not_logged = held_back,
-                    "cannot write to the dead-letter topic{hint}; the partition waits and nothing past this record is committed"
-                );
+                Err((error, _)) => self.log_failure(&error),
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
@@ -188,4 +164,40 @@ impl DeadLetters {
             }
         }
     }
+}
+/// The record's own headers, then where it came from and why it is here.
+fn headers_of(letter: &DeadLetter) -> OwnedHeaders {
+    let partition = letter.origin.partition.to_string();
+    let offset = letter.origin.offset.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 5);
+    for (key, value) in &letter.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_slice()),
+        });
+    }
+    headers = headers
+        .insert(Header {
+            key: HEADER_ERROR,
+            value: Some(letter.error.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_TOPIC,
+            value: Some(&*letter.origin.topic),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_OFFSET,
+            value: Some(offset.as_str()),
+        });
+    if let Some(sink) = &letter.sink {
+        headers = headers.insert(Header {
+            key: HEADER_SINK,
+            value: Some(sink.as_str()),
+        });
+    }
+    headers
 }

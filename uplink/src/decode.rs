@@ -90,29 +90,39 @@ pub fn decode(
             }
             Ok(readings)
         }
-        Format::Json => {
-            // Buoy's own JSON says so in its header and is in nanoseconds.
-            let unit = if declared == Some(Format::Json) {
-                TimestampUnit::Nanoseconds
-            } else {
-                settings.json_timestamp_unit
-            };
-            let default = record_time_ns.unwrap_or(i64::MIN);
-            match telegraf_json::decode(text, unit, default)? {
-                JsonPayload::Metrics(readings) => {
-                    if readings.iter().any(|r| r.timestamp_ns == i64::MIN) {
-                        return Err(DecodeError::NoTimestamp);
-                    }
-                    Ok(readings)
-                }
-                JsonPayload::Fields(fields) => {
-                    let time = record_time_ns.ok_or(DecodeError::NoTimestamp)?;
-                    let mut reading = Reading::new(record.topic, time);
-                    reading.fields = fields;
-                    reading.validate().map_err(JsonError::from)?;
-                    Ok(vec![reading])
-                }
+        Format::Json => decode_json(record, text, declared, record_time_ns, settings),
+    }
+}
+
+/// A JSON record: Telegraf metrics, or a plain object of fields named
+/// after the topic.
+fn decode_json(
+    record: &RecordView<'_>,
+    text: &str,
+    declared: Option<Format>,
+    record_time_ns: Option<i64>,
+    settings: &DecodeSettings,
+) -> Result<Vec<Reading>, DecodeError> {
+    // Buoy's own JSON says so in its header and is in nanoseconds.
+    let unit = if declared == Some(Format::Json) {
+        TimestampUnit::Nanoseconds
+    } else {
+        settings.json_timestamp_unit
+    };
+    let default = record_time_ns.unwrap_or(i64::MIN);
+    match telegraf_json::decode(text, unit, default)? {
+        JsonPayload::Metrics(readings) => {
+            if readings.iter().any(|r| r.timestamp_ns == i64::MIN) {
+                return Err(DecodeError::NoTimestamp);
             }
+            Ok(readings)
+        }
+        JsonPayload::Fields(fields) => {
+            let time = record_time_ns.ok_or(DecodeError::NoTimestamp)?;
+            let mut reading = Reading::new(record.topic, time);
+            reading.fields = fields;
+            reading.validate().map_err(JsonError::from)?;
+            Ok(vec![reading])
         }
     }
 }

@@ -27,7 +27,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-type Labels = Vec<(&'static str, String)>;
+/// Label pairs of a metric family.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// Where a partition stands, as offsets.
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,6 +71,15 @@ impl Default for Metrics {
             registry: Registry::default(),
             positions: Mutex::new(HashMap::new()),
         };
+        m.register(&mut registry);
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Every metric, with its help text, in `registry`.
+    fn register(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "consumer_lag",
             "Records behind the partition's end (approximate where the broker's high watermark lags)",
@@ -116,7 +126,6 @@ impl Default for Metrics {
             "1 while the sink answers 401, 403 or 404",
             m.misconfigured.clone(),
         );
-        Metrics { registry, ..m }
     }
 }
 

@@ -160,30 +160,12 @@ impl Pipeline {
                     self.seal();
                 }
                 _ = tokio::time::sleep_until(rate.next_at) => {
-                    rate.update(Instant::now(), &self.metrics, self.counters.lines_written);
-                    for ((topic, partition), next) in &self.consumed {
-                        self.metrics.consumed(topic, *partition, *next);
-                    }
-                    if !self.status_interval.is_zero() && Instant::now() >= status_at {
-                        self.log_status();
-                        status_at = Instant::now() + self.status_interval;
-                    }
+                    self.report(&mut rate, &mut status_at);
                 }
                 message = self.consumer.recv() => {
                     let message = message.map(|m| m.detach());
                     self.received(message, &mut consumer_errors);
-                    // Records librdkafka already holds are taken without a
-                    // round of the loop each, up to a full batch.
-                    for _ in 0..MAX_TAKEN_AT_ONCE {
-                        if self.batcher.is_full() {
-                            break;
-                        }
-                        let Some(message) = self.consumer.recv().now_or_never() else {
-                            break;
-                        };
-                        let message = message.map(|m| m.detach());
-                        self.received(message, &mut consumer_errors);
-                    }
+                    self.take_ready(&mut consumer_errors);
                 }
             }
             if self.batcher.is_full() && self.in_flight.len() < self.max_in_flight {
@@ -195,6 +177,33 @@ impl Pipeline {
             }
         }
         self.finish().await
+    }
+
+    /// The rate gauge and consumer positions, and the status line when due.
+    fn report(&mut self, rate: &mut RateGauge, status_at: &mut Instant) {
+        rate.update(Instant::now(), &self.metrics, self.counters.lines_written);
+        for ((topic, partition), next) in &self.consumed {
+            self.metrics.consumed(topic, *partition, *next);
+        }
+        if !self.status_interval.is_zero() && Instant::now() >= *status_at {
+            self.log_status();
+            *status_at = Instant::now() + self.status_interval;
+        }
+    }
+
+    /// Records librdkafka already holds are taken without a round of the
+    /// loop each, up to a full batch.
+    fn take_ready(&mut self, consumer_errors: &mut Throttle) {
+        for _ in 0..MAX_TAKEN_AT_ONCE {
+            if self.batcher.is_full() {
+                break;
+            }
+            let Some(message) = self.consumer.recv().now_or_never() else {
+                break;
+            };
+            let message = message.map(|m| m.detach());
+            self.received(message, consumer_errors);
+        }
     }
 
     /// Shutdown: the open batch is sealed, the batches in flight get the
@@ -402,25 +411,28 @@ impl Pipeline {
             }
             Err(e) => e,
         };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.batcher.push_letter(
-            DeadLetter {
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers,
-                error,
-                origin,
-                sink: None,
-            },
-            now,
-        );
+        self.batcher.push_letter(letter_of(&m, error, origin), now);
+    }
+}
+
+/// A record that can never be written, as a dead letter: its key, payload
+/// and headers as they came, and why.
+fn letter_of(m: &OwnedMessage, error: String, origin: Origin) -> DeadLetter {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    DeadLetter {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+        error,
+        origin,
+        sink: None,
     }
 }
 

@@ -110,16 +110,12 @@ impl Writer {
                     reason,
                     lines: named,
                 }) if !named.is_empty() => {
-                    let mut rest = Vec::with_capacity(chunk.len());
-                    for (i, line) in chunk.into_iter().enumerate() {
-                        if named.contains(&i) {
-                            if !self.dead_letter_line(line, &reason, name, stop).await {
-                                return false;
-                            }
-                        } else {
-                            rest.push(line);
-                        }
-                    }
+                    let Some(rest) = self
+                        .dead_letter_named(chunk, &named, &reason, name, stop)
+                        .await
+                    else {
+                        return false;
+                    };
                     todo.push(rest);
                 }
                 Err(WriteError::TooLarge { reason } | WriteError::Rejected { reason, .. }) => {
@@ -133,39 +129,8 @@ impl Writer {
                     }
                 }
                 Err(e @ (WriteError::Retry { .. } | WriteError::Misconfigured { .. })) => {
-                    self.metrics.write_retries.get_or_create(&labels).inc();
-                    let jittered = backoff.next_delay(rand::random());
-                    let delay = match &e {
-                        WriteError::Retry {
-                            retry_after: Some(asked),
-                            ..
-                        } => (*asked).max(jittered / 4),
-                        _ => jittered,
-                    };
-                    let misconfigured = matches!(e, WriteError::Misconfigured { .. });
-                    self.metrics
-                        .misconfigured
-                        .get_or_create(&labels)
-                        .set(i64::from(misconfigured));
-                    let allowed = slot
-                        .log
-                        .lock()
-                        .expect("log throttle")
-                        .allow(std::time::Instant::now());
-                    if let Some(held_back) = allowed {
-                        if misconfigured {
-                            tracing::error!(
-                                sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
-                                "the database refuses the uplink; fix its configuration. Consuming stops once every batch slot waits on it; nothing is committed meanwhile"
-                            );
-                        } else {
-                            tracing::warn!(
-                                sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
-                                "database write failed; retrying. Nothing is committed meanwhile"
-                            );
-                        }
-                    }
                     todo.push(chunk);
+                    let delay = self.delay_after(slot, &e, &mut backoff, &labels);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => return false,
@@ -174,6 +139,76 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// After a write to be retried: how long to wait (the database's
+    /// `Retry-After`, or the backoff), counted and logged (at most once a
+    /// minute), with whether the database refuses the uplink's settings.
+    fn delay_after(
+        &self,
+        slot: &SinkSlot,
+        e: &WriteError,
+        backoff: &mut Backoff,
+        labels: &metrics::Labels,
+    ) -> Duration {
+        let name = slot.sink.name();
+        self.metrics.write_retries.get_or_create(labels).inc();
+        let jittered = backoff.next_delay(rand::random());
+        let delay = match e {
+            WriteError::Retry {
+                retry_after: Some(asked),
+                ..
+            } => (*asked).max(jittered / 4),
+            _ => jittered,
+        };
+        let misconfigured = matches!(e, WriteError::Misconfigured { .. });
+        self.metrics
+            .misconfigured
+            .get_or_create(labels)
+            .set(i64::from(misconfigured));
+        let allowed = slot
+            .log
+            .lock()
+            .expect("log throttle")
+            .allow(std::time::Instant::now());
+        if let Some(held_back) = allowed {
+            if misconfigured {
+                tracing::error!(
+                    sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
+                    "the database refuses the uplink; fix its configuration. Consuming stops once every batch slot waits on it; nothing is committed meanwhile"
+                );
+            } else {
+                tracing::warn!(
+                    sink = name, error = %e, retry_in = ?delay, retries_not_logged = held_back,
+                    "database write failed; retrying. Nothing is committed meanwhile"
+                );
+            }
+        }
+        delay
+    }
+
+    /// The lines of `chunk` the database `named` as refused go to the
+    /// dead-letter topic; returns the others, to write again (`None`:
+    /// stopped).
+    async fn dead_letter_named<'a>(
+        &self,
+        chunk: Vec<&'a Line>,
+        named: &[usize],
+        reason: &str,
+        sink: &str,
+        stop: &CancellationToken,
+    ) -> Option<Vec<&'a Line>> {
+        let mut rest = Vec::with_capacity(chunk.len());
+        for (i, line) in chunk.into_iter().enumerate() {
+            if named.contains(&i) {
+                if !self.dead_letter_line(line, reason, sink, stop).await {
+                    return None;
+                }
+            } else {
+                rest.push(line);
+            }
+        }
+        Some(rest)
     }
 
     async fn dead_letter_line(

@@ -183,8 +183,50 @@ impl SinkConfig {
     /// What is wrong with the table, as `sink[i].key` problems.
     pub fn problems(&self, i: usize) -> Vec<Problem> {
         use SinkKind::*;
-        let mut p = Vec::new();
         let key = |k: &str| format!("sink[{i}].{k}");
+        let kind = self.kind;
+        let mut p = self.url_problems(&key);
+        p.extend(self.key_problems(&key));
+        if self.password_file.is_some() && self.username.is_none() && kind != Redis {
+            p.push(Problem::new(
+                key("username"),
+                "is needed with password_file",
+            ));
+        }
+        if self.token_file.is_some() && self.password_file.is_some() {
+            p.push(Problem::new(
+                key("token_file"),
+                "give either token_file or username and password_file, not both",
+            ));
+        }
+        if kind == Redis && (self.precision.is_some() || self.gzip.is_some()) {
+            p.push(Problem::new(
+                key("precision"),
+                "redis keeps nanosecond timestamps and takes no gzip; remove precision and gzip",
+            ));
+        }
+        if kind == Cnosdb && self.precision == Some(Precision::S) {
+            p.push(Problem::new(
+                key("precision"),
+                "cnosdb accepts ns, us or ms",
+            ));
+        }
+        if self.max_concurrent_writes == 0 || self.max_concurrent_writes > 64 {
+            p.push(Problem::new(
+                key("max_concurrent_writes"),
+                "must be between 1 and 64",
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            p.push(Problem::new(key("timeout"), "must be at least 100ms"));
+        }
+        p
+    }
+
+    /// The url's scheme, for the kind.
+    fn url_problems(&self, key: &impl Fn(&str) -> String) -> Vec<Problem> {
+        use SinkKind::*;
+        let mut p = Vec::new();
         let kind = self.kind;
         let scheme_ok = if kind == Redis {
             self.url.starts_with("redis://") || self.url.starts_with("rediss://")
@@ -202,8 +244,13 @@ impl SinkConfig {
                 format!("{:?} must start with {want}", self.url),
             ));
         }
-        // Which kinds use each optional key.
-        let used: [(&str, bool, &[SinkKind]); 9] = [
+        p
+    }
+
+    /// Each optional key: whether it is set, and which kinds use it.
+    fn key_uses(&self) -> [(&'static str, bool, &'static [SinkKind]); 9] {
+        use SinkKind::*;
+        [
             (
                 "database",
                 !self.database.is_empty(),
@@ -237,8 +284,15 @@ impl SinkConfig {
                 &[InfluxdbV2, InfluxdbV3, Questdb],
             ),
             ("key_prefix", !self.key_prefix.is_empty(), &[Redis]),
-        ];
-        for (name, set, kinds) in used {
+        ]
+    }
+
+    /// Keys the kind does not use, and keys it needs that are missing.
+    fn key_problems(&self, key: &impl Fn(&str) -> String) -> Vec<Problem> {
+        use SinkKind::*;
+        let mut p = Vec::new();
+        let kind = self.kind;
+        for (name, set, kinds) in self.key_uses() {
             if set && !kinds.contains(&kind) {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
                 p.push(Problem::new(
@@ -266,39 +320,6 @@ impl SinkConfig {
                     format!("is needed by kind {}", kind.as_str()),
                 ));
             }
-        }
-        if self.password_file.is_some() && self.username.is_none() && kind != Redis {
-            p.push(Problem::new(
-                key("username"),
-                "is needed with password_file",
-            ));
-        }
-        if self.token_file.is_some() && self.password_file.is_some() {
-            p.push(Problem::new(
-                key("token_file"),
-                "give either token_file or username and password_file, not both",
-            ));
-        }
-        if kind == Redis && (self.precision.is_some() || self.gzip.is_some()) {
-            p.push(Problem::new(
-                key("precision"),
-                "redis keeps nanosecond timestamps and takes no gzip; remove precision and gzip",
-            ));
-        }
-        if kind == Cnosdb && self.precision == Some(Precision::S) {
-            p.push(Problem::new(
-                key("precision"),
-                "cnosdb accepts ns, us or ms",
-            ));
-        }
-        if self.max_concurrent_writes == 0 || self.max_concurrent_writes > 64 {
-            p.push(Problem::new(
-                key("max_concurrent_writes"),
-                "must be between 1 and 64",
-            ));
-        }
-        if self.timeout < Duration::from_millis(100) {
-            p.push(Problem::new(key("timeout"), "must be at least 100ms"));
         }
         p
     }
