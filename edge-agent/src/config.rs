@@ -122,10 +122,7 @@ impl AgentConfig {
         text: Option<&str>,
         env: &[(String, String)],
     ) -> Result<Loaded<AgentConfig>, ConfigError> {
-        let credentials = env
-            .iter()
-            .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
-            .map(|(_, v)| std::ffi::OsString::from(v));
+        let credentials = telemetry::secret::credentials_directory(env);
         let credentials = credentials.as_deref();
         let resolved = |c: &AgentConfig| {
             let mut c = c.clone();

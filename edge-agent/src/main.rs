@@ -7,25 +7,25 @@ use std::time::Duration;
 use clap::Parser;
 use edge_agent::cli::{Cli, Command, ExportFormat, JournalCommand, RunArgs};
 use edge_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
-use telemetry::config_file::{self, Loaded};
+use telemetry::config_file::Loaded;
+use telemetry::process;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    process::init_logging();
     if let Some(Command::SignConfig { key, output, file }) = &cli.command {
         return sign_config(key, output.as_deref(), file);
     }
-    let loaded = match load_config(cli.config.as_deref()) {
+    let loaded = match process::load_config(
+        "edge-agent",
+        cli.config.as_deref(),
+        Path::new(DEFAULT_CONFIG_PATH),
+        AgentConfig::load,
+    ) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
-    for var in &loaded.unknown_env {
-        tracing::warn!(variable = %var, "environment variable matches no edge-agent setting; ignored");
-    }
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::CheckConfig { print } => check_config(&loaded, print),
         Command::Journal { command } => journal_command(&loaded.config, command),
@@ -33,24 +33,17 @@ fn main() -> ExitCode {
         Command::Status { json } => status_command(&loaded.config, json),
         Command::SignConfig { .. } => unreachable!("handled before the config is loaded"),
         Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match runtime.block_on(run(loaded.config, args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            process::exit_status(process::runtime().block_on(run(loaded.config, args)))
         }
     }
 }
 
 async fn run(config: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(process::stop_on_signal(
+        shutdown.clone(),
+        "readings not yet in the journal are lost",
+    ));
     let setup = edge_agent::agent::Setup {
         report_commits: args.report_commits,
         stall_main_loop_after: stall_hook(),
@@ -71,31 +64,6 @@ fn stall_hook() -> Option<Duration> {
             None
         }
     }
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the
-/// second.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::warn!("second signal: exiting now without waiting for the journal");
-    std::process::exit(130);
-}
-
-fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<AgentConfig>> {
-    let (name, text) = config_file::read_file(path, Path::new(DEFAULT_CONFIG_PATH))?;
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    Ok(AgentConfig::load(&name, text.as_deref(), &env)?)
 }
 
 fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
@@ -147,15 +115,7 @@ fn check_config(loaded: &Loaded<AgentConfig>, print: bool) -> ExitCode {
             s.interval
         );
     }
-    for (var, path) in &loaded.overrides {
-        println!("  {path} set by {var}");
-    }
-    if print {
-        println!(
-            "\n{}",
-            toml::to_string_pretty(c).expect("config serialises")
-        );
-    }
+    process::print_overrides(loaded, print);
     ExitCode::SUCCESS
 }
 
@@ -269,12 +229,8 @@ fn status_command(config: &AgentConfig, json: bool) -> ExitCode {
 /// `edge-agent sensors`.
 fn sensors_command(config: &AgentConfig, json: bool) -> ExitCode {
     use edge_agent::sensor_check;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let now = edge_agent::clock::wall_now_ns();
-    let checks = runtime.block_on(sensor_check::check_all(config, now));
+    let checks = process::runtime().block_on(sensor_check::check_all(config, now));
     if json {
         println!(
             "{}",
@@ -348,21 +304,5 @@ fn journal_command(config: &AgentConfig, command: JournalCommand) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // journald adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
     }
 }

@@ -5,7 +5,8 @@
 //! and the uplink writes it as a point to a time-series database. This crate
 //! defines that model and its two wire encodings, plus the few pure helpers
 //! both binaries share. It does no I/O, except reading a config file
-//! ([`config_file::read_file`]) and serving metrics ([`metrics_http`]).
+//! ([`config_file::read_file`]) and secret files ([`secret`]), serving
+//! metrics ([`metrics_http`]), and the process shell ([`process`]).
 //!
 //! ## Layout
 //! - [`reading`]: the model ([`Reading`], [`FieldValue`]) and the rules a reading
@@ -21,6 +22,9 @@
 //! - [`units`], [`backoff`], [`throttle`]: byte sizes in configs, retry delays,
 //!   and rate limits for repeated log lines.
 //! - [`metrics_http`]: `GET /metrics` for both binaries.
+//! - [`process`], [`secret`] and (feature `kafka`) `kafka_log`: the process
+//!   shell both binaries share: logging, signals, config loading, secret
+//!   files and librdkafka's log lines.
 //!
 //! ## Invariants
 //! - Anything an encoder accepts, the matching parser returns unchanged
@@ -30,10 +34,14 @@
 
 pub mod backoff;
 pub mod config_file;
+#[cfg(feature = "kafka")]
+pub mod kafka_log;
 pub mod line_protocol;
 pub mod metrics_http;
+pub mod process;
 pub mod reading;
 pub mod record;
+pub mod secret;
 pub mod telegraf_json;
 pub mod throttle;
 pub mod units;

@@ -41,10 +41,14 @@ Environment:
   BUOY_<SECTION>_<KEY>   override a scalar config key, e.g.
                          BUOY_KAFKA_BROKERS=a:9092,b:9092, BUOY_KAFKA_TOPICS=telemetry,oceanic
   RUST_LOG               log filter (default: info)
+  CREDENTIALS_DIRECTORY  where relative password_file and token_file names are
+                         looked up (systemd's LoadCredential=)
 
 Signals:
   SIGTERM, SIGINT        stop consuming, give the batch in hand retry.shutdown_grace
-                         to be written, commit what was written and exit 0
+                         to be written, commit what was written and exit 0; a
+                         second signal exits at once (uncommitted records are
+                         read again on the next start)
 
 Exit status:
   0 clean stop, 1 runtime failure, 2 invalid config";

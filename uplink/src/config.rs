@@ -222,7 +222,19 @@ impl UplinkConfig {
         text: Option<&str>,
         env: &[(String, String)],
     ) -> Result<Loaded<UplinkConfig>, ConfigError> {
-        config_file::load(source_name, text, env, ENV_PREFIX, UplinkConfig::problems)
+        let credentials = telemetry::secret::credentials_directory(env);
+        let resolved = |c: &UplinkConfig| {
+            let mut c = c.clone();
+            for sink in &mut c.sinks {
+                sink.resolve_files(credentials.as_deref());
+            }
+            c
+        };
+        let mut loaded = config_file::load(source_name, text, env, ENV_PREFIX, |c| {
+            resolved(c).problems()
+        })?;
+        loaded.config = resolved(&loaded.config);
+        Ok(loaded)
     }
 
     pub fn problems(&self) -> Vec<Problem> {
@@ -301,6 +313,7 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn load(text: &str) -> Result<UplinkConfig, ConfigError> {
         UplinkConfig::load("uplink.toml", Some(text), &[]).map(|l| l.config)
@@ -314,6 +327,29 @@ mod tests {
         assert_eq!(c.kafka.start_from, StartFrom::Earliest);
         assert_eq!(c.sinks.len(), 1);
         assert_eq!(c.sinks[0].kind, SinkKind::Victoriametrics);
+    }
+
+    #[test]
+    fn relative_token_files_are_found_among_systemd_credentials() {
+        let text = "[[sink]]\nkind = \"influxdb_v2\"\nurl = \"http://db:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"influx-token\"\n";
+        let env = [(
+            "CREDENTIALS_DIRECTORY".to_owned(),
+            "/run/credentials/buoy-uplink.service".to_owned(),
+        )];
+        let c = UplinkConfig::load("uplink.toml", Some(text), &env)
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.sinks[0].token_file.as_deref(),
+            Some(Path::new(
+                "/run/credentials/buoy-uplink.service/influx-token"
+            ))
+        );
+        let without = load(text).unwrap();
+        assert_eq!(
+            without.sinks[0].token_file.as_deref(),
+            Some(Path::new("influx-token"))
+        );
     }
 
     #[test]

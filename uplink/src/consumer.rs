@@ -9,10 +9,8 @@
 //! The consumer's context ([`Events`]) tells the pipeline which partitions
 //! were revoked and pauses partitions assigned while consumption is paused.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -21,7 +19,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::TopicPartitionList;
-use telemetry::throttle::Throttle;
+use telemetry::throttle::Throttles;
 
 use crate::config::{StartFrom, UplinkConfig};
 use crate::offsets::Partition;
@@ -29,42 +27,20 @@ use crate::offsets::Partition;
 /// librdkafka's prefetch queue per partition, in KiB: bounded memory.
 const QUEUED_KBYTES: usize = 8 * 1024;
 
-/// Logs librdkafka's events, rate-limited per kind, and rebalances.
+/// Logs librdkafka's lines and errors the way the agent does
+/// ([`telemetry::kafka_log`]), rate-limited per kind.
 #[derive(Default)]
 pub struct KafkaLog {
-    throttles: Mutex<HashMap<String, Throttle>>,
-}
-
-impl KafkaLog {
-    fn allow(&self, kind: &str) -> Option<u64> {
-        self.throttles
-            .lock()
-            .expect("throttle lock")
-            .entry(kind.to_owned())
-            .or_insert_with(|| Throttle::new(Duration::from_secs(60)))
-            .allow(Instant::now())
-    }
+    throttles: Throttles,
 }
 
 impl ClientContext for KafkaLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let serious = matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-        );
-        // Connection failures also arrive through `error`, said once.
-        if !serious || matches!(fac, "FAIL" | "ERROR") {
-            tracing::debug!(target: "librdkafka", facility = fac, "{message}");
-        } else if let Some(held_back) = self.allow(fac) {
-            tracing::warn!(target: "librdkafka", facility = fac, similar_not_logged = held_back, "{message}");
-        }
+        telemetry::kafka_log::log(&self.throttles, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(held_back) = self.allow("error") {
+        if let Some(held_back) = self.throttles.allow("error") {
             tracing::warn!(error = %error, reason, similar_not_logged = held_back, "Kafka client error; retrying");
         }
     }
@@ -140,7 +116,7 @@ impl ConsumerContext for Events {
             // Nothing new was stored since the last commit.
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
-                if let Some(held_back) = self.log.allow("commit") {
+                if let Some(held_back) = self.log.throttles.allow("commit") {
                     tracing::warn!(error = %e, similar_not_logged = held_back, "offset commit failed; it is retried with the next one");
                 }
             }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use clap::Parser;
-use telemetry::config_file::{self, Loaded};
+use telemetry::config_file::Loaded;
+use telemetry::process;
 use tokio_util::sync::CancellationToken;
 use uplink::cli::{Cli, Command};
 use uplink::config::{DEFAULT_CONFIG_PATH, UplinkConfig};
@@ -15,36 +16,29 @@ use uplink::metrics::Metrics;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let loaded = match load_config(cli.config.as_deref()) {
+    process::init_logging();
+    let loaded = match process::load_config(
+        "uplink",
+        cli.config.as_deref(),
+        Path::new(DEFAULT_CONFIG_PATH),
+        UplinkConfig::load,
+    ) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
-    for var in &loaded.unknown_env {
-        tracing::warn!(variable = %var, "environment variable matches no uplink setting; ignored");
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = process::runtime();
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { print } => runtime.block_on(check_config(&loaded, print)),
-        Command::Run => match runtime.block_on(run(loaded.config)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Run => process::exit_status(runtime.block_on(run(loaded.config))),
     }
 }
 
 async fn run(config: UplinkConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(process::stop_on_signal(
+        shutdown.clone(),
+        "uncommitted records will be read again",
+    ));
     tracing::info!(
         brokers = %config.kafka.brokers.join(","),
         topics = %config.kafka.topics.join(","),
@@ -89,31 +83,6 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on the
-/// second.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::warn!("second signal: exiting now; uncommitted records will be read again");
-    std::process::exit(130);
-}
-
-fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded<UplinkConfig>> {
-    let (name, text) = config_file::read_file(path, Path::new(DEFAULT_CONFIG_PATH))?;
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    Ok(UplinkConfig::load(&name, text.as_deref(), &env)?)
-}
-
 async fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
     let c = &loaded.config;
     if let Err(e) = uplink::consumer::client_config(c).create::<rdkafka::consumer::BaseConsumer>() {
@@ -141,29 +110,6 @@ async fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
     for sink in &c.sinks {
         println!("  sink   {} {}", sink.kind.as_str(), sink.url);
     }
-    for (var, path) in &loaded.overrides {
-        println!("  {path} set by {var}");
-    }
-    if print {
-        println!(
-            "\n{}",
-            toml::to_string_pretty(c).expect("config serialises")
-        );
-    }
+    process::print_overrides(loaded, print);
     ExitCode::SUCCESS
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
 }

@@ -1,10 +1,9 @@
 //! The Kafka producer: librdkafka configured for no loss, and the callbacks
 //! that feed delivery reports and connection errors back to the forwarder.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -12,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
-use telemetry::throttle::Throttle;
+use telemetry::throttle::Throttles;
 use tokio::sync::mpsc;
 
 use super::config::ForwarderConfig;
@@ -44,7 +43,7 @@ pub struct ForwarderContext {
     status: Arc<Status>,
     /// One throttle per librdkafka log facility, so a broker that refuses
     /// connections is logged once a minute, not on every retry.
-    throttles: Mutex<HashMap<String, Throttle>>,
+    throttles: Throttles,
     /// Bytes this producer has put on the wire, from librdkafka's statistics
     /// (only collected when a bandwidth budget is set).
     wire_bytes: AtomicU64,
@@ -56,32 +55,11 @@ impl ForwarderContext {
     pub fn wire_bytes(&self) -> u64 {
         self.wire_bytes.load(Relaxed)
     }
-
-    fn throttled(&self, facility: &str) -> Option<u64> {
-        let mut map = self.throttles.lock().expect("throttle lock");
-        map.entry(facility.to_owned())
-            .or_insert_with(|| Throttle::new(Duration::from_secs(60)))
-            .allow(Instant::now())
-    }
 }
 
 impl ClientContext for ForwarderContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let serious = matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-                | RDKafkaLogLevel::Warning
-        );
-        // Connection failures also arrive through `error` below, which says
-        // what they mean for the readings; keep librdkafka's version quiet.
-        if !serious || matches!(fac, "FAIL" | "ERROR") {
-            tracing::debug!(target: "librdkafka", facility = fac, "{message}");
-        } else if let Some(held_back) = self.throttled(fac) {
-            tracing::warn!(target: "librdkafka", facility = fac, similar_not_logged = held_back, "{message}");
-        }
+        telemetry::kafka_log::log(&self.throttles, level, fac, message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -97,7 +75,7 @@ impl ClientContext for ForwarderContext {
             let _ = self.deliveries.send(Event::BrokerLost);
         }
         let previous = self.status.link_error(format!("{error}: {reason}"));
-        if let Some(held_back) = self.throttled("error") {
+        if let Some(held_back) = self.throttles.allow("error") {
             if previous != Link::Down {
                 tracing::warn!(
                     error = %error,
@@ -192,7 +170,7 @@ pub fn create(
     let context = ForwarderContext {
         deliveries,
         status,
-        throttles: Mutex::new(HashMap::new()),
+        throttles: Throttles::default(),
         wire_bytes: AtomicU64::new(0),
     };
     Ok(client_config(config)?.create_with_context(context)?)

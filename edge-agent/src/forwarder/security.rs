@@ -6,12 +6,12 @@
 //! when systemd's `LoadCredential=` set it. Secret values are kept in
 //! [`Secret`], whose `Debug` does not show them, and are never logged.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 use telemetry::config_file::Problem;
+use telemetry::secret::{self, Secret, SecretError, resolve_files, unreadable_files};
 
 /// `security.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -98,86 +98,17 @@ pub struct KafkaSecurity {
     pub verify_hostname: Option<bool>,
 }
 
-/// A secret read from a file. Shown as `<secret>`.
-#[derive(Clone, PartialEq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
 /// A secret or certificate file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read kafka.security.{key} {path}: {source}")]
+#[error("kafka.security.{key}: {source}")]
 pub struct SecretFileError {
     pub key: &'static str,
-    pub path: PathBuf,
     #[source]
-    pub source: std::io::Error,
-}
-
-/// Where a configured file is: as given if absolute, else in `credentials`
-/// (`$CREDENTIALS_DIRECTORY`, read when the config is loaded) when set, else
-/// relative to the working directory.
-pub fn resolve_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> PathBuf {
-    match credentials {
-        Some(dir) if path.is_relative() => Path::new(dir).join(path),
-        _ => path.to_owned(),
-    }
-}
-
-/// A problem for each configured file (key `at.name`) that cannot be
-/// opened: a missing secret is found when the config is checked, not when
-/// the link is first needed.
-pub fn unreadable_files<'a>(
-    at: &str,
-    files: impl IntoIterator<Item = (&'static str, &'a Option<PathBuf>)>,
-) -> Vec<Problem> {
-    files
-        .into_iter()
-        .filter_map(|(name, file)| {
-            let file = file.as_ref()?;
-            let e = std::fs::File::open(file).err()?;
-            Some(Problem::new(
-                format!("{at}.{name}"),
-                format!("cannot read {}: {e}", file.display()),
-            ))
-        })
-        .collect()
-}
-
-/// Each file `resolve_in` `credentials`.
-pub fn resolve_files<'a>(
-    files: impl IntoIterator<Item = &'a mut Option<PathBuf>>,
-    credentials: Option<&std::ffi::OsStr>,
-) {
-    for file in files.into_iter().flatten() {
-        *file = resolve_in(file, credentials);
-    }
+    pub source: SecretError,
 }
 
 fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SecretFileError> {
-    read_secret_file(path).map_err(|source| SecretFileError {
-        key,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// A secret from a file, without its one trailing newline.
-pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
-    let text = std::fs::read_to_string(path)?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    Ok(Secret(text.to_owned()))
+    secret::read(path).map_err(|source| SecretFileError { key, source })
 }
 
 impl KafkaSecurity {
@@ -375,7 +306,6 @@ mod tests {
 
     #[test]
     fn secrets_are_not_shown_and_a_missing_file_is_named() {
-        assert_eq!(format!("{:?}", Secret("hunter2".into())), "<secret>");
         let s = KafkaSecurity {
             protocol: SecurityProtocol::SaslPlaintext,
             sasl_mechanism: Some(SaslMechanism::Plain),
@@ -412,21 +342,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(tls_without_protocol.problems("s").len(), 1);
-    }
-
-    #[test]
-    fn relative_files_are_found_among_systemd_credentials() {
-        let creds = Some(std::ffi::OsStr::new(
-            "/run/credentials/buoy-edge-agent.service",
-        ));
-        assert_eq!(
-            resolve_in(Path::new("kafka-password"), creds),
-            Path::new("/run/credentials/buoy-edge-agent.service/kafka-password")
-        );
-        assert_eq!(
-            resolve_in(Path::new("/etc/buoy/pw"), creds),
-            Path::new("/etc/buoy/pw")
-        );
-        assert_eq!(resolve_in(Path::new("pw"), None), Path::new("pw"));
     }
 }

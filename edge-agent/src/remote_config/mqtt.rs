@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use super::controller::ConfigReport;
 use super::settings::MqttConfig;
 use super::state::StateSource;
-use crate::forwarder::security::read_secret_file;
 
 /// Largest MQTT packet taken in; larger desired configs are refused anyway
 /// (256 KiB), this leaves room to say so instead of dropping the link.
@@ -65,6 +64,8 @@ pub enum SetupError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("mqtt.password_file: {0}")]
+    Password(#[source] telemetry::secret::SecretError),
     #[error("mqtt.{key} {path}: {reason}")]
     Pem {
         key: &'static str,
@@ -104,12 +105,8 @@ pub fn options(
         ));
     if let Some(user) = &settings.username {
         let password = match &settings.password_file {
-            Some(file) => read_secret_file(file)
-                .map_err(|source| SetupError::File {
-                    key: "password_file",
-                    path: file.to_owned(),
-                    source,
-                })?
+            Some(file) => telemetry::secret::read(file)
+                .map_err(SetupError::Password)?
                 .expose()
                 .to_owned(),
             None => String::new(),

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use telemetry::config_file::Problem;
+use telemetry::secret::{resolve_files, unreadable_files};
 
 use super::desired;
-use crate::forwarder::security::{resolve_files, unreadable_files};
 
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

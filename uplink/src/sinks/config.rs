@@ -180,6 +180,15 @@ impl SinkConfig {
         self.gzip.unwrap_or_else(|| self.kind.default_gzip())
     }
 
+    /// Relative secret files made absolute in `$CREDENTIALS_DIRECTORY`
+    /// (systemd's `LoadCredential=`), when set.
+    pub fn resolve_files(&mut self, credentials: Option<&std::ffi::OsStr>) {
+        telemetry::secret::resolve_files(
+            [&mut self.password_file, &mut self.token_file],
+            credentials,
+        );
+    }
+
     /// What is wrong with the table, as `sink[i].key` problems.
     pub fn problems(&self, i: usize) -> Vec<Problem> {
         use SinkKind::*;

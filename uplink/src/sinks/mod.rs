@@ -24,7 +24,7 @@ pub mod questdb;
 pub mod redis;
 pub mod victoriametrics;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::batcher::Line;
@@ -68,13 +68,8 @@ pub trait Sink: Send + Sync {
 /// Why a sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot read {path}: {source}")]
-    Secret {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is empty")]
-    EmptySecret { path: PathBuf },
+    #[error("{0}")]
+    Secret(#[from] telemetry::secret::SecretError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("redis: {0}")]
@@ -94,17 +89,7 @@ pub async fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, BuildError> {
     })
 }
 
-/// Reads a password or token file: the first line, without its line end.
+/// The password or token in `path` (see [`telemetry::secret`]).
 pub fn read_secret(path: &Path) -> Result<String, BuildError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Secret {
-        path: path.to_owned(),
-        source,
-    })?;
-    let secret = text.lines().next().unwrap_or_default().to_owned();
-    if secret.is_empty() {
-        return Err(BuildError::EmptySecret {
-            path: path.to_owned(),
-        });
-    }
-    Ok(secret)
+    Ok(telemetry::secret::read(path)?.expose().to_owned())
 }
