@@ -21,7 +21,7 @@
 //! readiness and watchdog ([`service_manager`]), pinged from the main loop
 //! below so that a stalled loop gets the agent restarted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use crate::remote_config::controller::{
     self, ApplyRequest, ConfigReport, Controller, Decision, Startup, Verdict,
 };
 use crate::remote_config::mqtt;
-use crate::remote_config::state::StateSource;
+use crate::remote_config::state::{ReportedState, StateSource};
 use crate::remote_config::store::Store;
 use crate::status::{self, Status};
 use crate::{local_status, service_manager};
@@ -51,6 +51,9 @@ pub struct Setup {
     pub boot_id: String,
     /// Where to report every commit (`edge-agent run --report-commits`).
     pub report_commits: Option<PathBuf>,
+    /// Where to write the final state on a clean stop
+    /// (`edge-agent run --report-state`).
+    pub report_state: Option<PathBuf>,
     /// Test-only fault: the main loop stalls for good after this long, so
     /// that the watchdog test sees the pings stop
     /// ([`service_manager::STALL_HOOK_VAR`]).
@@ -65,6 +68,7 @@ impl Setup {
             clock: Arc::new(SystemClock::default()),
             boot_id: journal::current_boot_id(),
             report_commits: None,
+            report_state: None,
             stall_main_loop_after: None,
         }
     }
@@ -81,6 +85,11 @@ pub enum AgentError {
     Stage(#[from] StageFailed),
     #[error("opening the journal panicked")]
     OpenPanicked(#[from] tokio::task::JoinError),
+    #[error("cannot write the final state to {path}: {source}")]
+    ReportState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops it cleanly.
@@ -126,6 +135,7 @@ pub struct Agent {
     remote_tasks: JoinSet<()>,
     local_servers: Vec<JoinHandle<()>>,
     commit_report: Option<JoinHandle<()>>,
+    report_state: Option<PathBuf>,
     stall_main_loop_after: Option<Duration>,
 }
 
@@ -173,6 +183,7 @@ impl Agent {
             remote_tasks,
             local_servers,
             commit_report,
+            report_state: setup.report_state,
             stall_main_loop_after: setup.stall_main_loop_after,
         })
     }
@@ -222,9 +233,26 @@ impl Agent {
         }
         status::log_status(&self.status.snapshot(), self.reader.stats().ok().as_ref());
         failure.map(Err).unwrap_or(stopped)?;
+        if let Some(path) = &self.report_state {
+            write_final_state(path, &self.source.state())?;
+        }
         tracing::info!("edge agent stopped; the journal is committed");
         Ok(())
     }
+}
+
+/// Writes `state` to `path` as JSON, through a temporary file renamed over
+/// it, so a reader sees the whole state or none.
+fn write_final_state(path: &Path, state: &ReportedState) -> Result<(), AgentError> {
+    let json = serde_json::to_vec(state).expect("the state serialises");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| AgentError::ReportState {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Opens the journal `config` names (repairing or salvaging it), and logs

@@ -88,6 +88,12 @@ pub struct RunArgs {
     /// power-cut test checks, and a feed for an external watchdog.
     #[arg(long, value_name = "FILE")]
     pub report_commits: Option<PathBuf>,
+    /// On a clean stop, write the agent's final state to FILE (the JSON of
+    /// `edge-agent status --json`, without `problems`): what this run
+    /// sampled, journaled, forwarded and dropped, counted after the last
+    /// commit. Replaced whole, never left half-written.
+    #[arg(long, value_name = "FILE")]
+    pub report_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

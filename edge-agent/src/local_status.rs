@@ -174,8 +174,8 @@ pub fn describe(a: &Answer) -> String {
     let d = &s.dropped;
     let _ = writeln!(
         out,
-        "  dropped    {} oldest (journal full), {} new refused, {} aggregated, {} queue full, {} unencodable",
-        d.dropped_oldest, d.rejected_new, d.aggregated, d.queue_full, d.unencodable
+        "  dropped    {} oldest (journal full), {} new refused, {} aggregated, {} queue full, {} unencodable, {} unreadable",
+        d.dropped_oldest, d.rejected_new, d.aggregated, d.queue_full, d.unencodable, d.unreadable
     );
     let _ = writeln!(
         out,

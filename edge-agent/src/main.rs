@@ -46,6 +46,7 @@ async fn run(config: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
     ));
     let setup = edge_agent::agent::Setup {
         report_commits: args.report_commits,
+        report_state: args.report_state,
         stall_main_loop_after: stall_hook(),
         ..edge_agent::agent::Setup::system()
     };

@@ -96,6 +96,7 @@ fn readings(r: &mut Registry, s: &ReportedState) {
         ("dropped_oldest", d.dropped_oldest),
         ("rejected_new", d.rejected_new),
         ("aggregated", d.aggregated),
+        ("unreadable", d.unreadable),
     ] {
         dropped
             .get_or_create(&vec![("cause", cause.to_owned())])

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::process::Service;
+use crate::process::{AgentFiles, Service};
 
 /// The directory holding freshly built `edge-agent` and `uplink` binaries
 /// (of the same profile as this test), building them once per test run.
@@ -82,7 +82,9 @@ pub fn start_with(
     start_with_args(binary, dir, config, log, env, &[])
 }
 
-/// [`start_with`], with `args` after `run`.
+/// [`start_with`], with `args` after `run`. An edge agent also gets
+/// `--report-state <dir>/<log>.state.json`, and its status socket is taken
+/// from `config`, for [`agent_number`] and [`final_state`].
 pub fn start_with_args(
     binary: &str,
     dir: &Path,
@@ -98,7 +100,35 @@ pub fn start_with_args(
     for (k, v) in env {
         c.env(k, v);
     }
-    Service::spawn(binary, c, &dir.join(log))
+    let files = (binary == "edge-agent").then(|| agent_files(dir, config, log, env));
+    if let Some(Ok(files)) = &files {
+        let _ = std::fs::remove_file(&files.final_state);
+        c.arg("--report-state").arg(&files.final_state);
+    }
+    let mut service = Service::spawn(binary, c, &dir.join(log));
+    service.state = files;
+    service
+}
+
+/// Where an agent started with `config` and `env` answers, and where it
+/// is told to leave its final state; the config's problems if it would
+/// refuse it.
+fn agent_files(
+    dir: &Path,
+    config: &str,
+    log: &str,
+    env: &[(&str, &str)],
+) -> Result<AgentFiles, String> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let loaded = edge_agent::config::AgentConfig::load("test", Some(config), &env)
+        .map_err(|e| e.to_string())?;
+    Ok(AgentFiles {
+        socket: loaded.config.status_socket(),
+        final_state: dir.join(format!("{log}.state.json")),
+    })
 }
 
 /// Runs `edge-agent journal <args>` with the agent config last written to
@@ -125,8 +155,9 @@ pub fn journal_stats_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-/// The most recent status line that has `key`, as key → value. Both
-/// binaries log `status key=value ...` lines.
+/// The most recent status line that has `key`, as key → value. Only for
+/// the uplink, which has no status socket yet (issue 20): an edge agent's
+/// counts come from [`state_of`] and [`final_state`].
 pub fn last_status(log: &str, key: &str) -> Option<HashMap<String, String>> {
     let needle = format!(" {key}=");
     let line = log
@@ -162,6 +193,52 @@ pub fn state_number(state: &serde_json::Value, path: &str) -> u64 {
         .fold(state, |v, key| &v[key])
         .as_u64()
         .unwrap_or(0)
+}
+
+/// `agent`'s reported state, asked over its status socket; `None` while it
+/// does not answer (starting, stopped, or not an edge agent).
+pub fn state_of(agent: &Service) -> Option<serde_json::Value> {
+    edge_agent::local_status::ask_json(&agent_files_of(agent).socket).ok()
+}
+
+fn agent_files_of(agent: &Service) -> &AgentFiles {
+    match &agent.state {
+        Some(Ok(files)) => files,
+        Some(Err(refused)) => panic!("the agent was started with a config it refuses: {refused}"),
+        None => panic!(
+            "{} is not an edge agent started by binaries::start",
+            agent.name
+        ),
+    }
+}
+
+/// `agent`'s reported state, waiting up to 30 s for it to answer.
+pub fn state_now(agent: &Service) -> serde_json::Value {
+    crate::process::wait_for(
+        "the agent to answer on its status socket",
+        std::time::Duration::from_secs(30),
+        || state_of(agent),
+        || agent.log_tail(30),
+    )
+}
+
+/// A number at `path` (as [`state_number`]) of `agent`'s reported state,
+/// asked now; `None` while it does not answer.
+pub fn agent_number(agent: &Service, path: &str) -> Option<u64> {
+    Some(state_number(&state_of(agent)?, path))
+}
+
+/// The state `agent` reported when it stopped cleanly (`--report-state`).
+pub fn final_state(agent: &Service) -> serde_json::Value {
+    let files = agent_files_of(agent);
+    let text = std::fs::read_to_string(&files.final_state).unwrap_or_else(|e| {
+        panic!(
+            "the agent left no final state at {} ({e}); its log ends:\n{}",
+            files.final_state.display(),
+            agent.log_tail(30)
+        )
+    });
+    serde_json::from_str(&text).expect("the final state is JSON")
 }
 
 /// What the journal holds, read after the agent has exited.

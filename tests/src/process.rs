@@ -12,6 +12,17 @@ pub struct Service {
     pub name: String,
     child: Option<Child>,
     log: PathBuf,
+    /// An edge agent's status socket and `--report-state` file, or why
+    /// its config has none.
+    pub(crate) state: Option<Result<AgentFiles, String>>,
+}
+
+/// Where an edge agent tells its state: the status socket while it runs,
+/// the `--report-state` file once it has stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFiles {
+    pub socket: PathBuf,
+    pub final_state: PathBuf,
 }
 
 impl Service {
@@ -28,6 +39,7 @@ impl Service {
             name: name.to_owned(),
             child: Some(child),
             log: log.to_owned(),
+            state: None,
         }
     }
 

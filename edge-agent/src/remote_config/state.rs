@@ -103,6 +103,13 @@ pub struct JournalReport {
     /// How old the oldest unsent reading is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_unsent_age_s: Option<f64>,
+    /// Times this journal was found damaged and moved aside, and the
+    /// readings salvaged from the damaged files: totals kept in the journal
+    /// across restarts.
+    #[serde(default)]
+    pub quarantined: u64,
+    #[serde(default)]
+    pub salvaged: u64,
 }
 
 /// Readings lost or reduced since start, by cause.
@@ -116,6 +123,10 @@ pub struct DroppedReport {
     pub dropped_oldest: u64,
     pub rejected_new: u64,
     pub aggregated: u64,
+    /// Journaled readings that could not be read back or made into a Kafka
+    /// record, and were skipped.
+    #[serde(default)]
+    pub unreadable: u64,
 }
 
 impl ReportedState {
@@ -144,6 +155,8 @@ impl ReportedState {
                 oldest_unsent_age_s: j
                     .oldest_timestamp_ns
                     .map(|t| (now_ns.saturating_sub(t)).max(0) as f64 / 1e9),
+                quarantined: j.counters.quarantined,
+                salvaged: j.counters.salvaged,
             }),
             dropped: DroppedReport {
                 queue_full: status.dropped_queue_full,
@@ -151,6 +164,7 @@ impl ReportedState {
                 dropped_oldest: status.journal_policy.dropped_oldest,
                 rejected_new: status.journal_policy.rejected_new,
                 aggregated: status.journal_policy.aggregated,
+                unreadable: status.unreadable,
             },
             sensors: status.sensors,
             sampled: status.sampled,

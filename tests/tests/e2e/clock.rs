@@ -79,6 +79,7 @@ async fn run_agent(
         clock,
         boot_id: boot_id.into(),
         report_commits: None,
+        report_state: None,
         stall_main_loop_after: None,
     };
     let run = agent::run_with(config, shutdown.clone(), setup);

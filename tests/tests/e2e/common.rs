@@ -207,21 +207,34 @@ listen = "127.0.0.1:{metrics}"
     )
 }
 
-/// Waits until the agent's status line reports `key` ≥ `at_least`. The
-/// deadline is progress: it fails only when `key` has not moved for
+/// Waits until the agent's reported state (asked over its status socket)
+/// has the number at `path` (`journaled`, `dropped/dropped_oldest`, ...)
+/// ≥ `at_least`, and returns it. The deadline is progress: it fails only
+/// when the number has not moved for
 /// `stall` (or after ten times that in all), so a loaded machine that is
 /// slow but moving passes.
-pub fn wait_for_status(agent: &Service, key: &str, at_least: u64, stall: Duration) -> u64 {
+pub fn wait_for_status(agent: &Service, path: &str, at_least: u64, stall: Duration) -> u64 {
     wait_while_progressing(
-        &format!("the agent to report {key} >= {at_least}"),
+        &format!("the agent to report {path} >= {at_least}"),
         stall,
         stall * 10,
         || {
-            let n = binaries::status_number(&agent.log(), key);
+            let n = binaries::agent_number(agent, path);
             (n.filter(|&n| n >= at_least), n)
         },
         || agent.log_tail(60),
     )
+}
+
+/// Failed sensor reads since start, all sensors together, in a reported
+/// state.
+pub fn sensor_errors(state: &Value) -> u64 {
+    state["sensors"]
+        .as_array()
+        .expect("sensors in the state")
+        .iter()
+        .map(|s| binaries::state_number(s, "errors"))
+        .sum()
 }
 
 /// Stops the agent with SIGTERM, checks that it exited cleanly with an empty
@@ -234,19 +247,23 @@ pub fn stop_agent_and_count(agent: &mut Service, journal: &Path) -> u64 {
         "agent exited with {status}; log:\n{}",
         agent.log()
     );
-    let last = binaries::last_status(&agent.log(), "sampled").expect("a final status line");
+    let last = binaries::final_state(agent);
     assert_eq!(
         last["sampled"], last["journaled"],
-        "every sampled reading is journaled: {last:?}"
+        "every sampled reading is journaled: {last}"
     );
     for counter in [
-        "dropped_queue_full",
-        "rejected",
-        "unreadable",
-        "sensor_errors",
+        "dropped/queue_full",
+        "dropped/unencodable",
+        "dropped/unreadable",
     ] {
-        assert_eq!(last[counter], "0", "{counter} in {last:?}");
+        assert_eq!(
+            binaries::state_number(&last, counter),
+            0,
+            "{counter} in {last}"
+        );
     }
+    assert_eq!(sensor_errors(&last), 0, "sensor errors in {last}");
     let stats = binaries::journal_stats(journal);
     eprintln!("agent stopped: journal {stats:?}");
     assert_eq!(

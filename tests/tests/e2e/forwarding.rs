@@ -215,7 +215,7 @@ async fn the_bandwidth_budget_holds_on_the_wire() {
     tokio::time::sleep(MEASURE).await;
     let sent = proxy.bytes_sent() - before;
     let secs = start.elapsed().as_secs_f64();
-    let forwarded = binaries::status_number(&agent.log(), "forwarded").unwrap();
+    let forwarded = binaries::state_number(&binaries::state_now(&agent), "forwarded");
     let status = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{}", agent.log());
 

@@ -87,9 +87,10 @@ async fn no_committed_reading_is_lost_when_the_agent_is_killed_50_times() {
         "the backlog to drain",
         Duration::from_secs(120),
         || {
-            let s = binaries::last_status(&agent.log(), "backlog")?;
+            let s = binaries::state_of(&agent)?;
             // At 4,000 readings/s a few hundred wait for the next commit.
-            (s["forwarded"].parse::<u64>().ok()? > 0 && s["backlog"].parse::<u64>().ok()? < 2_000)
+            (binaries::state_number(&s, "forwarded") > 0
+                && binaries::state_number(&s, "journal/records") < 2_000)
                 .then_some(())
         },
         || agent.log(),
@@ -151,13 +152,10 @@ fn full_journal_config(dir: &Path, journal: &SmallJournal, policy: &str) -> Stri
     c
 }
 
-/// Runs the agent until the policy has acted and a few seconds more, checks
-/// it never stopped, stops it, and returns its last status line and the
-/// journal's stats.
-fn run_until_full(
-    agent: &mut Service,
-    counter: &str,
-) -> (std::collections::HashMap<String, String>, u64) {
+/// Runs the agent until the policy (its counter at `counter`, a path in the
+/// reported state) has acted, and acted again, checks it never stopped,
+/// stops it, and returns its final state and the count when it first acted.
+fn run_until_full(agent: &mut Service, counter: &str) -> (serde_json::Value, u64) {
     let acted = wait_for_status(agent, counter, 1, Duration::from_secs(120));
     // The policy keeps acting while sampling goes on. The counter may be
     // left over from an earlier full disk (space returned since): the disk
@@ -170,20 +168,19 @@ fn run_until_full(
     );
     let status = agent.stop(Duration::from_secs(30));
     assert!(status.success(), "{}", agent.log());
-    let last = binaries::last_status(&agent.log(), "sampled").unwrap();
-    (last, acted)
+    (binaries::final_state(agent), acted)
 }
 
 /// Runs an agent with `policy` on a 6 MiB journal until `counter` shows the
 /// policy acting; returns the directory, the journal, the agent's last status
-/// line and `journal stats --json`.
+/// state and `journal stats --json`.
 fn fill_a_small_journal(
     policy: &str,
     counter: &str,
 ) -> (
     tempfile::TempDir,
     SmallJournal,
-    std::collections::HashMap<String, String>,
+    serde_json::Value,
     serde_json::Value,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -195,10 +192,12 @@ fn fill_a_small_journal(
     (dir, small, last, stats)
 }
 
-fn n(map: &std::collections::HashMap<String, String>, key: &str) -> u64 {
-    map[key]
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {map:?}"))
+/// The number at `path` of a reported state; it must be there.
+fn n(state: &serde_json::Value, path: &str) -> u64 {
+    path.split('/')
+        .fold(state, |v, key| &v[key])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} in {state}"))
 }
 
 fn j(stats: &serde_json::Value, key: &str) -> u64 {
@@ -216,8 +215,13 @@ async fn drop_oldest_on_a_full_disk_drops_exactly_the_oldest_and_recovers_when_s
     let ballast = small.fs.as_ref().map(|fs| fs.fill("ballast", 3 * MIB));
     let config = full_journal_config(dir.path(), &small, "drop_oldest");
     let mut agent = binaries::start("edge-agent", dir.path(), &config);
-    wait_for_status(&agent, "dropped_oldest", 1, Duration::from_secs(120));
-    let cramped = binaries::status_number(&agent.log(), "journal_bytes").unwrap();
+    wait_for_status(
+        &agent,
+        "dropped/dropped_oldest",
+        1,
+        Duration::from_secs(120),
+    );
+    let cramped = wait_for_status(&agent, "journal/file_bytes", 0, Duration::from_secs(30));
     if let (Some(fs), Some(ballast)) = (&small.fs, ballast) {
         assert!(cramped <= 3 * MIB, "the journal grew to {cramped} bytes");
         // Space returns: the journal grows again, past what it had.
@@ -225,15 +229,12 @@ async fn drop_oldest_on_a_full_disk_drops_exactly_the_oldest_and_recovers_when_s
         wait_for(
             "the journal to grow once the disk has room",
             Duration::from_secs(60),
-            || {
-                (binaries::status_number(&agent.log(), "journal_bytes")? > 2 * cramped)
-                    .then_some(())
-            },
+            || (binaries::agent_number(&agent, "journal/file_bytes")? > 2 * cramped).then_some(()),
             || agent.log(),
         );
         assert!(fs.available() > 0);
     }
-    let (last, _) = run_until_full(&mut agent, "dropped_oldest");
+    let (last, _) = run_until_full(&mut agent, "dropped/dropped_oldest");
     let stats = binaries::journal_stats_json(dir.path());
     let journaled = j(&stats, "next_seq") - 1;
     let dropped = j(&stats, "dropped_oldest");
@@ -242,22 +243,22 @@ async fn drop_oldest_on_a_full_disk_drops_exactly_the_oldest_and_recovers_when_s
     assert_eq!(j(&stats, "records") + dropped, journaled, "{stats}");
     assert_eq!(j(&stats, "first_seq"), dropped + 1, "{stats}");
     assert_eq!(
-        n(&last, "dropped_oldest"),
+        n(&last, "dropped/dropped_oldest"),
         dropped,
-        "status line and journal agree"
+        "reported state and journal agree"
     );
     assert_eq!(n(&last, "journaled"), journaled);
     assert_eq!(
         n(&last, "sampled"),
-        journaled + n(&last, "dropped_queue_full"),
-        "{last:?}"
+        journaled + n(&last, "dropped/queue_full"),
+        "{last}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_new_on_a_full_disk_keeps_the_oldest_and_counts_every_refused_reading() {
     let _one_at_a_time = buoy_tests::exclusive().await;
-    let (_dir, small, last, stats) = fill_a_small_journal("reject_new", "rejected_new");
+    let (_dir, small, last, stats) = fill_a_small_journal("reject_new", "dropped/rejected_new");
     let journaled = j(&stats, "next_seq") - 1;
     let rejected = j(&stats, "rejected_new");
     assert!(j(&stats, "file_bytes") <= small.limit);
@@ -267,18 +268,18 @@ async fn reject_new_on_a_full_disk_keeps_the_oldest_and_counts_every_refused_rea
         (1, journaled)
     );
     assert_eq!(j(&stats, "dropped_oldest"), 0);
-    assert_eq!(n(&last, "rejected_new"), rejected);
+    assert_eq!(n(&last, "dropped/rejected_new"), rejected);
     assert_eq!(
         n(&last, "sampled"),
-        journaled + rejected + n(&last, "dropped_queue_full"),
-        "{last:?}"
+        journaled + rejected + n(&last, "dropped/queue_full"),
+        "{last}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn downsample_on_a_full_disk_accounts_for_every_reading_in_its_aggregates() {
     let _one_at_a_time = buoy_tests::exclusive().await;
-    let (dir, small, last, stats) = fill_a_small_journal("downsample", "aggregated");
+    let (dir, small, last, stats) = fill_a_small_journal("downsample", "dropped/aggregated");
     let aggregated = j(&stats, "aggregated");
     let aggregates = j(&stats, "aggregates_written");
     assert_eq!(j(&stats, "dropped_oldest"), 0, "aggregating made room");
@@ -311,11 +312,11 @@ async fn downsample_on_a_full_disk_accounts_for_every_reading_in_its_aggregates(
         journaled_raw,
         "no raw reading unaccounted"
     );
-    assert_eq!(n(&last, "aggregated"), aggregated);
+    assert_eq!(n(&last, "dropped/aggregated"), aggregated);
     assert_eq!(
         n(&last, "sampled"),
-        journaled_raw + n(&last, "dropped_queue_full"),
-        "{last:?}"
+        journaled_raw + n(&last, "dropped/queue_full"),
+        "{last}"
     );
 }
 
@@ -421,7 +422,7 @@ async fn a_damaged_journal_is_quarantined_salvaged_and_forwarded_while_sampling_
         );
         let quarantined = wait_for_status(
             &agent,
-            "quarantined",
+            "journal/quarantined",
             round as u64 + 1,
             Duration::from_secs(60),
         );
@@ -431,11 +432,11 @@ async fn a_damaged_journal_is_quarantined_salvaged_and_forwarded_while_sampling_
             log.contains("moved aside") && log.contains("journal.redb.corrupt-"),
             "{what}: the operator is told where the damaged file went:\n{log}"
         );
-        let salvaged = binaries::status_number(&log, "salvaged").unwrap();
+        let salvaged = wait_for_status(&agent, "journal/salvaged", 0, Duration::from_secs(30));
         assert!(salvaged > salvaged_total, "{what}: something was salvaged");
         salvaged_total = salvaged;
         // Sampling goes on.
-        let sampled = binaries::status_number(&log, "sampled").unwrap();
+        let sampled = wait_for_status(&agent, "sampled", 0, Duration::from_secs(30));
         wait_for_status(&agent, "sampled", sampled + 500, Duration::from_secs(30));
         assert!(agent.is_running(), "{what}");
         assert_eq!(corrupt_files(dir.path()).len(), round + 1, "{what}: kept");
@@ -447,9 +448,9 @@ async fn a_damaged_journal_is_quarantined_salvaged_and_forwarded_while_sampling_
                 "the salvaged backlog to reach Kafka",
                 Duration::from_secs(120),
                 || {
-                    let s = binaries::last_status(&agent.log(), "backlog")?;
-                    (s["forwarded"].parse::<u64>().ok()? >= journaled
-                        && s["backlog"].parse::<u64>().ok()? < 100)
+                    let s = binaries::state_of(&agent)?;
+                    (binaries::state_number(&s, "forwarded") >= journaled
+                        && binaries::state_number(&s, "journal/records") < 100)
                         .then_some(())
                 },
                 || agent.log(),

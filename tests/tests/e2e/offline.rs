@@ -23,12 +23,12 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
         &agent_config(dir.path(), &bootstrap, Format::Influx, 1, "10ms"),
     );
     let offline = wait_for_status(&agent, "journaled", 2_000, Duration::from_secs(60));
-    let status = binaries::last_status(&agent.log(), "sampled").expect("a status line");
+    let status = binaries::state_now(&agent);
     assert_eq!(
-        status["forwarded"], "0",
+        status["forwarded"], 0,
         "nothing can have been forwarded yet"
     );
-    assert_ne!(status["link"], "up");
+    assert_ne!(status["link"]["state"], "up");
     assert!(
         agent.is_running(),
         "the agent must keep running without a broker"
@@ -48,7 +48,7 @@ async fn readings_taken_while_offline_all_arrive_once_the_broker_starts() {
     let db = Database::victoria(dir.path());
     let uplink = start_uplink(dir.path(), &kafka.bootstrap(), "telemetry", &db);
     // The backlog drains while sampling goes on.
-    let journaled_now = binaries::status_number(&agent.log(), "journaled").unwrap();
+    let journaled_now = binaries::state_number(&binaries::state_now(&agent), "journaled");
     wait_for_status(&agent, "forwarded", journaled_now, Duration::from_secs(120));
     let journaled = stop_agent_and_count(&mut agent, &dir.path().join("journal.redb"));
     assert!(journaled > offline);

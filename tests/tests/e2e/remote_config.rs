@@ -263,11 +263,11 @@ interval = "200ms"
     assert_eq!(state["sensors"].as_array().unwrap().len(), 1, "{state}");
     // Forwarding goes on, to the remote topic: nothing went to the topic
     // of the rolled-back config.
-    let forwarded = binaries::status_number(&agent.log(), "forwarded").unwrap();
+    let forwarded = binaries::state_number(&binaries::state_now(&agent), "forwarded");
     wait_for(
         "more readings forwarded",
         Duration::from_secs(30),
-        || binaries::status_number(&agent.log(), "forwarded").filter(|n| *n > forwarded + 5),
+        || binaries::agent_number(&agent, "forwarded").filter(|n| *n > forwarded + 5),
         || agent.log(),
     );
     let on_telemetry = read_topic(&bootstrap, "telemetry", Duration::from_secs(3), None);
@@ -451,7 +451,7 @@ async fn the_accepted_config_survives_restarts_and_broker_outages() {
     wait_for(
         "the agent sampling again",
         Duration::from_secs(30),
-        || binaries::status_number(&agent.log(), "sampled").filter(|n| *n >= 20),
+        || binaries::agent_number(&agent, "sampled").filter(|n| *n >= 20),
         || agent.log(),
     );
     let log = agent.log();
