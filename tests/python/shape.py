@@ -313,7 +313,7 @@ def main():
              if not m.file.endswith(("main.rs", PROCESS_SHELL)) and "/bin/" not in m.file]
     loading = [r for r in reads if os.path.basename(r[0]) in CONFIG_LOADING]
     env = [r for r in reads if r not in loading]
-    print(f"environment variables read outside main.rs and config loading: {len(env)}")
+    print(f"environment variables read outside main.rs, the process shell and config loading: {len(env)}")
     for file, line, what in env:
         print(f"  {file}:{line} {what}")
     for file, line, what in loading:

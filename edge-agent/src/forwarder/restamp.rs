@@ -71,7 +71,15 @@ pub fn decide(taken: Option<Taken>, this_boot: bool, now: Stamp, hold: Duration)
 }
 
 /// The line to send for `verdict` (never called with [`Verdict::Hold`]).
+/// A restamped line keeps the journal's encoding: only its timestamp, the
+/// last token, is replaced. A tag is added by parsing and encoding again
+/// (rare: readings of a boot whose clock was never set).
 pub fn apply(line: &str, verdict: Verdict) -> Result<Cow<'_, str>, RestampError> {
+    if let Verdict::Restamp(ts) = verdict
+        && let Some(head) = without_timestamp(line)
+    {
+        return Ok(Cow::Owned(format!("{head} {ts}")));
+    }
     let mut reading = match verdict {
         Verdict::AsIs(_) | Verdict::Hold => return Ok(Cow::Borrowed(line)),
         Verdict::Restamp(_) | Verdict::Tag => line_protocol::parse_line(line, 0)?,
@@ -85,6 +93,15 @@ pub fn apply(line: &str, verdict: Verdict) -> Result<Cow<'_, str>, RestampError>
         }
     }
     Ok(Cow::Owned(line_protocol::encode(&reading)?))
+}
+
+/// The line up to the space before its timestamp. The timestamp is the
+/// last token: after the last space, digits only (an escaped space or a
+/// string field's space is never followed by digits alone to the end).
+fn without_timestamp(line: &str) -> Option<&str> {
+    let (head, stamp) = line.rsplit_once(' ')?;
+    let digits = stamp.strip_prefix('-').unwrap_or(stamp);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(head)
 }
 
 /// Why a journaled line could not be restamped or tagged.
@@ -124,6 +141,20 @@ mod tests {
         assert_eq!(v, Verdict::Restamp((1_800_000_000 - 60) * S as i64));
         let line = apply("m,device_id=a v=1.5 5", v).unwrap();
         assert_eq!(line, "m,device_id=a v=1.5 1799999940000000000");
+        // Only the timestamp changes, whatever the line holds; the result
+        // is what parsing and encoding again would give.
+        let journaled = r#"w,device_id=a,site=x\ 1 note="a 5",v=1.5 5"#;
+        let restamped = apply(journaled, v).unwrap();
+        assert_eq!(
+            restamped,
+            r#"w,device_id=a,site=x\ 1 note="a 5",v=1.5 1799999940000000000"#
+        );
+        let mut reading = line_protocol::parse_line(journaled, 0).unwrap();
+        reading.timestamp_ns = (1_800_000_000 - 60) * S as i64;
+        assert_eq!(restamped, line_protocol::encode(&reading).unwrap());
+        // A line without a timestamp is not guessed at.
+        assert_eq!(without_timestamp(r#"w note="a 5""#), None);
+        assert_eq!(without_timestamp("w v=1"), None);
     }
 
     #[test]
