@@ -11,7 +11,7 @@ use std::time::Duration;
 pub use hardware::SensorConfig;
 use hardware::SensorKind;
 use serde::{Deserialize, Serialize};
-use telemetry::config_file::{self, ConfigError, Loaded, Problem};
+use telemetry::config_file::{ConfigError, Loaded, Problem};
 
 pub use crate::forwarder::config::{
     Compression, ForwardConfig, ForwarderConfig, KafkaConfig, Order,
@@ -122,18 +122,14 @@ impl AgentConfig {
         text: Option<&str>,
         env: &[(String, String)],
     ) -> Result<Loaded<AgentConfig>, ConfigError> {
-        let credentials = telemetry::secret::credentials_directory(env);
-        let credentials = credentials.as_deref();
-        let resolved = |c: &AgentConfig| {
-            let mut c = c.clone();
-            c.resolve_files(credentials);
-            c
-        };
-        let mut loaded = config_file::load(source_name, text, env, ENV_PREFIX, |c| {
-            resolved(c).problems()
-        })?;
-        loaded.config = resolved(&loaded.config);
-        Ok(loaded)
+        telemetry::secret::load_resolving_files(
+            source_name,
+            text,
+            env,
+            ENV_PREFIX,
+            AgentConfig::resolve_files,
+            AgentConfig::problems,
+        )
     }
 
     /// Relative secret and certificate files made absolute in

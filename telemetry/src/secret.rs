@@ -14,7 +14,9 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::config_file::Problem;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::config_file::{self, ConfigError, Loaded, Problem};
 
 /// A secret read from a file. Shown as `<secret>`, never logged.
 #[derive(Clone, PartialEq)]
@@ -85,6 +87,31 @@ pub fn resolve_files<'a>(
     for file in files.into_iter().flatten() {
         *file = resolve_in(file, credentials);
     }
+}
+
+/// [`config_file::load`] for a config that names secret files: `resolve`
+/// makes its relative files absolute in `$CREDENTIALS_DIRECTORY` (taken
+/// from `env`), before the config is validated and in the config returned.
+pub fn load_resolving_files<T>(
+    source_name: &str,
+    text: Option<&str>,
+    env: &[(String, String)],
+    prefix: &str,
+    resolve: impl Fn(&mut T, Option<&OsStr>),
+    validate: impl FnOnce(&T) -> Vec<Problem>,
+) -> Result<Loaded<T>, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Clone,
+{
+    let credentials = credentials_directory(env);
+    let resolved = |c: &T| {
+        let mut c = c.clone();
+        resolve(&mut c, credentials.as_deref());
+        c
+    };
+    let mut loaded = config_file::load(source_name, text, env, prefix, |c| validate(&resolved(c)))?;
+    loaded.config = resolved(&loaded.config);
+    Ok(loaded)
 }
 
 /// A problem for each configured file (key `at.name`) that cannot be

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use telemetry::config_file::{self, ConfigError, Loaded, Problem};
+use telemetry::config_file::{ConfigError, Loaded, Problem};
 use telemetry::record::{broker_problems, check_topic_name, reserved_property_problems};
 use telemetry::telegraf_json::TimestampUnit;
 use telemetry::units::ByteSize;
@@ -222,19 +222,19 @@ impl UplinkConfig {
         text: Option<&str>,
         env: &[(String, String)],
     ) -> Result<Loaded<UplinkConfig>, ConfigError> {
-        let credentials = telemetry::secret::credentials_directory(env);
-        let resolved = |c: &UplinkConfig| {
-            let mut c = c.clone();
+        let resolve = |c: &mut UplinkConfig, credentials: Option<&std::ffi::OsStr>| {
             for sink in &mut c.sinks {
-                sink.resolve_files(credentials.as_deref());
+                sink.resolve_files(credentials);
             }
-            c
         };
-        let mut loaded = config_file::load(source_name, text, env, ENV_PREFIX, |c| {
-            resolved(c).problems()
-        })?;
-        loaded.config = resolved(&loaded.config);
-        Ok(loaded)
+        telemetry::secret::load_resolving_files(
+            source_name,
+            text,
+            env,
+            ENV_PREFIX,
+            resolve,
+            UplinkConfig::problems,
+        )
     }
 
     pub fn problems(&self) -> Vec<Problem> {
