@@ -86,6 +86,16 @@ use std::sync::Arc;
 pub use real::RealDisk;
 pub use redb::StorageBackend;
 
+/// The unit of a device write: a disk sector. Writes tear only at its
+/// boundaries (the power-cut contract above), and [`Disk::open_sectors`]
+/// files take writes in whole sectors.
+pub const SECTOR: u64 = 512;
+
+/// Whether a write of `len` bytes at `offset` is whole sectors.
+pub fn whole_sectors(offset: u64, len: usize) -> bool {
+    offset.is_multiple_of(SECTOR) && (len as u64).is_multiple_of(SECTOR)
+}
+
 /// How [`Disk::open`] treats a file that exists or does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -122,6 +132,14 @@ pub trait Disk: Debug + Send + Sync + 'static {
     /// and writes back all of it). A hint: failures are ignored.
     fn forget_cache(&self, path: &Path) {
         let _ = path;
+    }
+    /// Opens `path` (created if missing) for writes of whole sectors at
+    /// sector offsets ([`SECTOR`]) that go to the device as they are, past
+    /// the page cache (`O_DIRECT`) where the filesystem allows it: a write
+    /// of one sector then writes one sector, not the 4 KiB page around it
+    /// (flash wear). Durable, as any write, only once `sync_data` returned.
+    fn open_sectors(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+        self.open(path, Mode::Create)
     }
 }
 

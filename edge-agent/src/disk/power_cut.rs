@@ -26,8 +26,7 @@ use redb::StorageBackend;
 
 use super::{Disk, Mode};
 
-/// The sector size writes tear at.
-pub const SECTOR: u64 = 512;
+pub use super::SECTOR;
 
 /// An in-memory disk that can lose power.
 #[derive(Debug, Clone, Default)]
@@ -293,6 +292,7 @@ impl Disk for PowerCutDisk {
                 File {
                     disk: self.clone(),
                     inode,
+                    sectors: false,
                 }
                 .set_len(0)?;
                 inode
@@ -314,6 +314,17 @@ impl Disk for PowerCutDisk {
         Ok(Box::new(File {
             disk: self.clone(),
             inode,
+            sectors: false,
+        }))
+    }
+
+    fn open_sectors(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+        self.open(path, Mode::Create)?;
+        let inode = self.lock().names[path];
+        Ok(Box::new(File {
+            disk: self.clone(),
+            inode,
+            sectors: true,
         }))
     }
 
@@ -368,6 +379,9 @@ impl Disk for PowerCutDisk {
 struct File {
     disk: PowerCutDisk,
     inode: usize,
+    /// Opened by [`Disk::open_sectors`]: it refuses a write that is not
+    /// whole sectors, as `O_DIRECT` does.
+    sectors: bool,
 }
 
 impl StorageBackend for File {
@@ -406,6 +420,9 @@ impl StorageBackend for File {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.sectors && !super::whole_sectors(offset, data.len()) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let mut s = self.disk.change();
         s.written += data.len() as u64;
         let f = &mut s.now.files[self.inode];

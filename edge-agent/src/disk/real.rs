@@ -3,16 +3,24 @@
 //! agent off an open journal), with one change: growth reserves its disk
 //! blocks at once (`fallocate`), so a full disk shows up as a refused growth
 //! (ENOSPC), never later as a failed write in the middle of a commit.
+//!
+//! [`Disk::open_sectors`] files write with `O_DIRECT` through a second
+//! descriptor (reads, size and sync go through the ordinary one): the
+//! kernel sends the sectors written and nothing else. Where the filesystem
+//! or device refuses (tmpfs, a disk of 4 KiB sectors), writes fall back to
+//! the page cache: the same bytes, more of them at the device.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::StorageBackend;
 use redb::backends::FileBackend;
 
-use super::{Disk, Mode, dir_of};
+use super::{Disk, Mode, dir_of, whole_sectors};
 
 /// The filesystem the agent runs on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,13 +28,7 @@ pub struct RealDisk;
 
 impl Disk for RealDisk {
     fn open(&self, path: &Path, mode: Mode) -> io::Result<Box<dyn StorageBackend>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(mode != Mode::Existing)
-            .truncate(mode == Mode::Truncate)
-            .open(path)?;
-        Ok(Box::new(RealFile::new(file)?))
+        Ok(Box::new(RealFile::new(open(path, mode)?)?))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -53,6 +55,22 @@ impl Disk for RealDisk {
         Ok(std::fs::metadata(path)?.len())
     }
 
+    fn open_sectors(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+        let buffered = RealFile::new(open(path, Mode::Create)?)?;
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .inspect_err(|e| refused_direct(path, e))
+            .ok();
+        Ok(Box::new(SectorFile {
+            buffered,
+            refused: AtomicBool::new(direct.is_none()),
+            direct,
+            path: path.to_owned(),
+        }))
+    }
+
     fn forget_cache(&self, path: &Path) {
         if let Ok(file) = File::open(path) {
             // SAFETY: a valid descriptor; the call only advises the kernel.
@@ -71,6 +89,23 @@ impl Disk for RealDisk {
             _ => u64::MAX,
         }
     }
+}
+
+fn open(path: &Path, mode: Mode) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(mode != Mode::Existing)
+        .truncate(mode == Mode::Truncate)
+        .open(path)
+}
+
+fn refused_direct(path: &Path, error: &io::Error) {
+    tracing::info!(
+        path = %path.display(),
+        %error,
+        "direct writes refused here: this file is written through the page cache (whole 4 KiB pages)"
+    );
 }
 
 /// redb's [`FileBackend`] with preallocated growth.
@@ -130,4 +165,80 @@ impl StorageBackend for RealFile {
     }
 
     forward_locks!(inner);
+}
+
+/// A file written in whole sectors, with `O_DIRECT` while the kernel takes
+/// it.
+#[derive(Debug)]
+struct SectorFile {
+    buffered: RealFile,
+    direct: Option<File>,
+    /// A direct write was refused (or the open): the page cache from now on.
+    refused: AtomicBool,
+    path: std::path::PathBuf,
+}
+
+impl SectorFile {
+    /// Writes `data` with `O_DIRECT`, from a buffer aligned for any device.
+    /// `Ok(false)`: the kernel refused the alignment (nothing written).
+    fn write_direct(&self, file: &File, offset: u64, data: &[u8]) -> io::Result<bool> {
+        const ALIGN: usize = 4096;
+        let mut raw = vec![0; data.len() + ALIGN];
+        let skip = raw.as_ptr().align_offset(ALIGN);
+        let buf = &mut raw[skip..skip + data.len()];
+        buf.copy_from_slice(data);
+        match file.write_all_at(buf, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                refused_direct(&self.path, &e);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl StorageBackend for SectorFile {
+    fn len(&self) -> io::Result<u64> {
+        self.buffered.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.buffered.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.buffered.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        // The same file: this flushes the device's cache of direct writes
+        // too (and any page-cache writes after a fallback).
+        self.buffered.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !whole_sectors(offset, data.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a write of {} bytes at {offset}: not whole sectors",
+                    data.len()
+                ),
+            ));
+        }
+        if let Some(file) = self
+            .direct
+            .as_ref()
+            .filter(|_| !self.refused.load(Ordering::Relaxed))
+        {
+            if self.write_direct(file, offset, data)? {
+                return Ok(());
+            }
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        self.buffered.write(offset, data)
+    }
+
+    forward_locks!(buffered);
 }

@@ -24,8 +24,12 @@
 //! The reading frames are the journal's own ([`super::record`]), so moving
 //! them into redb copies bytes.
 //!
-//! Each commit rewrites the block it ends in, whole (the earlier bytes of the
-//! block unchanged), so a commit of a few readings writes one 4 KiB block.
+//! Each commit writes the 512-byte sectors it touches, the earlier bytes of
+//! its first sector unchanged, through [`Disk::open_sectors`] (`O_DIRECT`
+//! where the filesystem allows it), so a commit of a few readings writes
+//! one to three sectors, not the 4 KiB page around them. A sector is the
+//! unit a power cut tears at, so a commit torn mid-way leaves the earlier
+//! commits whole.
 //!
 //! Replay reads commits from the start of the data area while each carries
 //! the header's generation and the next commit number and its checksum
@@ -46,9 +50,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::disk::{Disk, Mode, StorageBackend, dir_of};
+use crate::disk::{Disk, SECTOR, StorageBackend, dir_of};
 
-/// The unit of a write: a filesystem block and flash page size.
+/// A filesystem block and flash page: the segment's unit of size and of
+/// placement (a small commit never straddles one). Writes are in sectors.
 pub const BLOCK: u64 = 4096;
 const MAGIC: &[u8; 8] = b"BUOYSEG1";
 const HEADER_LEN: usize = 8 + 8 + 8 + 8;
@@ -159,7 +164,7 @@ impl Segment {
     /// or creates it with `data_blocks` blocks of data (also when it holds
     /// nothing and was made for another size). Says what it found.
     pub fn open(disk: &dyn Disk, path: &Path, data_blocks: u64) -> io::Result<(Segment, Replayed)> {
-        let file = disk.open(path, Mode::Create)?;
+        let file = disk.open_sectors(path)?;
         let len = file.len()?;
         // Anything larger is not a segment this agent wrote.
         let mut bytes = vec![0; len.min(64 << 20) as usize];
@@ -252,28 +257,32 @@ impl Segment {
         place(self.pos, len) + len <= self.data_blocks * BLOCK
     }
 
-    /// Appends `commit` durably (one write of the blocks it touches, one
+    /// Appends `commit` durably (one write of the sectors it touches, one
     /// `fdatasync`). On an error nothing changed in memory, and the next
     /// append overwrites whatever of it reached the file.
     pub fn append(&mut self, commit: &Commit<'_>) -> io::Result<()> {
         let bytes = encode(self.generation, self.next_commit, commit);
-        let len = bytes.len() as u64;
-        let start = place(self.pos, len);
-        let end = start + len;
+        let start = place(self.pos, bytes.len() as u64);
+        let end = start + bytes.len() as u64;
         assert!(end <= self.data_blocks * BLOCK, "checked by fits()");
-        let first = start / BLOCK;
-        let last = (end - 1) / BLOCK;
-        let mut buf = vec![0; ((last - first + 1) * BLOCK) as usize];
-        if first == self.pos / BLOCK {
-            buf[..self.tail.len()].copy_from_slice(&self.tail);
-        }
-        let at = (start - first * BLOCK) as usize;
-        buf[at..at + bytes.len()].copy_from_slice(&bytes);
-        self.file.write((1 + first) * BLOCK, &buf)?;
+        // Whole sectors: the first one's earlier bytes (the end of the last
+        // commit, from the tail) are written again unchanged.
+        let first = start / SECTOR * SECTOR;
+        let before = (start - first) as usize;
+        let mut buf = vec![0; (end.next_multiple_of(SECTOR) - first) as usize];
+        buf[..before].copy_from_slice(&self.tail[self.tail.len() - before..]);
+        buf[before..before + bytes.len()].copy_from_slice(&bytes);
+        self.file.write(BLOCK + first, &buf)?;
         self.file.sync_data()?;
+        // The tail: the bytes of the block holding `end`, before it.
+        let block = end / BLOCK * BLOCK;
+        if block > self.pos / BLOCK * BLOCK {
+            self.tail.clear();
+        }
+        self.tail
+            .extend_from_slice(&bytes[(block.max(start) - start) as usize..]);
         self.next_commit += 1;
         self.pos = end;
-        self.tail = buf[((last - first) * BLOCK) as usize..(end - first * BLOCK) as usize].to_vec();
         for (seq, frame) in commit.readings {
             self.readings.insert(*seq, Arc::from(frame.as_slice()));
             self.next_seq = self.next_seq.max(seq + 1);
