@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use edge_agent::journal::{
     Journal, JournalOptions, JournalWriter, WhenFull, WriterSettings, record,
 };
-use edge_agent::status::Status;
+use edge_agent::stats::Stats;
 use redb::{Durability, TableDefinition};
 use telemetry::Reading;
 
@@ -134,9 +134,9 @@ fn append_through_writer(dir: &Path, interval: Duration, n: u64) -> Append {
         .unwrap();
     runtime.block_on(async {
         let (journal, _) = Journal::open(&path, options(), "bench").unwrap();
-        let status = Arc::new(Status::default());
+        let stats = Arc::new(Stats::default());
         let settings = WriterSettings::for_journal(&journal, interval, 10_000);
-        let (writer, handles) = JournalWriter::new(journal, settings, status.clone())
+        let (writer, handles) = JournalWriter::new(journal, settings, stats.clone())
             .map_err(|e| e.0)
             .unwrap();
         let readings: Vec<Reading> = (0..n).map(reading).collect();
@@ -159,7 +159,7 @@ fn append_through_writer(dir: &Path, interval: Duration, n: u64) -> Append {
         task.await.unwrap().unwrap();
         Append {
             rate: n as f64 / elapsed.as_secs_f64(),
-            commits: status.snapshot().commits,
+            commits: stats.snapshot().commits,
             written,
         }
     })

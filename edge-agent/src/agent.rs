@@ -39,13 +39,13 @@ use crate::remote_config::controller::{
 use crate::remote_config::mqtt;
 use crate::remote_config::state::{ReportedState, StateSource};
 use crate::remote_config::store::Store;
-use crate::status::{self, Status};
+use crate::stats::{self, Stats};
 use crate::{local_status, service_manager};
 
 /// What the agent runs with besides its config; tests put in their own.
 pub struct Setup {
     /// Counters every stage updates (what the status line reports).
-    pub status: Arc<Status>,
+    pub stats: Arc<Stats>,
     pub clock: Arc<dyn Clock>,
     /// The boot new readings are journaled under.
     pub boot_id: String,
@@ -64,7 +64,7 @@ impl Setup {
     /// The real clock and this machine's boot id.
     pub fn system() -> Setup {
         Setup {
-            status: Arc::new(Status::default()),
+            stats: Arc::new(Stats::default()),
             clock: Arc::new(SystemClock::default()),
             boot_id: journal::current_boot_id(),
             report_commits: None,
@@ -101,10 +101,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 pub async fn run_with_status(
     config: AgentConfig,
     shutdown: CancellationToken,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
 ) -> Result<(), AgentError> {
     let setup = Setup {
-        status,
+        stats,
         ..Setup::system()
     };
     run_with(config, shutdown, setup).await
@@ -129,7 +129,7 @@ pub struct Agent {
     apply_rx: mpsc::Receiver<ApplyRequest>,
     /// What the status socket, metrics, systemd and MQTT report.
     source: StateSource,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
     reader: JournalReader,
     /// The controller and the MQTT session.
     remote_tasks: JoinSet<()>,
@@ -164,7 +164,7 @@ impl Agent {
         let source = StateSource {
             device_id: local.device_id.clone(),
             report: watch::channel(ConfigReport::default()).1,
-            status: setup.status.clone(),
+            stats: setup.stats.clone(),
             journal: reader.clone(),
             clock: setup.clock.clone(),
             started: Instant::now(),
@@ -178,7 +178,7 @@ impl Agent {
             shutdown,
             apply_rx,
             source,
-            status: setup.status,
+            stats: setup.stats,
             reader,
             remote_tasks,
             local_servers,
@@ -231,7 +231,7 @@ impl Agent {
         for server in self.local_servers {
             let _ = server.await;
         }
-        status::log_status(&self.status.snapshot(), self.reader.stats().ok().as_ref());
+        stats::log_status(&self.stats.snapshot(), self.reader.stats().ok().as_ref());
         failure.map(Err).unwrap_or(stopped)?;
         if let Some(path) = &self.report_state {
             write_final_state(path, &self.source.state())?;
@@ -306,11 +306,11 @@ fn start_pipeline(
     shutdown: &CancellationToken,
 ) -> Result<Pipeline, StageFailed> {
     let start = |config: &AgentConfig, journal| {
-        let (status, clock) = (setup.status.clone(), setup.clock.clone());
+        let (stats, clock) = (setup.stats.clone(), setup.clock.clone());
         Pipeline::start(
             Arc::new(config.clone()),
             journal,
-            status,
+            stats,
             clock,
             shutdown.clone(),
         )

@@ -53,4 +53,4 @@ pub mod remote_config;
 pub mod sampler;
 pub mod sensor_check;
 pub mod service_manager;
-pub mod status;
+pub mod stats;

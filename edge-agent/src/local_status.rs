@@ -291,14 +291,14 @@ fn bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Status;
+    use crate::stats::Stats;
 
-    fn answer_with(status: &Status) -> Answer {
+    fn answer_with(stats: &Stats) -> Answer {
         let state = ReportedState::new(
             "pi-7",
             3_600,
             ConfigReport::default(),
-            status.snapshot(),
+            stats.snapshot(),
             None,
             1_700_000_000_000_000_000,
         );
@@ -308,9 +308,9 @@ mod tests {
 
     #[test]
     fn the_answer_reads_back_as_the_state_the_agent_reported() {
-        let status = Status::default();
-        status.sampled(12);
-        let sent = answer_with(&status);
+        let stats = Stats::default();
+        stats.sampled(12);
+        let sent = answer_with(&stats);
         let wire = serde_json::to_string(&sent).unwrap();
         let value: Value = serde_json::from_str(&wire).unwrap();
         assert_eq!(
@@ -324,9 +324,9 @@ mod tests {
 
     #[test]
     fn a_human_sees_the_problems_and_the_counters() {
-        let status = Status::default();
-        status.sampled(12);
-        let text = describe(&answer_with(&status));
+        let stats = Stats::default();
+        stats.sampled(12);
+        let text = describe(&answer_with(&stats));
         assert!(text.starts_with("edge agent pi-7 (version "), "{text}");
         assert!(
             text.contains("  readings   12 sampled, 0 journaled"),

@@ -39,7 +39,7 @@ use crate::journal::{
     Journal, JournalError, JournalReader, JournalWriter, Progress, WriterSettings,
 };
 use crate::sampler::Sampler;
-use crate::status::{self, Status};
+use crate::stats::{self, Stats};
 
 /// A stage that stopped on its own: the agent stops too.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ struct RunningForwarder {
 pub struct Pipeline {
     config: Arc<AgentConfig>,
     journal: JournalReader,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     /// Kept to start samplers with; dropped at shutdown so the writer ends.
@@ -118,25 +118,25 @@ impl Pipeline {
     pub fn start(
         config: Arc<AgentConfig>,
         journal: Journal,
-        status: Arc<Status>,
+        stats: Arc<Stats>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Result<Pipeline, Box<NotStarted>> {
         let reader = journal.reader();
         let settings = config.journal.writer_settings();
         let (writer, handles) =
-            JournalWriter::new(journal, settings, status.clone()).map_err(|failed| {
+            JournalWriter::new(journal, settings, stats.clone()).map_err(|failed| {
                 let (e, journal) = *failed;
                 NotStarted {
                     error: e.into(),
                     journal,
                 }
             })?;
-        let reporter = start_reporter(&config, &reader, &status, &shutdown);
+        let reporter = start_reporter(&config, &reader, &stats, &shutdown);
         let mut pipeline = Pipeline {
             config: config.clone(),
             journal: reader,
-            status,
+            stats,
             clock,
             shutdown,
             readings: Some(handles.readings),
@@ -249,7 +249,7 @@ impl Pipeline {
         if from.status != to.status {
             self.reporter.0.cancel();
             let _ = (&mut self.reporter.1).await;
-            self.reporter = start_reporter(to, &self.journal, &self.status, &self.shutdown);
+            self.reporter = start_reporter(to, &self.journal, &self.stats, &self.shutdown);
             changes.reporter = true;
         }
         self.switch_samplers(to, &mut changes).await;
@@ -305,7 +305,7 @@ impl Pipeline {
             }
         }
         let names: Vec<&str> = wanted.keys().copied().collect();
-        self.status.retain_sensors(&names);
+        self.stats.retain_sensors(&names);
     }
 
     fn start_sampler(&mut self, s: &SensorConfig) {
@@ -319,7 +319,7 @@ impl Pipeline {
             sensor: Supervisor::new(s.clone()),
             clock: self.clock.clone(),
             out,
-            status: self.status.clone(),
+            stats: self.stats.clone(),
         };
         let task = tokio::spawn(sampler.run(stop.clone()));
         self.samplers.insert(
@@ -338,7 +338,7 @@ impl Pipeline {
             self.journal.clone(),
             self.committed.clone(),
             self.acks.clone().expect("acks are open until shutdown"),
-            self.status.clone(),
+            self.stats.clone(),
         )
         .with_clock(self.clock.clone())
     }
@@ -392,13 +392,13 @@ impl Pipeline {
 fn start_reporter(
     config: &AgentConfig,
     journal: &JournalReader,
-    status: &Arc<Status>,
+    stats: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> (CancellationToken, JoinHandle<()>) {
     let stop = shutdown.child_token();
     let journal = journal.clone();
-    let task = tokio::spawn(status::report_periodically(
-        status.clone(),
+    let task = tokio::spawn(stats::report_periodically(
+        stats.clone(),
         config.status.log_interval,
         move || journal.stats().ok(),
         stop.clone(),

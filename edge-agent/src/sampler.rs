@@ -7,7 +7,7 @@
 //! and the sampling time), and hands it to the journal writer.
 //!
 //! A failing read is counted, logged (rate-limited) and retried at the next
-//! interval; other sensors carry on. The sensor's health goes to [`Status`]
+//! interval; other sensors carry on. The sensor's health goes to [`Stats`]
 //! after every read. If the journal writer cannot keep up and its queue is
 //! full, the reading is dropped and counted rather than letting memory grow.
 
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::journal::Sampled;
 use crate::journal::record::Taken;
-use crate::status::Status;
+use crate::stats::Stats;
 
 /// How long one read (with opening the device) may take before it counts
 /// as failed.
@@ -37,13 +37,13 @@ pub struct Sampler {
     pub sensor: Supervisor,
     pub clock: Arc<dyn Clock>,
     pub out: mpsc::Sender<Sampled>,
-    pub status: Arc<Status>,
+    pub stats: Arc<Stats>,
 }
 
 impl Sampler {
     /// Counts a failed read, and logs it (at most once a minute).
     fn read_failed(&self, error: &hardware::SensorError, log: &mut Throttle) {
-        self.status.sensor_error();
+        self.stats.sensor_error();
         if let Some(held_back) = log.allow(std::time::Instant::now()) {
             let config = self.sensor.config();
             tracing::warn!(
@@ -70,7 +70,7 @@ impl Sampler {
     ) -> bool {
         for obs in observations {
             let reading = to_reading(&self.device_id, name, obs, wall_ns);
-            self.status.sampled(1);
+            self.stats.sampled(1);
             let sampled = Sampled {
                 reading,
                 taken: Some(taken),
@@ -78,7 +78,7 @@ impl Sampler {
             match self.out.try_send(sampled) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    self.status.dropped_queue_full();
+                    self.stats.dropped_queue_full();
                     if let Some(held_back) = full.allow(std::time::Instant::now()) {
                         tracing::warn!(
                             sensor = %name,
@@ -106,7 +106,7 @@ impl Sampler {
         let mut last_tick: Option<tokio::time::Instant> = None;
         let mut errors = Throttle::new(Duration::from_secs(60));
         let mut full = Throttle::new(Duration::from_secs(60));
-        self.status.sensor_health(self.sensor.health());
+        self.stats.sensor_health(self.sensor.health());
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -130,7 +130,7 @@ impl Sampler {
                 outcome = self.sensor.read(READ_TIMEOUT) => outcome,
                 _ = shutdown.cancelled() => return,
             };
-            self.status.sensor_health(self.sensor.health());
+            self.stats.sensor_health(self.sensor.health());
             match outcome {
                 Outcome::Read(observations) => {
                     errors.reset();
@@ -197,7 +197,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn samples_on_its_interval_tags_readings_and_survives_errors() {
         let (tx, mut rx) = mpsc::channel(100);
-        let status = Arc::new(Status::default());
+        let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let config = SensorConfig::new("cooling", SensorKind::Fan, Duration::from_secs(1));
         let sampler = Sampler {
@@ -205,7 +205,7 @@ mod tests {
             sensor: Supervisor::new(config).with_sensor(Box::new(Flaky(0))),
             clock: Arc::new(SystemClock::default()),
             out: tx,
-            status: status.clone(),
+            stats: stats.clone(),
         };
         let task = tokio::spawn(sampler.run(shutdown.clone()));
         // Ticks at 0, 1, ..., 9 s: ten reads, every other one failing.
@@ -217,7 +217,7 @@ mod tests {
             got.push(r);
         }
         assert_eq!(got.len(), 5);
-        let snapshot = status.snapshot();
+        let snapshot = stats.snapshot();
         assert_eq!(snapshot.sensor_errors, 5);
         let health = &snapshot.sensors[0];
         assert_eq!(
@@ -282,7 +282,7 @@ mod tests {
             sensor: Supervisor::new(config).with_sensor(Box::new(Uneven(reads.clone()))),
             clock: Arc::new(SystemClock::default()),
             out: tx,
-            status: Arc::new(Status::default()),
+            stats: Arc::new(Stats::default()),
         };
         let task = tokio::spawn(sampler.run(shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -301,7 +301,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_journal_queue_drops_and_counts_instead_of_blocking() {
         let (tx, _rx) = mpsc::channel(2);
-        let status = Arc::new(Status::default());
+        let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let mut config =
             SensorConfig::new("env", SensorKind::SimulatedWeather, Duration::from_secs(1));
@@ -311,13 +311,13 @@ mod tests {
             sensor: Supervisor::new(config),
             clock: Arc::new(SystemClock::default()),
             out: tx,
-            status: status.clone(),
+            stats: stats.clone(),
         };
         let task = tokio::spawn(sampler.run(shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(4_500)).await;
         shutdown.cancel();
         task.await.unwrap();
-        let s = status.snapshot();
+        let s = stats.snapshot();
         assert_eq!((s.sampled, s.dropped_queue_full), (5, 3));
     }
 }

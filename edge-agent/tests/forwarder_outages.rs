@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use edge_agent::config::AgentConfig;
 use edge_agent::journal::{Journal, JournalOptions};
-use edge_agent::status::Status;
+use edge_agent::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -56,10 +56,10 @@ interval = "5ms"
 }
 
 /// Waits until the agent has journaled `more` readings beyond what it had.
-async fn keep_sampling(status: &Status, more: u64) {
-    let target = status.snapshot().journaled + more;
+async fn keep_sampling(stats: &Stats, more: u64) {
+    let target = stats.snapshot().journaled + more;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while status.snapshot().journaled < target {
+    while stats.snapshot().journaled < target {
         assert!(Instant::now() < deadline, "the agent stopped sampling");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -113,41 +113,41 @@ async fn every_reading_arrives_through_broker_outages_request_errors_and_latency
     mock.partition_leader(TOPIC, 0, Some(LEADER)).unwrap();
     let bootstrap = mock.bootstrap_servers();
 
-    let status = Arc::new(Status::default());
+    let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edge_agent::agent::run_with_status(
         config(dir.path(), &bootstrap),
         shutdown.clone(),
-        status.clone(),
+        stats.clone(),
     ));
-    keep_sampling(&status, 1_000).await;
+    keep_sampling(&stats, 1_000).await;
     assert!(
-        status.snapshot().forwarded > 0,
+        stats.snapshot().forwarded > 0,
         "forwarding before any fault"
     );
 
     // 1. The partition leader is down for 30 s.
     mock.broker_down(LEADER).unwrap();
-    let forwarded = status.snapshot().forwarded;
+    let forwarded = stats.snapshot().forwarded;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let during = status.snapshot();
+    let during = stats.snapshot();
     assert!(
         during.forwarded <= forwarded + 20_000,
         "nothing beyond what was in flight can be acknowledged"
     );
     mock.broker_up(LEADER).unwrap();
-    keep_sampling(&status, 500).await;
+    keep_sampling(&stats, 500).await;
 
     // 2. Every broker is down while sampling goes on.
     for broker in 1..=3 {
         mock.broker_down(broker).unwrap();
     }
-    keep_sampling(&status, 3_000).await;
+    keep_sampling(&stats, 3_000).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     for broker in 1..=3 {
         mock.broker_up(broker).unwrap();
     }
-    keep_sampling(&status, 500).await;
+    keep_sampling(&stats, 500).await;
 
     // 3. Produce requests fail: retriable errors, and one librdkafka gives
     //    up on at once.
@@ -162,19 +162,19 @@ async fn every_reading_arrives_through_broker_outages_request_errors_and_latency
     ];
     let many: Vec<RDKafkaRespErr> = errors.iter().cycle().take(60).copied().collect();
     mock.request_errors(RDKafkaApiKey::Produce, &many);
-    keep_sampling(&status, 3_000).await;
+    keep_sampling(&stats, 3_000).await;
     mock.clear_request_errors(RDKafkaApiKey::Produce);
 
     // 4. Every round trip to the leader takes 500 ms longer.
     mock.broker_round_trip_time(LEADER, Duration::from_millis(500))
         .unwrap();
-    keep_sampling(&status, 3_000).await;
+    keep_sampling(&stats, 3_000).await;
     mock.broker_round_trip_time(LEADER, Duration::ZERO).unwrap();
 
     // Stop: the agent drains what it can within its grace period.
     shutdown.cancel();
     agent.await.unwrap().unwrap();
-    let s = status.snapshot();
+    let s = stats.snapshot();
     assert!(s.delivery_errors > 0, "the faults were felt: {s:?}");
     assert_eq!(
         s.sampled, s.journaled,

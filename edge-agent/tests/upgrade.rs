@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::journal::{Journal, JournalOptions};
-use edge_agent::status::Status;
+use edge_agent::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -96,26 +96,26 @@ async fn a_journal_from_release_a84134c_opens_and_drains() {
     mock.create_topic(TOPIC, 1, 1).unwrap();
     let bootstrap = mock.bootstrap_servers();
 
-    let status = Arc::new(Status::default());
+    let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edge_agent::agent::run_with_status(
         config(dir.path(), &bootstrap),
         shutdown.clone(),
-        status.clone(),
+        stats.clone(),
     ));
     // The 700 old readings, and some new ones after them.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while status.snapshot().forwarded < 720 {
+    while stats.snapshot().forwarded < 720 {
         assert!(
             Instant::now() < deadline,
             "not drained: {:?}",
-            status.snapshot()
+            stats.snapshot()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     shutdown.cancel();
     agent.await.unwrap().unwrap();
-    let s = status.snapshot();
+    let s = stats.snapshot();
 
     let topic = on_topic(&bootstrap, s.forwarded);
     // Every reading that waited in the old journal, with its number and its

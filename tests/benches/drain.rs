@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use buoy_tests::kafka::{Kafka, Storage};
 use edge_agent::config::AgentConfig;
 use edge_agent::journal::{Journal, JournalOptions};
-use edge_agent::status::Status;
+use edge_agent::stats::Stats;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -142,15 +142,15 @@ fn bare_producer(config: &AgentConfig, lines: &[String], boot: &str) -> Duration
 
 /// The real agent draining a journal of `n` readings.
 fn agent_drain(runtime: &tokio::runtime::Runtime, config: AgentConfig, n: u64) -> Duration {
-    let status = Arc::new(Status::default());
+    let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     let agent = runtime.spawn(edge_agent::agent::run_with_status(
         config,
         shutdown.clone(),
-        status.clone(),
+        stats.clone(),
     ));
-    while status.snapshot().forwarded < n {
+    while stats.snapshot().forwarded < n {
         assert!(!agent.is_finished(), "the agent stopped");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -7,7 +7,7 @@
 //! [`Disk::open_sectors`] files write with `O_DIRECT` through a second
 //! descriptor (reads, size and sync go through the ordinary one): the
 //! kernel sends the sectors written and nothing else. Where the filesystem
-//! or device refuses (tmpfs, a disk of 4 KiB sectors), writes fall back to
+//! or device refuses (no `O_DIRECT`, a disk of 4 KiB sectors), writes fall back to
 //! the page cache: the same bytes, more of them at the device.
 
 use std::fs::{File, OpenOptions};
@@ -241,4 +241,30 @@ impl StorageBackend for SectorFile {
     }
 
     forward_locks!(buffered);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sector_file_takes_whole_sectors_and_reads_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let f = RealDisk.open_sectors(&path).unwrap();
+        f.set_len(4096).unwrap();
+        f.write(0, &[0; 4096]).unwrap();
+        f.write(512, &[7; 1024]).unwrap();
+        f.sync_data().unwrap();
+        let mut back = vec![1; 4096];
+        f.read(0, &mut back).unwrap();
+        assert!(back[..512].iter().all(|b| *b == 0));
+        assert!(back[512..1536].iter().all(|b| *b == 7));
+        assert!(back[1536..].iter().all(|b| *b == 0));
+        // A partial sector is a caller's mistake, refused whatever the
+        // filesystem, and nothing is written.
+        let e = f.write(100, &[9; 512]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(std::fs::read(&path).unwrap(), back);
+    }
 }

@@ -118,7 +118,7 @@ impl Forwarder {
             let record = match item {
                 Ok(record) => record,
                 Err(bad) => {
-                    self.status.unreadable(1);
+                    self.stats.unreadable(1);
                     tracing::error!(seq = bad.seq, reason = %bad.reason, "journal record is unreadable; skipping it");
                     run.lanes.skipped(bad.seq);
                     continue;
@@ -172,7 +172,7 @@ impl Forwarder {
             }
             Err(SendError::QueueFull) => false,
             Err(SendError::Record(reason)) => {
-                self.status.unreadable(1);
+                self.stats.unreadable(1);
                 tracing::error!(
                     seq = record.seq,
                     %reason,

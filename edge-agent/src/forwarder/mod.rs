@@ -67,7 +67,7 @@ use crate::clock::{Clock, SystemClock};
 use config::{ForwarderConfig, Order};
 
 use crate::journal::{JournalReader, Progress};
-use crate::status::{Link, Status};
+use crate::stats::{Link, Stats};
 use diagnosis::{Diagnosis, calls_for_diagnosis, episode_of};
 use producer::{Event, Producer};
 use session::{Episode, Renewal};
@@ -90,7 +90,7 @@ pub struct Forwarder {
     committed: watch::Receiver<Progress>,
     /// Acknowledged sequence numbers, to the journal writer.
     acks: mpsc::UnboundedSender<Vec<u64>>,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
     /// Whether timestamps can be believed (see [`restamp`]).
     clock: Arc<dyn Clock>,
 }
@@ -115,7 +115,7 @@ impl Forwarder {
         journal: JournalReader,
         committed: watch::Receiver<Progress>,
         acks: mpsc::UnboundedSender<Vec<u64>>,
-        status: Arc<Status>,
+        stats: Arc<Stats>,
     ) -> Self {
         Forwarder {
             config,
@@ -123,7 +123,7 @@ impl Forwarder {
             journal,
             committed,
             acks,
-            status,
+            stats,
             clock: Arc::new(SystemClock::default()),
         }
     }
@@ -138,7 +138,7 @@ impl Forwarder {
     /// settings). The returned [`Started`] forwards when run.
     pub fn start(self) -> Result<Started, ForwarderError> {
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-        let producer = producer::create(&self.config, deliveries_tx.clone(), self.status.clone())?;
+        let producer = producer::create(&self.config, deliveries_tx.clone(), self.stats.clone())?;
         Ok(Started {
             forwarder: self,
             producer,
@@ -273,7 +273,7 @@ impl Forwarder {
         run.wire_base += old.context().wire_bytes();
         let producer = self.replace_producer(old, deliveries_tx.clone()).await?;
         run.renewed();
-        self.status.producer_renewed();
+        self.stats.producer_renewed();
         Ok(producer)
     }
 
@@ -282,7 +282,7 @@ impl Forwarder {
         if let Some(budget) = &mut run.budget {
             let sent = producer.context().wire_bytes();
             budget.observe_wire(sent, now.into_std());
-            self.status.wire_bytes(run.wire_base + sent);
+            self.stats.wire_bytes(run.wire_base + sent);
         }
     }
 
@@ -327,7 +327,7 @@ impl Forwarder {
         {
             self.renew(reason, producer, run);
         }
-        self.status.link_error(diagnosis.clone());
+        self.stats.link_error(diagnosis.clone());
         let changed = diagnosis != run.last_diagnosis;
         if let Some(held_back) = run
             .failure_log
@@ -390,8 +390,8 @@ impl Forwarder {
                 run.lanes.delivered(delivery.seq);
                 run.delivered(Instant::now());
                 run.session.acknowledged();
-                self.status.forwarded(1);
-                if self.status.link_up() != Link::Up {
+                self.stats.forwarded(1);
+                if self.stats.link_up() != Link::Up {
                     run.backoff.reset();
                     run.failure_log.reset();
                     run.told_lost = false;
@@ -409,7 +409,7 @@ impl Forwarder {
     fn failed(&self, seq: u64, error: &KafkaError, producer: &Producer, run: &mut Run) {
         tracing::debug!(seq, %error, "delivery failed");
         run.lanes.failed(seq);
-        self.status.link_down(error.to_string());
+        self.stats.link_down(error.to_string());
         run.last_failure = Some(error.clone());
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::error!(
@@ -429,7 +429,7 @@ impl Forwarder {
         if let Some(held_back) = run.renewal_log.allow(std::time::Instant::now()) {
             tracing::warn!(
                 reason = reason.as_str(),
-                renewals_before = self.status.snapshot().producer_renewals,
+                renewals_before = self.stats.snapshot().producer_renewals,
                 renewals_not_logged = held_back,
                 "{reason}: a fresh Kafka producer session starts; the readings stay in the journal"
             );
@@ -448,7 +448,7 @@ impl Forwarder {
         Ok(producer::create(
             &self.config,
             deliveries,
-            self.status.clone(),
+            self.stats.clone(),
         )?)
     }
 }

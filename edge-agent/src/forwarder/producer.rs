@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::config::ForwarderConfig;
 use super::security::SecretFileError;
-use crate::status::{Link, Status};
+use crate::stats::{Link, Stats};
 
 /// librdkafka's own queue, in KiB. The journal is the buffer; this only
 /// smooths batching, so it is small and explicit.
@@ -40,7 +40,7 @@ pub enum Event {
 /// Receives librdkafka's callbacks.
 pub struct ForwarderContext {
     deliveries: mpsc::UnboundedSender<Event>,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
     /// One throttle per librdkafka log facility, so a broker that refuses
     /// connections is logged once a minute, not on every retry.
     throttles: Throttles,
@@ -74,7 +74,7 @@ impl ClientContext for ForwarderContext {
         ) {
             let _ = self.deliveries.send(Event::BrokerLost);
         }
-        let previous = self.status.link_error(format!("{error}: {reason}"));
+        let previous = self.stats.link_error(format!("{error}: {reason}"));
         if let Some(held_back) = self.throttles.allow("error") {
             if previous != Link::Down {
                 tracing::warn!(
@@ -165,11 +165,11 @@ pub enum CreateError {
 pub fn create(
     config: &ForwarderConfig,
     deliveries: mpsc::UnboundedSender<Event>,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
 ) -> Result<Producer, CreateError> {
     let context = ForwarderContext {
         deliveries,
-        status,
+        stats,
         throttles: Throttles::default(),
         wire_bytes: AtomicU64::new(0),
     };

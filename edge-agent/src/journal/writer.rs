@@ -13,7 +13,7 @@
 //! docs/performance.md).
 //!
 //! What the full-journal policy did (dropped, refused, aggregated) is counted
-//! in [`Status`] and logged at most once a minute with the totals since the
+//! in [`Stats`] and logged at most once a minute with the totals since the
 //! last line.
 //!
 //! When the samplers stop, the readings still waiting are committed at once
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::config::WriterSettings;
 use super::{Counters, Journal, JournalError, Sampled};
-use crate::status::Status;
+use crate::stats::Stats;
 
 /// Readings that may wait in the channel in front of the writer.
 const CHANNEL_CAPACITY: usize = 16_384;
@@ -114,7 +114,7 @@ pub struct JournalWriter {
     /// The settings in force.
     current: WriterSettings,
     settings: watch::Receiver<WriterSettings>,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
     policy_log: Throttle,
     /// Policy actions since the last log line about them.
     policy_unlogged: Counters,
@@ -141,7 +141,7 @@ impl JournalWriter {
     pub fn new(
         mut journal: Journal,
         initial: WriterSettings,
-        status: Arc<Status>,
+        stats: Arc<Stats>,
     ) -> Result<(JournalWriter, WriterHandles), Box<(JournalError, Journal)>> {
         initial.apply_policy(&mut journal);
         let last = match journal.stats() {
@@ -162,7 +162,7 @@ impl JournalWriter {
             committed,
             current: initial,
             settings,
-            status,
+            stats,
             policy_log: Throttle::new(Duration::from_secs(60)),
             policy_unlogged: Counters::default(),
         };
@@ -333,12 +333,12 @@ impl JournalWriter {
         match result {
             Ok(done) => {
                 let appended = done.seqs.end - done.seqs.start;
-                self.status.journaled(appended, done.deleted);
+                self.stats.journaled(appended, done.deleted);
                 if done.policy != Counters::default() {
                     self.report_policy(&done.policy);
                 }
                 if !done.rejected.is_empty() {
-                    self.status.rejected(done.rejected.len() as u64);
+                    self.stats.rejected(done.rejected.len() as u64);
                     tracing::warn!(
                         count = done.rejected.len(),
                         first = %done.rejected[0],
@@ -374,7 +374,7 @@ impl JournalWriter {
     /// Counts what the full-journal policy did and logs it, at most once a
     /// minute, with the totals since the last line.
     fn report_policy(&mut self, done: &Counters) {
-        self.status.journal_policy(done);
+        self.stats.journal_policy(done);
         self.policy_unlogged.add(done);
         if let Some(held_back) = self.policy_log.allow(std::time::Instant::now()) {
             let c = std::mem::take(&mut self.policy_unlogged);
@@ -412,7 +412,7 @@ mod tests {
     struct Setup {
         _dir: tempfile::TempDir,
         journal: JournalReader,
-        status: Arc<Status>,
+        stats: Arc<Stats>,
         writer: JournalWriter,
         handles: WriterHandles,
     }
@@ -426,15 +426,15 @@ mod tests {
         )
         .unwrap();
         let reader = journal.reader();
-        let status = Arc::new(Status::default());
+        let stats = Arc::new(Stats::default());
         let settings = WriterSettings::for_journal(&journal, interval, 100);
-        let (writer, handles) = JournalWriter::new(journal, settings, status.clone())
+        let (writer, handles) = JournalWriter::new(journal, settings, stats.clone())
             .map_err(|e| e.0)
             .unwrap();
         Setup {
             _dir: dir,
             journal: reader,
-            status,
+            stats,
             writer,
             handles,
         }
@@ -499,7 +499,7 @@ mod tests {
     async fn commit_interval_zero_commits_every_reading_on_its_own() {
         let Setup {
             _dir,
-            status,
+            stats,
             writer,
             handles,
             ..
@@ -511,7 +511,7 @@ mod tests {
         }
         let mut committed = handles.committed.clone();
         committed.wait_for(|p| p.last_seq == 5).await.unwrap();
-        assert_eq!(status.snapshot().commits, 5);
+        assert_eq!(stats.snapshot().commits, 5);
         drop((handles, committed));
         task.await.unwrap().unwrap();
     }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::controller::ConfigReport;
 use crate::clock::Clock;
 use crate::journal::{JournalReader, JournalStats};
-use crate::status::{Snapshot, Status};
+use crate::stats::{Snapshot, Stats};
 use hardware::{HealthState, SensorHealth};
 
 /// Share of `journal.max_bytes` above which the journal counts as full.
@@ -35,7 +35,7 @@ const FULL_SHARE: f64 = 0.95;
 pub struct StateSource {
     pub device_id: String,
     pub report: watch::Receiver<ConfigReport>,
-    pub status: Arc<Status>,
+    pub stats: Arc<Stats>,
     pub journal: JournalReader,
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
@@ -48,7 +48,7 @@ impl StateSource {
             &self.device_id,
             self.started.elapsed().as_secs(),
             self.report.borrow().clone(),
-            self.status.snapshot(),
+            self.stats.snapshot(),
             self.journal.stats().ok(),
             now.wall_ns,
         );
@@ -134,7 +134,7 @@ impl ReportedState {
         device_id: &str,
         uptime_s: u64,
         config: ConfigReport,
-        status: Snapshot,
+        stats: Snapshot,
         journal: Option<JournalStats>,
         now_ns: i64,
     ) -> ReportedState {
@@ -144,9 +144,9 @@ impl ReportedState {
             uptime_s,
             config,
             link: LinkReport {
-                state: Cow::Borrowed(status.link.as_str()),
-                last_error: status.last_error,
-                producer_renewals: status.producer_renewals,
+                state: Cow::Borrowed(stats.link.as_str()),
+                last_error: stats.last_error,
+                producer_renewals: stats.producer_renewals,
             },
             journal: journal.map(|j| JournalReport {
                 records: j.records,
@@ -159,17 +159,17 @@ impl ReportedState {
                 salvaged: j.counters.salvaged,
             }),
             dropped: DroppedReport {
-                queue_full: status.dropped_queue_full,
-                unencodable: status.rejected,
-                dropped_oldest: status.journal_policy.dropped_oldest,
-                rejected_new: status.journal_policy.rejected_new,
-                aggregated: status.journal_policy.aggregated,
-                unreadable: status.unreadable,
+                queue_full: stats.dropped_queue_full,
+                unencodable: stats.rejected,
+                dropped_oldest: stats.journal_policy.dropped_oldest,
+                rejected_new: stats.journal_policy.rejected_new,
+                aggregated: stats.journal_policy.aggregated,
+                unreadable: stats.unreadable,
             },
-            sensors: status.sensors,
-            sampled: status.sampled,
-            journaled: status.journaled,
-            forwarded: status.forwarded,
+            sensors: stats.sensors,
+            sampled: stats.sampled,
+            journaled: stats.journaled,
+            forwarded: stats.forwarded,
             clock: ClockReport { synced: true },
             time_ns: now_ns,
         }

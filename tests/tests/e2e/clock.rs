@@ -14,7 +14,7 @@ use buoy_tests::process::free_port;
 use edge_agent::agent::{self, Setup};
 use edge_agent::clock::{self, Clock, Stamp};
 use edge_agent::config::AgentConfig;
-use edge_agent::status::Status;
+use edge_agent::stats::Stats;
 use telemetry::line_protocol;
 use telemetry::record::Format;
 use tokio_util::sync::CancellationToken;
@@ -68,14 +68,14 @@ async fn run_agent(
     config: AgentConfig,
     clock: Arc<FakeClock>,
     boot_id: &str,
-    status: Arc<Status>,
+    stats: Arc<Stats>,
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<Result<(), String>>,
 ) {
     let shutdown = CancellationToken::new();
     let setup = Setup {
-        status,
+        stats,
         clock,
         boot_id: boot_id.into(),
         report_commits: None,
@@ -103,12 +103,12 @@ async fn wait_until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
 async fn stop_and_read(
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), String>>,
-    status: &Status,
+    stats: &Stats,
     kafka: &Kafka,
 ) -> (Vec<KafkaRecord>, usize) {
     shutdown.cancel();
     task.await.unwrap().expect("a clean stop");
-    let forwarded = status.snapshot().forwarded as usize;
+    let forwarded = stats.snapshot().forwarded as usize;
     let records = read_topic(
         &kafka.bootstrap(),
         "telemetry",
@@ -136,31 +136,31 @@ async fn readings_taken_before_the_clock_is_set_arrive_with_corrected_monotonic_
         "100ms",
     ));
     let fake = FakeClock::unset();
-    let status = Arc::new(Status::default());
+    let stats = Arc::new(Stats::default());
     let test_start = clock::wall_now_ns();
-    let (shutdown, task) = run_agent(config, fake.clone(), "boot-a", status.clone()).await;
+    let (shutdown, task) = run_agent(config, fake.clone(), "boot-a", stats.clone()).await;
 
     // Unsynchronised: sampled and journaled, but nothing leaves.
     wait_until("80 readings journaled", Duration::from_secs(30), || {
-        status.snapshot().journaled >= 80
+        stats.snapshot().journaled >= 80
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        status.snapshot().forwarded,
+        stats.snapshot().forwarded,
         0,
         "readings with an unset clock wait for it"
     );
 
     fake.set();
-    let held = status.snapshot().journaled;
+    let held = stats.snapshot().journaled;
     wait_until(
         "the held readings and newer ones forwarded",
         Duration::from_secs(60),
-        || status.snapshot().forwarded >= held + 40,
+        || stats.snapshot().forwarded >= held + 40,
     )
     .await;
-    let (records, forwarded) = stop_and_read(shutdown, task, &status, &kafka).await;
+    let (records, forwarded) = stop_and_read(shutdown, task, &stats, &kafka).await;
     let test_end = clock::wall_now_ns();
     assert!(
         records.len() >= forwarded,
@@ -229,31 +229,31 @@ async fn readings_of_a_boot_that_never_synced_are_tagged() {
     let text = agent_config(dir.path(), &bootstrap, Format::Influx, 1, "100ms");
 
     // Boot A: no clock, no broker. Readings are journaled and wait.
-    let status = Arc::new(Status::default());
+    let stats = Arc::new(Stats::default());
     let (shutdown, task) =
-        run_agent(config(&text), FakeClock::unset(), "boot-a", status.clone()).await;
+        run_agent(config(&text), FakeClock::unset(), "boot-a", stats.clone()).await;
     wait_until("40 readings journaled", Duration::from_secs(30), || {
-        status.snapshot().journaled >= 40
+        stats.snapshot().journaled >= 40
     })
     .await;
     shutdown.cancel();
     task.await.unwrap().expect("a clean stop");
-    let journaled_a = status.snapshot().journaled;
+    let journaled_a = stats.snapshot().journaled;
 
     // Boot B: the clock is set and the broker is there.
     let kafka = Kafka::start_on(port, dir.path(), Storage::Memory);
     create_topics(&bootstrap, &["telemetry"]).await;
     let fake = FakeClock::unset();
     fake.set();
-    let status = Arc::new(Status::default());
-    let (shutdown, task) = run_agent(config(&text), fake, "boot-b", status.clone()).await;
+    let stats = Arc::new(Stats::default());
+    let (shutdown, task) = run_agent(config(&text), fake, "boot-b", stats.clone()).await;
     wait_until(
         "boot A's readings forwarded",
         Duration::from_secs(60),
-        || status.snapshot().forwarded >= journaled_a + 20,
+        || stats.snapshot().forwarded >= journaled_a + 20,
     )
     .await;
-    let (records, _) = stop_and_read(shutdown, task, &status, &kafka).await;
+    let (records, _) = stop_and_read(shutdown, task, &stats, &kafka).await;
 
     let (a, b): (Vec<&KafkaRecord>, Vec<&KafkaRecord>) = records
         .iter()

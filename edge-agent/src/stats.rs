@@ -1,5 +1,7 @@
-//! What the agent knows about itself: counters every stage updates, the link
-//! state, and a periodic status line in the log.
+//! The agent's running statistics ([`Stats`]): counters every stage
+//! updates, the link state and the sensors' health, from which the reported
+//! state is made (`remote_config::state`), and a periodic status line in the
+//! log.
 //!
 //! The status line is what an operator (or `scripts/demo`) reads to see the
 //! agent working:
@@ -45,7 +47,7 @@ struct LinkState {
 
 /// Counters since start, shared by every stage.
 #[derive(Debug)]
-pub struct Status {
+pub struct Stats {
     sampled: AtomicU64,
     sensor_errors: AtomicU64,
     /// Readings dropped because the journal writer's queue was full.
@@ -72,9 +74,9 @@ pub struct Status {
     sensors: Mutex<BTreeMap<String, SensorHealth>>,
 }
 
-impl Default for Status {
+impl Default for Stats {
     fn default() -> Self {
-        Status {
+        Stats {
             sampled: AtomicU64::new(0),
             sensor_errors: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
@@ -121,7 +123,7 @@ pub struct Snapshot {
     pub sensors: Vec<SensorHealth>,
 }
 
-impl Status {
+impl Stats {
     pub fn sampled(&self, n: u64) {
         self.sampled.fetch_add(n, Relaxed);
     }
@@ -156,7 +158,7 @@ impl Status {
     }
     /// Records a sensor's health after a read.
     pub fn sensor_health(&self, health: &SensorHealth) {
-        let mut sensors = self.sensors.lock().expect("status lock");
+        let mut sensors = self.sensors.lock().expect("stats lock");
         match sensors.get_mut(&health.name) {
             Some(h) => h.clone_from(health),
             None => {
@@ -167,24 +169,24 @@ impl Status {
 
     /// Forgets the health of sensors no longer configured.
     pub fn retain_sensors(&self, names: &[&str]) {
-        let mut sensors = self.sensors.lock().expect("status lock");
+        let mut sensors = self.sensors.lock().expect("stats lock");
         sensors.retain(|name, _| names.contains(&name.as_str()));
     }
 
     pub fn journal_policy(&self, done: &Counters) {
-        self.journal_policy.lock().expect("status lock").add(done);
+        self.journal_policy.lock().expect("stats lock").add(done);
     }
 
     /// Records a successful delivery; returns the previous link state.
     pub fn link_up(&self) -> Link {
-        let mut s = self.link.lock().expect("status lock");
+        let mut s = self.link.lock().expect("stats lock");
         std::mem::replace(&mut s.link, Link::Up)
     }
 
     /// Records a failure; returns the previous link state.
     pub fn link_down(&self, error: impl Into<String>) -> Link {
         self.delivery_errors.fetch_add(1, Relaxed);
-        let mut s = self.link.lock().expect("status lock");
+        let mut s = self.link.lock().expect("stats lock");
         s.last_error = Some(error.into());
         std::mem::replace(&mut s.link, Link::Down)
     }
@@ -192,13 +194,13 @@ impl Status {
     /// Records a client-level error (broker unreachable) that is not tied to
     /// one record.
     pub fn link_error(&self, error: impl Into<String>) -> Link {
-        let mut s = self.link.lock().expect("status lock");
+        let mut s = self.link.lock().expect("stats lock");
         s.last_error = Some(error.into());
         std::mem::replace(&mut s.link, Link::Down)
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let link = self.link.lock().expect("status lock");
+        let link = self.link.lock().expect("stats lock");
         Snapshot {
             sampled: self.sampled.load(Relaxed),
             sensor_errors: self.sensor_errors.load(Relaxed),
@@ -212,13 +214,13 @@ impl Status {
             producer_renewals: self.producer_renewals.load(Relaxed),
             wire_bytes: self.wire_bytes.load(Relaxed),
             unreadable: self.unreadable.load(Relaxed),
-            journal_policy: *self.journal_policy.lock().expect("status lock"),
+            journal_policy: *self.journal_policy.lock().expect("stats lock"),
             link: link.link,
             last_error: link.last_error.clone(),
             sensors: self
                 .sensors
                 .lock()
-                .expect("status lock")
+                .expect("stats lock")
                 .values()
                 .cloned()
                 .collect(),
@@ -292,7 +294,7 @@ fn failing_sensors(sensors: &[SensorHealth]) -> String {
 /// Logs a status line every `interval` until shutdown. `journal` reports
 /// what the journal holds.
 pub async fn report_periodically(
-    status: std::sync::Arc<Status>,
+    stats: std::sync::Arc<Stats>,
     interval: Duration,
     journal: impl Fn() -> Option<JournalStats>,
     shutdown: CancellationToken,
@@ -303,11 +305,11 @@ pub async fn report_periodically(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut last = (tokio::time::Instant::now(), status.snapshot().forwarded);
+    let mut last = (tokio::time::Instant::now(), stats.snapshot().forwarded);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let snapshot = status.snapshot();
+                let snapshot = stats.snapshot();
                 let now = tokio::time::Instant::now();
                 let elapsed = now.duration_since(last.0).as_secs_f64().max(1e-3);
                 let rate = (snapshot.forwarded - last.1) as f64 / elapsed;
@@ -325,7 +327,7 @@ mod tests {
 
     #[test]
     fn link_transitions_are_reported() {
-        let s = Status::default();
+        let s = Stats::default();
         assert_eq!(s.link_down("broker gone"), Link::Unknown);
         assert_eq!(s.link_down("still gone"), Link::Down);
         assert_eq!(s.link_up(), Link::Down);
