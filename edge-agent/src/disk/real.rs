@@ -7,8 +7,8 @@
 //! [`Disk::open_sectors`] files write with `O_DIRECT` through a second
 //! descriptor (reads, size and sync go through the ordinary one): the
 //! kernel sends the sectors written and nothing else. Where the filesystem
-//! or device refuses (no `O_DIRECT`, a disk of 4 KiB sectors), writes fall back to
-//! the page cache: the same bytes, more of them at the device.
+//! or device refuses (no `O_DIRECT`, a disk of 4 KiB sectors), writes fall
+//! back to the page cache: the same bytes, more of them at the device.
 
 use std::fs::{File, OpenOptions};
 use std::io;
