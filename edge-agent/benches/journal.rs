@@ -15,7 +15,12 @@
 //!    million readings with Kafka unreachable, next to the same agent with an
 //!    empty journal.
 //!
-//! `BUOY_BENCH_SCALE=0.1` shrinks every count, for a quick look.
+//! `BUOY_BENCH_SCALE=0.1` shrinks every count, for a quick look; naming
+//! sections (`append`, `wear`, `memory`) after `--` runs only those.
+
+/// The allocator the agent's binary uses (edge-agent/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -448,12 +453,26 @@ fn main() {
         "Journal benchmark: {cores} cores, journal in {}\n",
         dir.path().display()
     );
-    println!("### Append throughput and write amplification at full speed\n");
-    println!("{}", append_table(dir.path()));
-    println!(
-        "### Flash wear at a field rate of 5 readings/s (steady state, acknowledged readings deleted)\n"
-    );
-    println!("{}", wear_table(dir.path()));
-    println!("### Memory with a backlog (real agent, Kafka unreachable, default sensors, 20 s)\n");
-    println!("{}", rss_table(dir.path()));
+    // `cargo bench --bench journal -- append` runs only the sections named.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
+    if wanted("append") {
+        println!("### Append throughput and write amplification at full speed\n");
+        println!("{}", append_table(dir.path()));
+    }
+    if wanted("wear") {
+        println!(
+            "### Flash wear at a field rate of 5 readings/s (steady state, acknowledged readings deleted)\n"
+        );
+        println!("{}", wear_table(dir.path()));
+    }
+    if wanted("memory") {
+        println!(
+            "### Memory with a backlog (real agent, Kafka unreachable, default sensors, 20 s)\n"
+        );
+        println!("{}", rss_table(dir.path()));
+    }
 }

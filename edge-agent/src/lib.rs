@@ -11,7 +11,7 @@
 //! - [`journal`]: the redb journal (its module doc is the storage spec) and
 //!   [`journal::writer`], the group-commit task that owns every write.
 //! - [`forwarder`]: journal → Kafka, deleting only what Kafka acknowledged.
-//! - [`status`]: counters, link state, sensor health and the periodic
+//! - [`stats`]: counters, link state, sensor health and the periodic
 //!   status line.
 //! - [`pipeline`]: the running stages, moved to a new config in place.
 //! - [`remote_config`]: desired config over MQTT, reported state.

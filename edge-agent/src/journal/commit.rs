@@ -25,13 +25,12 @@
 use std::collections::BTreeSet;
 
 use redb::ReadableDatabase;
-use telemetry::line_protocol;
 
 use super::capacity::WhenFull;
-use super::record::{self, Taken};
+use super::record;
 use super::segment::{self, Commit, Contents, Segment};
 use super::tables::{META, READINGS, add_counters, append, begin, keep_next_seq, next_seq, put};
-use super::{Committed, Counters, Journal, JournalError, Journaled};
+use super::{Committed, Counters, Encoded, Journal, JournalError, Journaled};
 
 /// The largest commit (in frame bytes) that goes to the segment: 16 blocks,
 /// and at most a quarter of it. Bigger ones are catching up, where redb's
@@ -42,9 +41,6 @@ pub const HOT_MAX_BYTES: usize = 64 << 10;
 const COLD_ACKS_MAX: usize = 20_000;
 /// The last segment generation moved into redb.
 pub(super) const SEGMENT_GENERATION: &str = "segment_generation";
-
-/// Encoded readings: Kafka key, line protocol, when taken.
-type Lines = Vec<(String, String, Option<Taken>)>;
 
 impl Journal {
     /// Appends `readings` and deletes the acknowledged sequence numbers in
@@ -57,37 +53,44 @@ impl Journal {
         readings: &[R],
         delete: &[u64],
     ) -> Result<Committed, JournalError> {
-        let result = self.commit_unpublished(readings, delete);
+        let mut rejected = Vec::new();
+        let mut lines = Vec::with_capacity(readings.len());
+        for r in readings {
+            match Encoded::new(r) {
+                Ok(e) => lines.push(e),
+                Err(e) => rejected.push(e),
+            }
+        }
+        let mut committed = self.commit_encoded(&lines, delete)?;
+        committed.rejected = rejected;
+        Ok(committed)
+    }
+
+    /// [`Journal::commit`] of readings already encoded.
+    pub fn commit_encoded(
+        &mut self,
+        lines: &[Encoded],
+        delete: &[u64],
+    ) -> Result<Committed, JournalError> {
+        let result = self.commit_unpublished(lines, delete);
         // Also after a failure: what did happen (deletes in small steps, a
         // segment given up) is what readers must see.
         self.publish();
         result
     }
 
-    fn commit_unpublished<R: Journaled>(
+    fn commit_unpublished(
         &mut self,
-        readings: &[R],
+        mut lines: &[Encoded],
         delete: &[u64],
     ) -> Result<Committed, JournalError> {
         let mut committed = Committed::default();
-        let mut lines = Lines::with_capacity(readings.len());
-        for r in readings {
-            let reading = r.reading();
-            match line_protocol::encode(reading) {
-                Ok(line) => lines.push((
-                    reading.tag("device_id").unwrap_or_default().to_owned(),
-                    line,
-                    r.taken(),
-                )),
-                Err(e) => committed.rejected.push(e),
-            }
-        }
         let batch: u64 = lines
             .iter()
-            .map(|(key, line, _)| record::reading_len(key, line) as u64)
+            .map(|e| record::reading_len(&e.key, &e.line) as u64)
             .sum();
-        if !lines.is_empty() {
-            self.when_full(&mut lines, batch, &mut committed)?;
+        if !lines.is_empty() && self.when_full(lines.len(), batch, &mut committed)? {
+            lines = &[];
         }
         // A commit the policy removed readings for goes to redb with them;
         // one it only refused readings of records the refusal on its own.
@@ -96,33 +99,34 @@ impl Journal {
             ..committed.policy
         };
         if removed == Counters::default()
-            && let Some((seqs, deleted)) = self.commit_hot(&lines, delete)?
+            && let Some((seqs, deleted)) = self.commit_hot(lines, delete)?
         {
             committed.seqs = seqs;
             committed.deleted = deleted;
             self.count_rejected(committed.policy.rejected_new)?;
             return Ok(committed);
         }
-        self.commit_cold(&lines, delete, committed)
+        self.commit_cold(lines, delete, committed)
     }
 
     /// Step 2: if the journal may be full, deletes the acknowledged readings
     /// waiting in redb, and if that is not enough, applies the policy.
+    /// Whether the `count` new readings (`batch` bytes) are refused.
     fn when_full(
         &mut self,
-        lines: &mut Lines,
+        count: usize,
         batch: u64,
         committed: &mut Committed,
-    ) -> Result<(), JournalError> {
+    ) -> Result<bool, JournalError> {
         // The redb transaction that follows may take the segment's readings.
         let batch = batch + self.segment.as_ref().map_or(0, held_bytes);
         if !self.may_be_full(batch)? || self.freed_acknowledged(batch)? {
-            return Ok(());
+            return Ok(false);
         }
         match self.options().when_full {
             WhenFull::RejectNew => {
-                committed.policy.rejected_new = lines.len() as u64;
-                lines.clear();
+                committed.policy.rejected_new = count as u64;
+                return Ok(true);
             }
             WhenFull::DropOldest | WhenFull::Downsample => {
                 let numbered = self.segment.as_ref().map_or(0, |s| s.next_seq);
@@ -140,7 +144,7 @@ impl Journal {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Persists the count of readings refused (`reject_new`) by a commit
@@ -168,7 +172,7 @@ impl Journal {
     /// readings removed.
     fn commit_hot(
         &mut self,
-        lines: &Lines,
+        lines: &[Encoded],
         delete: &[u64],
     ) -> Result<Option<(std::ops::Range<u64>, u64)>, JournalError> {
         let Some(s) = self.segment.as_ref() else {
@@ -180,7 +184,7 @@ impl Journal {
         }
         let bytes: usize = lines
             .iter()
-            .map(|(k, l, _)| record::reading_len(k, l))
+            .map(|e| record::reading_len(&e.key, &e.line))
             .sum();
         if bytes > HOT_MAX_BYTES.min(s.capacity() as usize / 4)
             || s.cold_acks.len() + delete.len() > COLD_ACKS_MAX
@@ -189,9 +193,9 @@ impl Journal {
         }
         let frames: Vec<(u64, Vec<u8>)> = (first..)
             .zip(lines)
-            .map(|(seq, (key, line, taken))| {
-                let mut frame = Vec::with_capacity(record::reading_len(key, line));
-                record::encode_reading(&mut frame, seq, self.boot_index, key, line, *taken);
+            .map(|(seq, e)| {
+                let mut frame = Vec::with_capacity(record::reading_len(&e.key, &e.line));
+                record::encode_reading(&mut frame, seq, self.boot_index, &e.key, &e.line, e.taken);
                 (seq, frame)
             })
             .collect();
@@ -252,7 +256,7 @@ impl Journal {
     /// published) or in redb or both (and take it once), never in neither.
     fn commit_cold(
         &mut self,
-        lines: &Lines,
+        lines: &[Encoded],
         delete: &[u64],
         mut committed: Committed,
     ) -> Result<Committed, JournalError> {
@@ -294,7 +298,7 @@ impl Journal {
     fn cold_tx(
         &mut self,
         segment: Option<&Contents>,
-        lines: &Lines,
+        lines: &[Encoded],
         delete: &[u64],
         rejected_new: u64,
     ) -> Result<(std::ops::Range<u64>, u64, i64), JournalError> {

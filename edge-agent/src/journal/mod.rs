@@ -218,6 +218,30 @@ impl Journaled for Sampled {
     }
 }
 
+/// A reading encoded for the journal and not yet numbered: its Kafka key
+/// (the device id), its line protocol, and when it was taken. The writer
+/// encodes each reading as it arrives, while the previous commit is being
+/// written, so that a commit only numbers, frames and stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub key: String,
+    pub line: String,
+    pub taken: Option<record::Taken>,
+}
+
+impl Encoded {
+    /// Validates and encodes `r`; a reading that is not valid line protocol
+    /// is refused with the reason.
+    pub fn new(r: &impl Journaled) -> Result<Encoded, InvalidReading> {
+        let reading = r.reading();
+        Ok(Encoded {
+            line: line_protocol::encode(reading)?,
+            key: reading.tag("device_id").unwrap_or_default().to_owned(),
+            taken: r.taken(),
+        })
+    }
+}
+
 impl JournalRecord {
     /// The reading itself.
     pub fn reading(&self) -> Result<Reading, telemetry::line_protocol::LineProtocolError> {

@@ -22,7 +22,7 @@ use super::capacity::{self, RATIO};
 use super::downsample::{self, is_aggregate_line};
 use super::record;
 use super::tables::{META, READINGS, add_counters, append, begin, keep_next_seq, next_seq};
-use super::{Counters, Journal, JournalError};
+use super::{Counters, Encoded, Journal, JournalError};
 
 /// Most records one step of the policy removes, so that a step is a
 /// bounded transaction.
@@ -36,7 +36,7 @@ const FULL_MEASUREMENT_TTL: Duration = Duration::from_secs(2);
 
 /// New records a policy step appends (aggregates): Kafka key and line
 /// (aggregates carry no [`record::Taken`]: they are made, not sampled).
-type Appended = Vec<(String, String, Option<record::Taken>)>;
+type Appended = Vec<Encoded>;
 
 /// What [`Journal::oldest_raw`] picked.
 type Picked = (Vec<u64>, Vec<(String, Reading)>, u64);
@@ -53,7 +53,11 @@ fn aggregates_of(readings: Vec<(String, Reading)>, window: i64) -> Appended {
     for (key, readings) in by_key {
         for agg in downsample::aggregate(readings, window) {
             if let Ok(line) = line_protocol::encode(&agg) {
-                aggregates.push((key.clone(), line, None));
+                aggregates.push(Encoded {
+                    key: key.clone(),
+                    line,
+                    taken: None,
+                });
             }
         }
     }
@@ -207,7 +211,7 @@ impl Journal {
         let mut aggregates = aggregates_of(readings, window);
         let agg_bytes: u64 = aggregates
             .iter()
-            .map(|(k, l, _)| record::reading_len(k, l) as u64)
+            .map(|e| record::reading_len(&e.key, &e.line) as u64)
             .sum();
         if !capacity::worth_aggregating(raw_bytes, agg_bytes) {
             return Ok(None);

@@ -5,9 +5,9 @@
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::Counters;
 use super::file;
-use super::record::{self, Taken};
+use super::record;
+use super::{Counters, Encoded};
 
 pub(crate) const READINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("readings");
 pub(crate) const BOOTS: TableDefinition<u32, &[u8]> = TableDefinition::new("boots");
@@ -21,20 +21,20 @@ pub(super) fn begin(db: &Database) -> Result<WriteTransaction, redb::Error> {
     Ok(tx)
 }
 
-/// Appends `lines` (Kafka key, line protocol, when taken) numbered from `first`; returns
-/// the numbers given and the bytes stored.
-pub(super) fn append<K: AsRef<str>>(
+/// Appends `lines` numbered from `first`; returns the numbers given and the
+/// bytes stored.
+pub(super) fn append(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
     boot: u32,
     first: u64,
-    lines: &[(K, String, Option<Taken>)],
+    lines: &[Encoded],
 ) -> Result<(std::ops::Range<u64>, i64), redb::Error> {
     let mut next = first;
     let mut added = 0;
     let mut value = Vec::with_capacity(256);
-    for (key, line, taken) in lines {
+    for e in lines {
         value.clear();
-        record::encode_reading(&mut value, next, boot, key.as_ref(), line, *taken);
+        record::encode_reading(&mut value, next, boot, &e.key, &e.line, e.taken);
         table.insert(next, value.as_slice())?;
         added += value.len() as i64;
         next += 1;

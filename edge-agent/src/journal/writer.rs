@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::WriterSettings;
-use super::{Counters, Journal, JournalError, Sampled};
+use super::{Committed, Counters, Encoded, Journal, JournalError, Sampled};
 use crate::stats::Stats;
 
 /// Readings that may wait in the channel in front of the writer.
@@ -118,12 +118,15 @@ pub struct JournalWriter {
     policy_log: Throttle,
     /// Policy actions since the last log line about them.
     policy_unlogged: Counters,
+    /// Readings that could not be encoded, logged at most once a minute.
+    rejected_log: Throttle,
 }
 
-/// What is waiting to be committed.
+/// What is waiting to be committed: readings already encoded, so that the
+/// encoding of the next commit overlaps the writing of the one before.
 #[derive(Default)]
 struct Pending {
-    readings: Vec<Sampled>,
+    lines: Vec<Encoded>,
     acked: Vec<u64>,
     /// When the oldest of them arrived plus the commit interval.
     due: Option<Instant>,
@@ -131,9 +134,31 @@ struct Pending {
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.acked.is_empty()
+        self.lines.is_empty() && self.acked.is_empty()
+    }
+
+    /// A failed commit's readings and acks go back in front of what arrived
+    /// since, in order.
+    fn put_back(&mut self, mut lines: Vec<Encoded>, mut acked: Vec<u64>) {
+        lines.append(&mut self.lines);
+        acked.append(&mut self.acked);
+        (self.lines, self.acked) = (lines, acked);
     }
 }
+
+/// A commit running on a blocking thread. It holds the journal, and gives it
+/// back with what it was given, so that a failed commit can be retried.
+type InFlight = tokio::task::JoinHandle<Done>;
+
+struct Done {
+    journal: Journal,
+    result: Result<Committed, JournalError>,
+    lines: Vec<Encoded>,
+    acked: Vec<u64>,
+}
+
+/// The readings a commit takes at most while it encodes without yielding.
+const TAKE_AT_ONCE: usize = 1024;
 
 impl JournalWriter {
     /// A writer owning `journal`, committing as `initial` says. If the
@@ -165,6 +190,7 @@ impl JournalWriter {
             stats,
             policy_log: Throttle::new(Duration::from_secs(60)),
             policy_unlogged: Counters::default(),
+            rejected_log: Throttle::new(Duration::from_secs(60)),
         };
         let handles = WriterHandles {
             readings: readings_tx,
@@ -183,39 +209,52 @@ impl JournalWriter {
     }
 
     /// Runs until every reading and ack sender is dropped, then commits what
-    /// is left and returns.
+    /// is left and returns. One commit runs at a time, on a blocking thread;
+    /// meanwhile the next readings are taken and encoded.
     pub async fn run(mut self) -> Result<(), JournalError> {
         let mut pending = Pending::default();
+        let mut in_flight: Option<InFlight> = None;
         let (mut readings_open, mut acks_open) = (true, true);
         let mut settings_open = true;
         let mut retry = Retry::new();
         loop {
-            let full = pending.readings.len() >= self.current.effective_max_batch();
-            let due = pending.due.is_some_and(|d| Instant::now() >= d);
-            if full || due {
-                self.commit_or_retry(&mut pending, &mut retry).await;
-                continue;
-            }
-            if !readings_open && !acks_open {
-                break;
-            }
-            if !readings_open
-                && pending.readings.is_empty()
-                && !self.committed.borrow().sampling_done
-            {
-                self.committed.send_modify(|p| p.sampling_done = true);
+            let full = pending.lines.len() >= self.current.effective_max_batch();
+            if in_flight.is_none() {
+                if full || pending.due.is_some_and(|d| Instant::now() >= d) {
+                    in_flight = Some(self.start_commit(&mut pending));
+                    continue;
+                }
+                if !readings_open && !acks_open {
+                    break;
+                }
+                if !readings_open
+                    && pending.lines.is_empty()
+                    && !self.committed.borrow().sampling_done
+                {
+                    self.committed.send_modify(|p| p.sampling_done = true);
+                }
             }
             let wake = pending
                 .due
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
+                done = async { in_flight.as_mut().expect("checked").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    let done = done.expect("journal commit task panicked");
+                    if let Err(e) = self.finish_commit(done, &mut pending) {
+                        self.retry_later(&e, &mut pending, &mut retry);
+                    } else {
+                        retry.backoff.reset();
+                        retry.log.reset();
+                    }
+                }
                 r = self.readings.recv(), if readings_open && !full => match r {
                     Some(r) => self.take(&mut pending, r),
                     None => {
                         readings_open = false;
                         // Commit the last readings now, not at the interval,
                         // so the forwarder can drain them before stopping.
-                        if !pending.readings.is_empty() {
+                        if !pending.lines.is_empty() {
                             pending.due = Some(Instant::now());
                         }
                     }
@@ -227,7 +266,7 @@ impl JournalWriter {
                     }
                     None => acks_open = false,
                 },
-                _ = tokio::time::sleep_until(wake), if pending.due.is_some() => {}
+                _ = tokio::time::sleep_until(wake), if pending.due.is_some() && in_flight.is_none() => {}
                 changed = self.settings.changed(), if settings_open => {
                     settings_open = changed.is_ok();
                     self.apply_settings(&mut pending);
@@ -237,20 +276,44 @@ impl JournalWriter {
         self.last_commit(&mut pending).await
     }
 
-    /// `first`, and whatever else is already queued, without waiting.
+    /// `first`, and whatever else is already queued (up to a limit), encoded,
+    /// without waiting.
     fn take(&mut self, pending: &mut Pending, first: Sampled) {
-        pending.readings.push(first);
-        while pending.readings.len() < self.current.effective_max_batch() {
+        self.encode(pending, &first);
+        let limit = self.current.effective_max_batch();
+        for _ in 1..TAKE_AT_ONCE {
+            if pending.lines.len() >= limit {
+                break;
+            }
             match self.readings.try_recv() {
-                Ok(r) => pending.readings.push(r),
+                Ok(r) => self.encode(pending, &r),
                 Err(_) => break,
             }
         }
         self.arm(pending);
     }
 
-    /// New settings: the policy goes to the journal, and a shorter interval
-    /// applies to what is already waiting.
+    /// Encodes one reading into `pending`; one that cannot be encoded is
+    /// counted and logged (at most once a minute), and not journaled.
+    fn encode(&mut self, pending: &mut Pending, sampled: &Sampled) {
+        match Encoded::new(sampled) {
+            Ok(e) => pending.lines.push(e),
+            Err(e) => {
+                self.stats.rejected(1);
+                if let Some(held_back) = self.rejected_log.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        similar_not_logged = held_back,
+                        "a reading could not be encoded and was not journaled"
+                    );
+                }
+            }
+        }
+    }
+
+    /// New settings: the policy goes to the journal (or to it when its
+    /// commit is back), and a shorter interval applies to what is already
+    /// waiting.
     fn apply_settings(&mut self, pending: &mut Pending) {
         let new = *self.settings.borrow_and_update();
         self.current = new;
@@ -262,14 +325,9 @@ impl JournalWriter {
         }
     }
 
-    /// Commits; on failure keeps the readings and tries again after a
-    /// backoff, logging (rate-limited) why.
-    async fn commit_or_retry(&mut self, pending: &mut Pending, retry: &mut Retry) {
-        let Err(e) = self.commit(pending).await else {
-            retry.backoff.reset();
-            retry.log.reset();
-            return;
-        };
+    /// After a failed commit: the readings stay in memory and the commit is
+    /// tried again after a backoff, logged (rate-limited) with why.
+    fn retry_later(&mut self, e: &JournalError, pending: &mut Pending, retry: &mut Retry) {
         if let Some(held_back) = retry.log.allow(std::time::Instant::now()) {
             let what = if e.is_no_space() {
                 "the journal has no room (journal.max_bytes or a full disk)"
@@ -278,7 +336,7 @@ impl JournalWriter {
             };
             tracing::error!(
                 error = %e,
-                waiting = pending.readings.len(),
+                waiting = pending.lines.len(),
                 similar_errors_not_logged = held_back,
                 "{what}; the readings stay in memory and the commit is retried"
             );
@@ -291,12 +349,13 @@ impl JournalWriter {
         let mut attempt = 0;
         while !pending.is_empty() {
             attempt += 1;
-            match self.commit(pending).await {
+            let done = self.start_commit(pending).await;
+            match self.finish_commit(done.expect("journal commit task panicked"), pending) {
                 Ok(()) => {}
                 Err(e) if attempt >= FINAL_ATTEMPTS => {
                     tracing::error!(
                         error = %e,
-                        lost = pending.readings.len(),
+                        lost = pending.lines.len(),
                         "last journal commit failed; these readings were never journaled"
                     );
                     return Err(e);
@@ -314,59 +373,64 @@ impl JournalWriter {
         }
     }
 
-    /// Commits everything pending, off the async runtime. On failure the
-    /// pending readings and acks are kept for the next attempt.
-    async fn commit(&mut self, pending: &mut Pending) -> Result<(), JournalError> {
-        let readings = std::mem::take(&mut pending.readings);
+    /// Starts committing everything pending, off the async runtime.
+    fn start_commit(&mut self, pending: &mut Pending) -> InFlight {
+        let lines = std::mem::take(&mut pending.lines);
         let acked = std::mem::take(&mut pending.acked);
+        pending.due = None;
         let mut journal = self
             .journal
             .take()
             .expect("the writer holds the journal between commits");
-        let (journal, result, readings, acked) = tokio::task::spawn_blocking(move || {
-            let result = journal.commit(&readings, &acked);
-            (journal, result, readings, acked)
+        tokio::task::spawn_blocking(move || {
+            let result = journal.commit_encoded(&lines, &acked);
+            Done {
+                journal,
+                result,
+                lines,
+                acked,
+            }
         })
-        .await
-        .expect("journal commit task panicked");
+    }
+
+    /// Takes the journal back from a commit and announces what it
+    /// committed. On failure its readings and acks go back in front of
+    /// what is pending, for the next attempt.
+    fn finish_commit(&mut self, done: Done, pending: &mut Pending) -> Result<(), JournalError> {
+        let Done {
+            mut journal,
+            result,
+            lines,
+            acked,
+        } = done;
+        // Settings that changed while the commit ran.
+        self.current.apply_policy(&mut journal);
         self.journal = Some(journal);
-        match result {
-            Ok(done) => {
-                let appended = done.seqs.end - done.seqs.start;
-                self.stats.journaled(appended, done.deleted);
-                if done.policy != Counters::default() {
-                    self.report_policy(&done.policy);
-                }
-                if !done.rejected.is_empty() {
-                    self.stats.rejected(done.rejected.len() as u64);
-                    tracing::warn!(
-                        count = done.rejected.len(),
-                        first = %done.rejected[0],
-                        "readings could not be encoded and were not journaled"
-                    );
-                }
-                // The highest number given, to readings or to aggregates the
-                // full-journal policy wrote: all of it is for the forwarder.
-                let last_seq = done.seqs.end.saturating_sub(1);
-                if last_seq > self.committed.borrow().last_seq {
-                    // After the commit returned: the crash test reads this.
-                    tracing::debug!(
-                        last_seq,
-                        appended,
-                        deleted = done.deleted,
-                        "journal committed"
-                    );
-                    self.committed.send_modify(|p| p.last_seq = last_seq);
-                }
-                pending.due = None;
-                Ok(())
-            }
+        let done = match result {
+            Ok(done) => done,
             Err(e) => {
-                pending.readings = readings;
-                pending.acked = acked;
-                Err(e)
+                pending.put_back(lines, acked);
+                return Err(e);
             }
+        };
+        let appended = done.seqs.end - done.seqs.start;
+        self.stats.journaled(appended, done.deleted);
+        if done.policy != Counters::default() {
+            self.report_policy(&done.policy);
         }
+        // The highest number given, to readings or to aggregates the
+        // full-journal policy wrote: all of it is for the forwarder.
+        let last_seq = done.seqs.end.saturating_sub(1);
+        if last_seq > self.committed.borrow().last_seq {
+            tracing::debug!(
+                last_seq,
+                appended,
+                deleted = done.deleted,
+                "journal committed"
+            );
+            self.committed.send_modify(|p| p.last_seq = last_seq);
+        }
+        Ok(())
     }
 }
 
@@ -514,6 +578,74 @@ mod tests {
         assert_eq!(stats.snapshot().commits, 5);
         drop((handles, committed));
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readings_taken_while_a_commit_runs_keep_their_order() {
+        let Setup {
+            _dir,
+            journal,
+            writer,
+            handles,
+            ..
+        } = setup(Duration::from_millis(1));
+        let task = tokio::spawn(writer.run());
+        // At most 100 per commit, a commit every millisecond: most readings
+        // arrive while the commit before them is being written.
+        for i in 0..2_000 {
+            handles.readings.send(reading(i).into()).await.unwrap();
+        }
+        let mut committed = handles.committed.clone();
+        committed.wait_for(|p| p.last_seq == 2_000).await.unwrap();
+        drop((handles, committed));
+        task.await.unwrap().unwrap();
+        let records = journal.read_after(0, 5_000).unwrap();
+        assert_eq!(records.len(), 2_000);
+        for (i, r) in records.into_iter().enumerate() {
+            let r = r.unwrap();
+            assert_eq!(r.seq, i as u64 + 1);
+            let timestamp = r.reading().unwrap().timestamp_ns;
+            assert_eq!(timestamp, reading(i as i64).timestamp_ns, "seq {}", r.seq);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reading_that_cannot_be_encoded_is_counted_and_the_rest_journaled() {
+        let Setup {
+            _dir,
+            journal,
+            stats,
+            writer,
+            handles,
+        } = setup(Duration::from_millis(10));
+        let task = tokio::spawn(writer.run());
+        let broken = reading(1).with_field("pressure_hpa", f64::NAN);
+        for r in [reading(0), broken, reading(2)] {
+            handles.readings.send(r.into()).await.unwrap();
+        }
+        let mut committed = handles.committed.clone();
+        committed.wait_for(|p| p.last_seq == 2).await.unwrap();
+        assert_eq!(stats.snapshot().rejected, 1);
+        drop((handles, committed));
+        task.await.unwrap().unwrap();
+        assert_eq!(journal.stats().unwrap().records, 2);
+    }
+
+    #[test]
+    fn a_failed_commit_goes_back_in_front_of_what_arrived_since() {
+        let line = |n: u64| Encoded {
+            key: "pi-1".into(),
+            line: format!("m v={n} {n}"),
+            taken: None,
+        };
+        let mut pending = Pending {
+            lines: vec![line(3)],
+            acked: vec![9],
+            due: None,
+        };
+        pending.put_back(vec![line(1), line(2)], vec![7, 8]);
+        assert_eq!(pending.lines, [line(1), line(2), line(3)]);
+        assert_eq!(pending.acked, [7, 8, 9]);
     }
 
     #[tokio::test]
