@@ -241,12 +241,7 @@ impl JournalWriter {
                 done = async { in_flight.as_mut().expect("checked").await }, if in_flight.is_some() => {
                     in_flight = None;
                     let done = done.expect("journal commit task panicked");
-                    if let Err(e) = self.finish_commit(done, &mut pending) {
-                        self.retry_later(&e, &mut pending, &mut retry);
-                    } else {
-                        retry.backoff.reset();
-                        retry.log.reset();
-                    }
+                    self.finish_or_retry(done, &mut pending, &mut retry);
                 }
                 r = self.readings.recv(), if readings_open && !full => match r {
                     Some(r) => self.take(&mut pending, r),
@@ -325,9 +320,14 @@ impl JournalWriter {
         }
     }
 
-    /// After a failed commit: the readings stay in memory and the commit is
-    /// tried again after a backoff, logged (rate-limited) with why.
-    fn retry_later(&mut self, e: &JournalError, pending: &mut Pending, retry: &mut Retry) {
+    /// After a commit: on failure the readings stay in memory and the
+    /// commit is tried again after a backoff, logged (rate-limited) with why.
+    fn finish_or_retry(&mut self, done: Done, pending: &mut Pending, retry: &mut Retry) {
+        let Err(e) = self.finish_commit(done, pending) else {
+            retry.backoff.reset();
+            retry.log.reset();
+            return;
+        };
         if let Some(held_back) = retry.log.allow(std::time::Instant::now()) {
             let what = if e.is_no_space() {
                 "the journal has no room (journal.max_bytes or a full disk)"
