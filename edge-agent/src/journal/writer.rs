@@ -3,10 +3,13 @@
 //! [`super::JournalReader`].
 //!
 //! Samplers send readings over a bounded channel; the forwarder sends the
-//! sequence numbers Kafka acknowledged. The writer groups both into one
+//! sequence numbers Kafka acknowledged. The writer validates and encodes
+//! each reading as it takes it, and groups readings and acks into one
 //! durable commit at least every `journal.commit_interval` (or sooner when
 //! `journal.max_batch` readings are waiting), then announces its
-//! [`Progress`] on a watch channel, which is what wakes the forwarder.
+//! [`Progress`] on a watch channel, which is what wakes the forwarder. One
+//! commit runs at a time, on a blocking thread; the next readings are taken
+//! and encoded meanwhile.
 //!
 //! With `journal.commit_interval = 0`, every reading is its own commit: no
 //! reading waits, at the cost of one fsync per reading (flash wear; see
@@ -20,9 +23,10 @@
 //! and `Progress::sampling_done` is set, so the forwarder can drain the journal
 //! before it stops. The writer itself stops when the forwarder's ack sender is
 //! gone too, after a last commit: nothing handed to it is left uncommitted on a
-//! clean shutdown. A failing commit (disk full, I/O error) is retried with backoff;
-//! the readings stay in memory meanwhile, bounded by `max_batch`, and the
-//! bounded channel pushes back on the samplers.
+//! clean shutdown. A failing commit (disk full, I/O error) is retried with
+//! backoff, its readings back in front of those that arrived since; the
+//! readings in memory stay under twice `max_batch`, and the bounded channel
+//! pushes back on the samplers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,11 +134,36 @@ struct Pending {
     acked: Vec<u64>,
     /// When the oldest of them arrived plus the commit interval.
     due: Option<Instant>,
+    /// Readings in the commit being written, which come back here if it
+    /// fails.
+    committing: usize,
+    /// After a failed commit: not before then, however many wait.
+    retry_at: Option<Instant>,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
         self.lines.is_empty() && self.acked.is_empty()
+    }
+
+    /// How many more readings may be taken now. A commit takes at most
+    /// `max_batch` new readings, and the readings in memory (waiting, and in
+    /// the commit being written) stay under twice that however often
+    /// commits fail; then the channel pushes back on the samplers.
+    fn room(&self, max_batch: usize) -> usize {
+        let held = self.lines.len() + self.committing;
+        max_batch
+            .saturating_sub(self.lines.len())
+            .min((2 * max_batch).saturating_sub(held))
+    }
+
+    /// Whether to start a commit (when none is running): a full batch, or
+    /// the interval up; never before the backoff after a failed commit.
+    fn commit_now(&self, max_batch: usize, now: Instant) -> bool {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.lines.len() >= max_batch || self.due.is_some_and(|d| now >= d)
     }
 
     /// A failed commit's readings and acks go back in front of what arrived
@@ -218,9 +247,10 @@ impl JournalWriter {
         let mut settings_open = true;
         let mut retry = Retry::new();
         loop {
-            let full = pending.lines.len() >= self.current.effective_max_batch();
+            let max_batch = self.current.effective_max_batch();
+            let full = pending.room(max_batch) == 0;
             if in_flight.is_none() {
-                if full || pending.due.is_some_and(|d| Instant::now() >= d) {
+                if pending.commit_now(max_batch, Instant::now()) {
                     in_flight = Some(self.start_commit(&mut pending));
                     continue;
                 }
@@ -275,9 +305,9 @@ impl JournalWriter {
     /// without waiting.
     fn take(&mut self, pending: &mut Pending, first: Sampled) {
         self.encode(pending, &first);
-        let limit = self.current.effective_max_batch();
+        let max_batch = self.current.effective_max_batch();
         for _ in 1..TAKE_AT_ONCE {
-            if pending.lines.len() >= limit {
+            if pending.room(max_batch) == 0 {
                 break;
             }
             match self.readings.try_recv() {
@@ -341,7 +371,8 @@ impl JournalWriter {
                 "{what}; the readings stay in memory and the commit is retried"
             );
         }
-        pending.due = Some(Instant::now() + retry.backoff.next_delay(rand::random()));
+        let retry_at = Instant::now() + retry.backoff.next_delay(rand::random());
+        (pending.due, pending.retry_at) = (Some(retry_at), Some(retry_at));
     }
 
     /// On the way out: commits what is left, a few times if need be.
@@ -378,6 +409,8 @@ impl JournalWriter {
         let lines = std::mem::take(&mut pending.lines);
         let acked = std::mem::take(&mut pending.acked);
         pending.due = None;
+        pending.retry_at = None;
+        pending.committing = lines.len();
         let mut journal = self
             .journal
             .take()
@@ -406,6 +439,7 @@ impl JournalWriter {
         // Settings that changed while the commit ran.
         self.current.apply_policy(&mut journal);
         self.journal = Some(journal);
+        pending.committing = 0;
         let done = match result {
             Ok(done) => done,
             Err(e) => {
@@ -641,11 +675,45 @@ mod tests {
         let mut pending = Pending {
             lines: vec![line(3)],
             acked: vec![9],
-            due: None,
+            ..Pending::default()
         };
         pending.put_back(vec![line(1), line(2)], vec![7, 8]);
         assert_eq!(pending.lines, [line(1), line(2), line(3)]);
         assert_eq!(pending.acked, [7, 8, 9]);
+    }
+
+    #[test]
+    fn commits_that_keep_failing_hold_at_most_twice_max_batch_and_wait_for_the_backoff() {
+        let line = Encoded {
+            key: "pi-1".into(),
+            line: "m v=1 1".into(),
+            taken: None,
+        };
+        let (max_batch, now) = (100, Instant::now());
+        let mut pending = Pending::default();
+        for attempt in 0..10 {
+            // Readings arrive as long as there is room...
+            while pending.room(max_batch) > 0 {
+                pending.lines.push(line.clone());
+            }
+            assert!(pending.lines.len() + pending.committing <= 2 * max_batch);
+            if attempt > 0 {
+                // ...and a full batch waits for the backoff after a failure.
+                assert!(!pending.commit_now(max_batch, now));
+            }
+            assert!(pending.commit_now(max_batch, now + Duration::from_secs(60)));
+            // The commit starts, more readings arrive meanwhile, it fails.
+            let (lines, acked) = (std::mem::take(&mut pending.lines), Vec::new());
+            pending.committing = lines.len();
+            while pending.room(max_batch) > 0 {
+                pending.lines.push(line.clone());
+            }
+            assert!(pending.lines.len() + pending.committing <= 2 * max_batch);
+            pending.committing = 0;
+            pending.put_back(lines, acked);
+            pending.retry_at = Some(now + Duration::from_secs(1));
+        }
+        assert_eq!(pending.lines.len(), 2 * max_batch);
     }
 
     #[tokio::test]
