@@ -33,7 +33,7 @@
 //! - [`record`]: the Kafka record a reading becomes (value, key, headers).
 //! - [`producer`]: librdkafka's configuration and callbacks.
 //! - `state`: what one run of the forwarder keeps track of, and the pure
-//!   decision of what the loop does next ([`state::Step`]); this file only
+//!   decision of what the loop does next (`state::Step`); this file only
 //!   performs the steps.
 //! - [`session`]: when a producer session is given up for a fresh one
 //!   (pure, unit-tested); [`diagnosis`]: what a failed delivery means.

@@ -112,7 +112,7 @@ fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SecretFileError
 }
 
 impl KafkaSecurity {
-    /// Relative files made absolute in `credentials` ([`resolve_in`]).
+    /// Relative files made absolute in `credentials` (`resolve_in`).
     pub fn resolve_files(&mut self, credentials: Option<&std::ffi::OsStr>) {
         resolve_files(
             [

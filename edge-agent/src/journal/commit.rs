@@ -16,10 +16,10 @@
 //! The redb transaction records the generation it moved
 //! (`segment_generation` in `meta`), so that after a cut before the
 //! segment's new header was written, opening does not take the old
-//! generation's readings again ([`Journal::open_segment`]).
+//! generation's readings again (`Journal::open_segment`).
 //!
 //! Every commit ends by publishing what the segment holds to readers
-//! ([`Journal::publish`]): the writer takes no lock, and readers never wait
+//! (`Journal::publish`): the writer takes no lock, and readers never wait
 //! for it.
 
 use std::collections::BTreeSet;

@@ -43,7 +43,7 @@
 //!    deletes rewrite many pages) are the acknowledged readings deleted
 //!    first, in small transactions, and the appends committed after them;
 //!    never the other way round.
-//! 5. The file is never larger than `journal.max_bytes` ([`file`] refuses the
+//! 5. The file is never larger than `journal.max_bytes` ([`file`](mod@file) refuses the
 //!    growth), and it is kept below its [`capacity`] by a headroom, so there
 //!    is always room to free space. A commit refused for want of space
 //!    anyway makes the next one free room first, whatever the estimate says.
@@ -71,7 +71,7 @@
 //! ## Layout
 //! From the bottom up; a module uses only those above it in this list (and
 //! the types of this file).
-//! - [`config`], [`record`], [`file`], [`capacity`], [`downsample`],
+//! - [`config`], [`record`], [`file`](mod@file), [`capacity`], [`downsample`],
 //!   [`reservation`], [`segment`], `tables`: the options, the frame format,
 //!   the size-limited file, the space arithmetic, aggregation, sequence
 //!   numbers reserved outside the file, the segment file, and the redb

@@ -1,7 +1,7 @@
 //! Recovery from a damaged journal file: copy whatever is still intact into
 //! a fresh journal, move the damaged file aside (never delete it), and put
 //! the fresh one in its place; a power cut at any step leaves the damaged
-//! journal in place or the finished result ([`recover`]).
+//! journal in place or the finished result (`recover`).
 //!
 //! Salvage does not trust redb's structure, which is what is damaged: it
 //! scans the file's raw bytes for checksummed frames ([`record::scan`]), in
