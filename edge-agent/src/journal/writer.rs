@@ -166,6 +166,13 @@ impl Pending {
         self.lines.len() >= max_batch || self.due.is_some_and(|d| now >= d)
     }
 
+    /// When the writer must look again, with nothing arriving: when the
+    /// interval is up, but not before the backoff after a failed commit.
+    fn wake_at(&self) -> Option<Instant> {
+        let due = self.due?;
+        Some(self.retry_at.map_or(due, |r| due.max(r)))
+    }
+
     /// A failed commit's readings and acks go back in front of what arrived
     /// since, in order.
     fn put_back(&mut self, mut lines: Vec<Encoded>, mut acked: Vec<u64>) {
@@ -265,7 +272,7 @@ impl JournalWriter {
                 }
             }
             let wake = pending
-                .due
+                .wake_at()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 done = async { in_flight.as_mut().expect("checked").await }, if in_flight.is_some() => {
@@ -712,6 +719,9 @@ mod tests {
             pending.committing = 0;
             pending.put_back(lines, acked);
             pending.retry_at = Some(now + Duration::from_secs(1));
+            // A shorter interval set meanwhile does not cut the backoff.
+            pending.due = Some(now);
+            assert_eq!(pending.wake_at(), pending.retry_at);
         }
         assert_eq!(pending.lines.len(), 2 * max_batch);
     }
