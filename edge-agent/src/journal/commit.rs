@@ -111,7 +111,8 @@ impl Journal {
 
     /// Step 2: if the journal may be full, deletes the acknowledged readings
     /// waiting in redb, and if that is not enough, applies the policy.
-    /// Whether the `count` new readings (`batch` bytes) are refused.
+    /// Returns whether the `count` new readings (`batch` bytes) are refused
+    /// (`reject_new`).
     fn when_full(
         &mut self,
         count: usize,
