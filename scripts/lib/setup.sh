@@ -6,6 +6,19 @@ TANSU_VERSION=0.6.0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# warn_if_disk_is_short GB: says, before a long build, that the disk holding
+# target/ has less than GB gigabytes free; a build that runs out fails at link
+# time with errors that do not say why.
+warn_if_disk_is_short() {
+    local dir free_gb
+    dir="${CARGO_TARGET_DIR:-target}"
+    [ -d "$dir" ] || dir=.
+    free_gb=$(df -P -BG "$dir" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
+    if [ "$free_gb" -lt "$1" ]; then
+        say "warning: ${free_gb} GB free under $dir; a build from scratch needs about $1 GB"
+    fi
+}
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
         "$@"
