@@ -1,11 +1,13 @@
 //! # The batcher: lines grouped into one database write
 //!
-//! Pure bookkeeping. Lines are added with the Kafka record they came from;
-//! a batch is ready when it reaches `max_lines` or `max_bytes`, or when its
-//! first line has waited `max_wait`. Records that produced no line (nothing
-//! in them) are still recorded, and so are records bound for the dead-letter
-//! topic, with their letter: their offsets may be committed only together
-//! with the lines before them, once the letter is acknowledged.
+//! Pure bookkeeping. The decoder appends a record's lines to the open batch
+//! ([`Batcher::lines`]), and the record is then closed with where it came
+//! from ([`Batcher::took`]); a batch is ready when it reaches `max_lines` or
+//! `max_bytes`, or when its first record has waited `max_wait`. Records that
+//! produced no line (nothing in them) are still recorded, and so are records
+//! bound for the dead-letter topic, with their letter: their offsets may be
+//! committed only together with the lines before them, once the letter is
+//! acknowledged.
 //!
 //! Records are consumed and settled in order, one at a time, so within a
 //! batch each partition's offsets are contiguous: committing the highest one
@@ -15,20 +17,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::dead_letter::DeadLetter;
-pub use crate::record::Origin;
-use crate::record::Partition;
-
-/// One line of line protocol and its record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    pub text: String,
-    pub origin: Origin,
-}
+use crate::record::{Lines, Mark, Origin, Partition};
 
 /// A batch ready to write.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Batch {
-    pub lines: Vec<Line>,
+    pub lines: Lines,
     /// Records that can never be written, to go to the dead-letter topic.
     pub letters: Vec<DeadLetter>,
     /// Per (topic, partition), the offset to commit once the batch is
@@ -47,7 +41,7 @@ pub struct Limits {
 pub struct Batcher {
     limits: Limits,
     batch: Batch,
-    bytes: usize,
+    letter_bytes: usize,
     opened: Option<Instant>,
 }
 
@@ -56,22 +50,28 @@ impl Batcher {
         Batcher {
             limits,
             batch: Batch::default(),
-            bytes: 0,
+            letter_bytes: 0,
             opened: None,
         }
     }
 
-    /// Adds a line from `origin`.
-    pub fn push(&mut self, text: String, origin: Origin, now: Instant) {
-        self.bytes += text.len() + 1;
+    /// The open batch's lines, for the decoder to append a record's lines
+    /// to. Take a [`Lines::mark`] first and pass it to [`Batcher::took`].
+    pub fn lines(&mut self) -> &mut Lines {
+        &mut self.batch.lines
+    }
+
+    /// The lines added since `mark` (none, for a record with nothing in it)
+    /// came from `origin`, which is now dealt with.
+    pub fn took(&mut self, mark: Mark, origin: Origin, now: Instant) {
         self.settle(&origin, now);
-        self.batch.lines.push(Line { text, origin });
+        self.batch.lines.close_record(mark, origin);
     }
 
     /// Adds a record that goes to the dead-letter topic instead.
     pub fn push_letter(&mut self, letter: DeadLetter, now: Instant) {
-        self.bytes += letter.payload.len();
-        self.settle(&letter.origin.clone(), now);
+        self.letter_bytes += letter.payload.len();
+        self.settle(&letter.origin, now);
         self.batch.letters.push(letter);
     }
 
@@ -83,28 +83,17 @@ impl Batcher {
                 .iter()
                 .any(|(t, p)| *p == o.partition && **t == *o.topic)
         };
-        self.batch.lines.retain(|l| !gone(&l.origin));
+        self.batch.lines.retain_records(|o| !gone(o));
         self.batch.letters.retain(|l| !gone(&l.origin));
         self.batch.commit.retain(|k, _| !partitions.contains(k));
-        self.bytes = self
-            .batch
-            .lines
-            .iter()
-            .map(|l| l.text.len() + 1)
-            .sum::<usize>()
-            + self
-                .batch
-                .letters
-                .iter()
-                .map(|l| l.payload.len())
-                .sum::<usize>();
+        self.letter_bytes = self.batch.letters.iter().map(|l| l.payload.len()).sum();
         if self.batch.commit.is_empty() {
             self.opened = None;
         }
     }
 
-    /// Records that `origin` is dealt with without a line in this batch.
-    pub fn settle(&mut self, origin: &Origin, now: Instant) {
+    /// Records that `origin` is dealt with.
+    fn settle(&mut self, origin: &Origin, now: Instant) {
         self.opened.get_or_insert(now);
         let next = origin.offset + 1;
         let slot = self
@@ -117,7 +106,8 @@ impl Batcher {
 
     /// The batch is full and should be written now.
     pub fn is_full(&self) -> bool {
-        self.batch.lines.len() >= self.limits.max_lines || self.bytes >= self.limits.max_bytes
+        self.batch.lines.len() >= self.limits.max_lines
+            || self.batch.lines.bytes() + self.letter_bytes >= self.limits.max_bytes
     }
 
     /// When the batch must be written at the latest, if it holds anything.
@@ -131,7 +121,7 @@ impl Batcher {
 
     /// Takes the batch, leaving an empty one.
     pub fn take(&mut self) -> Batch {
-        self.bytes = 0;
+        self.letter_bytes = 0;
         self.opened = None;
         std::mem::take(&mut self.batch)
     }
@@ -159,27 +149,45 @@ mod tests {
         }
     }
 
+    /// Adds a record of one line with `fields`.
+    fn push(b: &mut Batcher, fields: &str, origin: Origin, now: Instant) {
+        let mark = b.lines().mark();
+        b.lines().push_parts("m", 1, |out| out.push_str(fields));
+        b.took(mark, origin, now);
+    }
+
+    /// Adds a record that had nothing in it.
+    fn settle(b: &mut Batcher, origin: Origin, now: Instant) {
+        let mark = b.lines().mark();
+        b.took(mark, origin, now);
+    }
+
     #[test]
     fn is_full_by_lines_or_bytes() {
         let now = Instant::now();
         let mut b = Batcher::new(limits());
-        b.push("a".into(), origin(0, 0), now);
-        b.push("b".into(), origin(0, 1), now);
+        push(&mut b, "a=1", origin(0, 0), now);
+        push(&mut b, "b=1", origin(0, 1), now);
         assert!(!b.is_full());
-        b.push("c".into(), origin(0, 2), now);
+        push(&mut b, "c=1", origin(0, 2), now);
         assert!(b.is_full());
         b.take();
-        b.push("x".repeat(1000), origin(0, 3), now);
+        push(
+            &mut b,
+            &format!("x=\"{}\"", "x".repeat(1000)),
+            origin(0, 3),
+            now,
+        );
         assert!(b.is_full());
     }
 
     #[test]
-    fn the_deadline_runs_from_the_first_line() {
+    fn the_deadline_runs_from_the_first_record() {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits());
         assert_eq!(b.deadline(), None);
-        b.push("a".into(), origin(0, 0), t0);
-        b.push("b".into(), origin(0, 1), t0 + Duration::from_millis(500));
+        push(&mut b, "a=1", origin(0, 0), t0);
+        push(&mut b, "b=1", origin(0, 1), t0 + Duration::from_millis(500));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(1)));
         b.take();
         assert!(b.is_empty());
@@ -189,9 +197,9 @@ mod tests {
     fn commits_the_highest_settled_offset_plus_one_per_partition() {
         let now = Instant::now();
         let mut b = Batcher::new(limits());
-        b.push("a".into(), origin(0, 10), now);
-        b.settle(&origin(0, 11), now); // dead-lettered
-        b.push("b".into(), origin(1, 4), now);
+        push(&mut b, "a=1", origin(0, 10), now);
+        settle(&mut b, origin(0, 11), now); // nothing in it
+        push(&mut b, "b=1", origin(1, 4), now);
         let batch = b.take();
         assert_eq!(batch.lines.len(), 2);
         assert_eq!(batch.commit[&(Arc::from("t"), 0)], 12);
@@ -202,14 +210,14 @@ mod tests {
     fn revoked_partitions_leave_the_batch() {
         let now = Instant::now();
         let mut b = Batcher::new(limits());
-        b.push("a".into(), origin(0, 10), now);
-        b.push("b".into(), origin(1, 4), now);
+        push(&mut b, "a=1", origin(0, 10), now);
+        push(&mut b, "b=1", origin(1, 4), now);
         b.drop_partitions(&[(Arc::from("t"), 0)]);
         let batch = b.take();
         assert_eq!(batch.lines.len(), 1);
-        assert_eq!(batch.lines[0].origin.partition, 1);
+        assert_eq!(batch.lines.iter().next().unwrap().origin().partition, 1);
         assert_eq!(batch.commit.len(), 1);
-        b.push("c".into(), origin(0, 11), now);
+        push(&mut b, "c=1", origin(0, 11), now);
         b.drop_partitions(&[(Arc::from("t"), 0)]);
         assert!(b.is_empty());
     }
@@ -218,7 +226,7 @@ mod tests {
     fn a_batch_of_only_settled_records_still_commits() {
         let now = Instant::now();
         let mut b = Batcher::new(limits());
-        b.settle(&origin(0, 7), now);
+        settle(&mut b, origin(0, 7), now);
         assert!(!b.is_empty());
         let batch = b.take();
         assert!(batch.lines.is_empty());

@@ -7,57 +7,48 @@
 //! committed when partitions are revoked and on close.
 //!
 //! The consumer's context ([`Events`]) tells the pipeline which partitions
-//! were revoked and pauses partitions assigned while consumption is paused.
+//! were revoked or assigned (with the committed offset each starts from) and
+//! pauses partitions assigned while consumption is paused. Partitions move
+//! cooperatively (`cooperative-sticky`): a rebalance revokes only the
+//! partitions that change hands.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::topic_partition_list::TopicPartitionList;
-use telemetry::throttle::Throttles;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::{StartFrom, UplinkConfig};
-use crate::offsets::Partition;
+use crate::config::UplinkConfig;
+use crate::kafka::{self, KafkaLog};
+use crate::record::Partition;
 
-/// librdkafka's prefetch queue per partition, in KiB: bounded memory.
-const QUEUED_KBYTES: usize = 8 * 1024;
-
-/// Logs librdkafka's lines and errors the way the agent does
-/// ([`telemetry::kafka_log`]), rate-limited per kind.
-#[derive(Default)]
-pub struct KafkaLog {
-    throttles: Throttles,
-}
-
-impl ClientContext for KafkaLog {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        telemetry::kafka_log::log(&self.throttles, level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(held_back) = self.throttles.allow("error") {
-            tracing::warn!(error = %error, reason, similar_not_logged = held_back, "Kafka client error; retrying");
-        }
-    }
+/// A partition that came or went in a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Revoked(Partition),
+    /// Assigned, with the committed offset consumption starts from (none
+    /// for a group that never committed there).
+    Assigned(Partition, Option<i64>),
 }
 
 /// The consumer's context: logging and rebalances.
 #[derive(Default)]
 pub struct Events {
     log: KafkaLog,
-    revoked: Mutex<Vec<Partition>>,
+    changes: Mutex<Vec<Change>>,
     paused: AtomicBool,
 }
 
 impl Events {
-    /// Partitions revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<Partition> {
-        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    /// The partitions revoked and assigned since the last call, in order.
+    pub fn take_changes(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock().expect("changes lock"))
     }
 
     /// While set, newly assigned partitions are paused too.
@@ -80,10 +71,10 @@ impl ConsumerContext for Events {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = %describe(tpl), "partitions revoked; committing what was written");
-            self.revoked.lock().expect("revoked lock").extend(
+            self.changes.lock().expect("changes lock").extend(
                 tpl.elements()
                     .iter()
-                    .map(|e| (Arc::from(e.topic()), e.partition())),
+                    .map(|e| Change::Revoked((Arc::from(e.topic()), e.partition()))),
             );
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(())
@@ -99,6 +90,8 @@ impl ConsumerContext for Events {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                let starts = starts(consumer, tpl);
+                self.changes.lock().expect("changes lock").extend(starts);
                 if self.paused.load(Ordering::SeqCst)
                     && let Err(e) = consumer.pause(tpl)
                 {
@@ -124,6 +117,27 @@ impl ConsumerContext for Events {
     }
 }
 
+/// The partitions in `tpl`, with the offsets committed for them.
+fn starts(consumer: &BaseConsumer<Events>, tpl: &TopicPartitionList) -> Vec<Change> {
+    let committed = consumer
+        .committed_offsets(tpl.clone(), Duration::from_secs(5))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the committed offsets of the partitions assigned; skipped offsets at their start go uncounted");
+            tpl.clone()
+        });
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let start = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            Change::Assigned((Arc::from(e.topic()), e.partition()), start)
+        })
+        .collect()
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements()
         .iter()
@@ -134,69 +148,10 @@ fn describe(tpl: &TopicPartitionList) -> String {
 
 pub type Consumer = StreamConsumer<Events>;
 
-/// The librdkafka settings for the uplink's consumer.
-pub fn client_config(config: &UplinkConfig) -> ClientConfig {
-    let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", k.brokers.join(","))
-        .set("group.id", &k.group)
-        .set("client.id", "buoy-uplink")
-        // Offsets are stored only after the database accepted the data; the
-        // auto-commit then commits only what was stored.
-        .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set(
-            "auto.offset.reset",
-            match k.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            },
-        )
-        .set("enable.partition.eof", "false")
-        // A member that died (SIGKILL, power cut) holds its partitions until
-        // the group gives up on it; a restarted uplink waits that long before
-        // it consumes again. The uplink polls all the time, even while paused,
-        // so the limits can be short. kafka.properties may override them.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000")
-        .set("max.poll.interval.ms", "30000")
-        .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
-        .set("topic.metadata.refresh.interval.ms", "10000");
-    if !k.instance_id.is_empty() {
-        c.set("group.instance.id", &k.instance_id);
-    }
-    for (key, value) in &k.properties {
-        c.set(key, value);
-    }
-    c
-}
-
-/// A client that only asks for watermarks (for the lag metric): the same
-/// brokers and security settings, no group.
-pub fn watermark_client(config: &UplinkConfig) -> KafkaResult<BaseConsumer> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", config.kafka.brokers.join(","))
-        .set("client.id", "buoy-uplink-lag")
-        .set("group.id", format!("{}-lag", config.kafka.group))
-        .set("enable.auto.commit", "false");
-    for (key, value) in security_properties(config) {
-        c.set(key, value);
-    }
-    c.create()
-}
-
-/// The `kafka.properties` that every client of the uplink needs (security,
-/// SASL, TLS); consumer-only properties would be refused by the others.
-pub fn security_properties(config: &UplinkConfig) -> impl Iterator<Item = (&String, &String)> {
-    config.kafka.properties.iter().filter(|(key, _)| {
-        key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.")
-    })
-}
-
 /// Creates the consumer and subscribes it to the configured topics.
 pub fn create(config: &UplinkConfig) -> KafkaResult<Consumer> {
-    let consumer: Consumer = client_config(config).create_with_context(Events::default())?;
+    let consumer: Consumer =
+        kafka::consumer_config(config).create_with_context(Events::default())?;
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

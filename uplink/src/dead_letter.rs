@@ -17,9 +17,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::Message;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use telemetry::backoff::Backoff;
@@ -27,7 +27,7 @@ use telemetry::throttle::Throttle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UplinkConfig;
-use crate::consumer::KafkaLog;
+use crate::kafka::{self, KafkaLog};
 use crate::record::Origin;
 
 pub const HEADER_ERROR: &str = "buoy-error";
@@ -36,6 +36,28 @@ pub const HEADER_SOURCE_PARTITION: &str = "buoy-source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "buoy-source-offset";
 pub const HEADER_SINK: &str = "buoy-sink";
 
+/// Why a record was dead-lettered: the `reason` label of
+/// `uplink_dead_lettered_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The record could not be decoded.
+    Malformed,
+    /// A database refused the line.
+    Rejected,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 2] =
+        [DeadLetterReason::Malformed, DeadLetterReason::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Malformed => "malformed",
+            DeadLetterReason::Rejected => "rejected",
+        }
+    }
+}
+
 /// One record to dead-letter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -43,10 +65,35 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// The original record's headers.
     pub headers: Vec<(String, Vec<u8>)>,
+    pub reason: DeadLetterReason,
     pub error: String,
     pub origin: Origin,
     /// The sink that refused it, if one did.
     pub sink: Option<String>,
+}
+
+impl DeadLetter {
+    /// A record that could not be decoded: its key, payload and headers as
+    /// they came, and why.
+    pub fn of_record(m: &impl Message, error: String, origin: Origin) -> DeadLetter {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        DeadLetter {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            reason: DeadLetterReason::Malformed,
+            error,
+            origin,
+            sink: None,
+        }
+    }
 }
 
 /// The dead-letter producer; clones share it.
@@ -65,16 +112,7 @@ impl DeadLetters {
         let producer = if topic.is_empty() {
             None
         } else {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", config.kafka.brokers.join(","))
-                .set("client.id", "buoy-uplink-dead-letters")
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("message.timeout.ms", "30000");
-            for (key, value) in crate::consumer::security_properties(config) {
-                c.set(key, value);
-            }
-            Some(c.create_with_context(KafkaLog::default())?)
+            Some(kafka::dead_letter_config(config).create_with_context(KafkaLog::default())?)
         };
         Ok(DeadLetters {
             topic,

@@ -8,7 +8,8 @@
 //! ## Layout (the path of a record)
 //! - [`consumer`]: the Kafka consumer group member; offsets are stored by
 //!   hand, never automatically.
-//! - [`decode`]: record → readings (line protocol, Telegraf JSON, plain JSON).
+//! - [`decode`]: record → lines (line protocol, Telegraf JSON, plain JSON),
+//!   parsed once and appended to the open batch.
 //! - [`batcher`]: lines grouped by count, bytes and time, with the offsets
 //!   they settle and the letters of records that can never be written.
 //! - [`writer`]: one sealed batch into every sink, several batches at once,
@@ -20,9 +21,12 @@
 //!   order.
 //! - [`pipeline`]: the loop that runs them, pausing when the writers fall
 //!   behind.
-//! - [`metrics`]: Prometheus text on a local port.
-//! - [`record`]: where a record came from (topic, partition, offset),
-//!   shared by every stage.
+//! - [`metrics`]: Prometheus text on a local port; [`status`]: the status
+//!   line and the rate gauge.
+//! - [`record`]: where a record came from (topic, partition, offset), and
+//!   the decoded lines in one buffer, shared by every stage.
+//! - [`kafka`]: the settings of every Kafka client (consumer, watermark
+//!   client, dead-letter producer), memory bounds included.
 //! - [`config`], [`cli`]: the typed config and the command line.
 //!
 //! ## Invariants
@@ -43,9 +47,11 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
+pub mod kafka;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod record;
 pub mod sinks;
+pub mod status;
 pub mod writer;

@@ -62,10 +62,9 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let lag = metrics.clone().watch_lag(
-        uplink::consumer::watermark_client(&config)?,
-        shutdown.clone(),
-    );
+    let lag = metrics
+        .clone()
+        .watch_lag(uplink::kafka::watermark_client(&config)?, shutdown.clone());
     let pipeline = uplink::pipeline::Pipeline::new(&config, metrics).await?;
     // systemd's Type=notify: started (outside systemd this does nothing).
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -85,7 +84,7 @@ async fn run(config: UplinkConfig) -> anyhow::Result<()> {
 
 async fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
     let c = &loaded.config;
-    if let Err(e) = uplink::consumer::client_config(c).create::<rdkafka::consumer::BaseConsumer>() {
+    if let Err(e) = uplink::kafka::consumer_config(c).create::<rdkafka::consumer::BaseConsumer>() {
         eprintln!("kafka.properties: librdkafka refuses these settings: {e}");
         return ExitCode::from(2);
     }

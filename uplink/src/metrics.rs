@@ -14,6 +14,9 @@
 //! | `uplink_batches_in_flight` | batches being written or retried |
 //! | `uplink_consuming_paused` | 1 while consumption is paused because every batch slot is taken |
 //! | `uplink_sink_misconfigured{sink}` | 1 while the sink answers 401, 403 or 404 |
+//! | `uplink_offsets_skipped_total{topic,partition}` | offsets the broker never delivered: a record arrived beyond the offset the uplink was at (compaction, or Tansu answering a fetch from inside a record batch) |
+//! | `uplink_partitions_assigned` | partitions this uplink consumes now |
+//! | `uplink_partitions_revoked_total` | partitions rebalances took away from this uplink |
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -26,6 +29,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+use crate::dead_letter::DeadLetterReason;
 
 /// Label pairs of a metric family.
 pub type Labels = Vec<(&'static str, String)>;
@@ -52,6 +57,9 @@ pub struct Metrics {
     pub batches_in_flight: Gauge,
     pub paused: Gauge,
     pub misconfigured: Family<Labels, Gauge>,
+    pub offsets_skipped: Family<Labels, Counter>,
+    pub partitions_assigned: Gauge,
+    pub partitions_revoked: Counter,
 }
 
 impl Default for Metrics {
@@ -68,17 +76,21 @@ impl Default for Metrics {
             batches_in_flight: Gauge::default(),
             paused: Gauge::default(),
             misconfigured: Family::default(),
+            offsets_skipped: Family::default(),
+            partitions_assigned: Gauge::default(),
+            partitions_revoked: Counter::default(),
             registry: Registry::default(),
             positions: Mutex::new(HashMap::new()),
         };
-        m.register(&mut registry);
+        m.register_consumer(&mut registry);
+        m.register_writers(&mut registry);
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
-    /// Every metric, with its help text, in `registry`.
-    fn register(&self, registry: &mut Registry) {
+    /// The consumer's metrics, with their help text, in `registry`.
+    fn register_consumer(&self, registry: &mut Registry) {
         let m = self;
         registry.register(
             "consumer_lag",
@@ -86,6 +98,31 @@ impl Metrics {
             m.consumer_lag.clone(),
         );
         registry.register("records", "Kafka records consumed", m.records.clone());
+        registry.register(
+            "offsets_skipped",
+            "Offsets the broker never delivered: a record arrived beyond the offset the uplink was at",
+            m.offsets_skipped.clone(),
+        );
+        registry.register(
+            "partitions_assigned",
+            "Partitions this uplink consumes now",
+            m.partitions_assigned.clone(),
+        );
+        registry.register(
+            "partitions_revoked",
+            "Partitions rebalances took away from this uplink",
+            m.partitions_revoked.clone(),
+        );
+        registry.register(
+            "consuming_paused",
+            "1 while consumption is paused because every batch slot is taken",
+            m.paused.clone(),
+        );
+    }
+
+    /// The writers' metrics, with their help text, in `registry`.
+    fn register_writers(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "lines_written",
             "Lines the sink accepted",
@@ -117,11 +154,6 @@ impl Metrics {
             m.batches_in_flight.clone(),
         );
         registry.register(
-            "consuming_paused",
-            "1 while consumption is paused because every batch slot is taken",
-            m.paused.clone(),
-        );
-        registry.register(
             "sink_misconfigured",
             "1 while the sink answers 401, 403 or 404",
             m.misconfigured.clone(),
@@ -132,6 +164,19 @@ impl Metrics {
 /// Labels naming one sink.
 pub fn sink(name: &str) -> Labels {
     vec![("sink", name.to_owned())]
+}
+
+/// Labels naming one partition.
+pub fn partition(topic: &str, partition: i32) -> Labels {
+    vec![
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ]
+}
+
+/// Labels naming why records were dead-lettered.
+pub fn reason(reason: DeadLetterReason) -> Labels {
+    vec![("reason", reason.as_str().to_owned())]
 }
 
 impl Metrics {
@@ -168,10 +213,7 @@ impl Metrics {
         if let Some(written) = p.written {
             let end = p.high.max(p.consumed).unwrap_or(written);
             self.consumer_lag
-                .get_or_create(&vec![
-                    ("topic", topic.to_owned()),
-                    ("partition", partition.to_string()),
-                ])
+                .get_or_create(&self::partition(topic, partition))
                 .set((end - written).max(0));
         }
     }
@@ -182,10 +224,7 @@ impl Metrics {
             .lock()
             .expect("positions lock")
             .remove(&(topic.to_owned(), partition));
-        self.consumer_lag.remove(&vec![
-            ("topic", topic.to_owned()),
-            ("partition", partition.to_string()),
-        ]);
+        self.consumer_lag.remove(&self::partition(topic, partition));
     }
 
     /// Partitions known here, for the lag watcher.

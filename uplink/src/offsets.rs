@@ -14,6 +14,7 @@
 //!    records again from the last commit, which only rewrites the same points.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 
 /// A topic and partition.
 pub use crate::record::Partition;
@@ -96,6 +97,50 @@ impl Offsets {
     }
 }
 
+/// Where consumption of each partition stands: the offset of the record
+/// expected next. Tells when the broker skipped offsets.
+#[derive(Debug, Default)]
+pub struct Positions {
+    next: HashMap<Partition, i64>,
+}
+
+impl Positions {
+    /// `partition` is assigned and starts at `start`, its committed offset
+    /// (none: unknown, the group never committed there).
+    pub fn assigned(&mut self, partition: Partition, start: Option<i64>) {
+        match start {
+            Some(offset) => self.next.insert(partition, offset),
+            None => self.next.remove(&partition),
+        };
+    }
+
+    pub fn revoked(&mut self, partition: &Partition) {
+        self.next.remove(partition);
+    }
+
+    /// A record of `partition` at `offset` arrived. Returns the offsets
+    /// skipped before it: none if it is the one expected (or an earlier
+    /// one, read again), or if where the partition stood is not known.
+    pub fn read(&mut self, partition: &Partition, offset: i64) -> Option<Range<i64>> {
+        match self.next.get_mut(partition) {
+            Some(next) => {
+                let skipped = (offset > *next).then_some(*next..offset);
+                *next = offset + 1;
+                skipped
+            }
+            None => {
+                self.next.insert(partition.clone(), offset + 1);
+                None
+            }
+        }
+    }
+
+    /// Each partition and the offset expected next.
+    pub fn iter(&self) -> impl Iterator<Item = (&Partition, i64)> {
+        self.next.iter().map(|(p, n)| (p, *n))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -108,6 +153,23 @@ mod tests {
 
     fn ends(list: &[(i32, i64)]) -> BTreeMap<Partition, i64> {
         list.iter().map(|&(n, o)| (p(n), o)).collect()
+    }
+
+    #[test]
+    fn a_record_beyond_the_expected_offset_is_a_gap() {
+        let mut at = Positions::default();
+        at.assigned(p(0), Some(15));
+        assert_eq!(at.read(&p(0), 100), Some(15..100));
+        assert_eq!(at.read(&p(0), 101), None);
+        assert_eq!(at.read(&p(0), 3), None, "read again after a seek back");
+        assert_eq!(at.read(&p(0), 4), None);
+        at.assigned(p(1), None);
+        assert_eq!(at.read(&p(1), 100), None, "no commit to start from");
+        at.revoked(&p(0));
+        assert_eq!(at.read(&p(0), 500), None, "forgotten when revoked");
+        let mut now: Vec<_> = at.iter().map(|(p, n)| (p.1, n)).collect();
+        now.sort();
+        assert_eq!(now, [(0, 501), (1, 101)]);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //!
 //! One loop owns the consumer, the open batch and the offset book:
 //!
-//! 1. A record is decoded into lines (integers pinned to float unless
-//!    `kafka.integer_fields = "keep"`), or, if it can never be written, kept
-//!    as a letter for the dead-letter topic. Either way it joins the open batch.
+//! 1. A record, borrowed from librdkafka's queue, is decoded into lines of
+//!    the open batch, or, if it can never be written, kept as a letter for
+//!    the dead-letter topic. Either way it joins the open batch.
 //! 2. A batch is sealed when full or due, registered with [`Offsets`], and
-//!    handed to its own writer task ([`Writer`]); up to `batch.max_in_flight`
-//!    run at once.
+//!    handed to its own writer task ([`InFlight`]); up to
+//!    `batch.max_in_flight` run at once.
 //! 3. When a task finishes, its offsets are marked done, and whatever
 //!    contiguous prefix that completes is stored for commit.
 //! 4. When every slot is taken and the open batch is full, the partitions are
@@ -15,201 +15,236 @@
 //!    resume when a slot frees. Memory stays bounded however long a database
 //!    is away.
 //!
-//! Revoked partitions leave the open batch and the offset book; the commit
-//! itself happens in the consumer's rebalance callback. On shutdown the
-//! batches in flight get `retry.shutdown_grace` to finish, what finished is
-//! committed, and the rest is re-read on the next start.
+//! What to do after each event is decided by pure functions ([`due`],
+//! [`next_step`]); the loop only performs it. Revoked partitions leave the
+//! open batch and the offset book; the commit itself happens in the
+//! consumer's rebalance callback. A record that arrives beyond the offset
+//! its partition was at is a gap the broker left: it is counted and logged
+//! ([`Positions`]). On shutdown the batches in flight get
+//! `retry.shutdown_grace` to finish, what finished is committed, and the
+//! rest is re-read on the next start.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer as _};
-use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use telemetry::line_protocol;
 use telemetry::record::HEADER_CONTENT_TYPE;
 use telemetry::throttle::Throttle;
-use telemetry::{FieldValue, Reading};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{Batch, Batcher, Limits, Origin};
-use crate::config::{IntegerFields, UplinkConfig};
-use crate::consumer::{self, Consumer};
+use crate::batcher::{Batcher, Limits};
+use crate::config::UplinkConfig;
+use crate::consumer::{self, Change, Consumer};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{self, DecodeSettings, RecordView};
 use crate::metrics::{self, Metrics};
-use crate::offsets::{Offsets, Partition};
-use crate::sinks;
-use crate::writer::{SinkSlot, Writer};
+use crate::offsets::{Offsets, Positions};
+use crate::record::{Origin, Partition};
+use crate::sinks::{self, BuildError};
+use crate::status::{self, Reporter};
+use crate::writer::{Done, InFlight, SinkSlot, Writer};
 
-/// Counters since start, for the status line and the caller.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Counters {
-    pub records: u64,
-    pub lines_written: u64,
-    pub batches: u64,
+pub use crate::status::Counters;
+
+/// Why the pipeline could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("sink[{index}] ({kind}): {error}")]
+    Sink {
+        index: usize,
+        kind: &'static str,
+        error: BuildError,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the final offset commit did not run: {0}")]
+    Commit(#[from] tokio::task::JoinError),
 }
 
-/// A finished writer task.
-struct Done {
-    id: u64,
-    commit: BTreeMap<Partition, i64>,
-    lines: usize,
-    sealed: Instant,
-    ok: bool,
-}
-
+/// The consumer, and everything else the loop owns.
 pub struct Pipeline {
     consumer: Consumer,
+    state: State,
+}
+
+/// What the loop owns besides the consumer. Its methods get the consumer
+/// as an argument, so that a record borrowed from it is decoded in place.
+struct State {
     writer: Writer,
     batcher: Batcher,
     offsets: Offsets,
-    in_flight: JoinSet<Done>,
-    max_in_flight: usize,
-    next_batch: u64,
+    positions: Positions,
+    in_flight: InFlight,
     paused: bool,
     settings: DecodeSettings,
-    integers: IntegerFields,
     shutdown_grace: Duration,
-    status_interval: Duration,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
     counters: Counters,
-    /// Cancelled when the writers' grace at shutdown is over.
-    stop_writes: CancellationToken,
     /// The topic of the last record, shared by the records after it.
     topic: Option<Arc<str>>,
-    /// Per partition, the offset after the last record read.
-    consumed: HashMap<Partition, i64>,
+    consumer_errors: Throttle,
+    skip_log: Throttle,
 }
 
 /// Records taken from librdkafka's queue per round of the loop, at most.
 const MAX_TAKEN_AT_ONCE: usize = 1024;
 
+/// When the open batch must be sealed by its age: its deadline, if it has
+/// one and a writer slot is free to take it.
+pub fn due(deadline: Option<std::time::Instant>, has_room: bool) -> Option<std::time::Instant> {
+    deadline.filter(|_| has_room)
+}
+
+/// What the loop does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Seal the open batch and start writing it.
+    pub seal: bool,
+    /// Pause (true) or resume (false) consumption.
+    pub pause: Option<bool>,
+}
+
+/// After an event: a full batch is sealed if a writer slot is free; if it
+/// cannot be, consumption pauses until one is, and resumes then.
+pub fn next_step(full: bool, has_room: bool, paused: bool) -> Step {
+    let seal = full && has_room;
+    let blocked = full && !seal;
+    Step {
+        seal,
+        pause: (blocked != paused).then_some(blocked),
+    }
+}
+
 impl Pipeline {
-    pub async fn new(config: &UplinkConfig, metrics: Arc<Metrics>) -> anyhow::Result<Pipeline> {
+    pub async fn new(config: &UplinkConfig, metrics: Arc<Metrics>) -> Result<Self, PipelineError> {
         let mut slots = Vec::new();
-        for (i, sink) in config.sinks.iter().enumerate() {
+        for (index, sink) in config.sinks.iter().enumerate() {
             let built = sinks::build(sink)
                 .await
-                .map_err(|e| anyhow::anyhow!("sink[{i}] ({}): {e}", sink.kind.as_str()))?;
+                .map_err(|error| PipelineError::Sink {
+                    index,
+                    kind: sink.kind.as_str(),
+                    error,
+                })?;
             slots.push(SinkSlot::new(built, sink.max_concurrent_writes));
         }
-        Ok(Pipeline {
-            consumer: consumer::create(config)?,
-            writer: Writer {
-                sinks: slots.into(),
-                dead_letters: DeadLetters::new(config)?,
-                metrics: metrics.clone(),
-                max_retry_delay: config.retry.max_delay,
-            },
+        let writer = Writer {
+            sinks: slots.into(),
+            dead_letters: DeadLetters::new(config)?,
+            metrics: metrics.clone(),
+            max_retry_delay: config.retry.max_delay,
+        };
+        let state = State {
+            writer,
             batcher: Batcher::new(Limits {
                 max_lines: config.batch.max_lines,
                 max_bytes: config.batch.max_bytes.bytes() as usize,
                 max_wait: config.batch.max_wait,
             }),
             offsets: Offsets::default(),
-            in_flight: JoinSet::new(),
-            max_in_flight: config.batch.max_in_flight,
-            next_batch: 0,
+            positions: Positions::default(),
+            in_flight: InFlight::new(config.batch.max_in_flight),
             paused: false,
             settings: DecodeSettings {
                 json_timestamp_unit: config.kafka.json_timestamp_unit,
                 max_record_size: config.kafka.max_record_size.bytes() as usize,
+                integers: config.kafka.integer_fields,
             },
-            integers: config.kafka.integer_fields,
             shutdown_grace: config.retry.shutdown_grace,
-            status_interval: config.status.log_interval,
+            reporter: Reporter::new(Instant::now(), config.status.log_interval),
             metrics,
             counters: Counters::default(),
-            stop_writes: CancellationToken::new(),
             topic: None,
-            consumed: HashMap::new(),
+            consumer_errors: Throttle::new(Duration::from_secs(60)),
+            skip_log: Throttle::new(Duration::from_secs(60)),
+        };
+        Ok(Pipeline {
+            consumer: consumer::create(config)?,
+            state,
         })
     }
 
     /// Runs until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Counters> {
-        let mut consumer_errors = Throttle::new(Duration::from_secs(60));
-        let mut status_at = Instant::now() + self.status_interval;
-        let tick = if self.status_interval.is_zero() {
-            RateGauge::PERIOD
-        } else {
-            self.status_interval.min(RateGauge::PERIOD)
-        };
-        let mut rate = RateGauge::new(Instant::now(), tick);
+    pub async fn run(self, shutdown: CancellationToken) -> Result<Counters, PipelineError> {
+        let Pipeline {
+            consumer,
+            mut state,
+        } = self;
         loop {
-            let room = self.in_flight.len() < self.max_in_flight;
-            let deadline = self
-                .batcher
-                .deadline()
-                .map(Instant::from_std)
-                .filter(|_| room);
+            let deadline = due(state.batcher.deadline(), state.in_flight.has_room());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.finished(done.expect("writer tasks do not panic"));
+                done = state.in_flight.next(), if !state.in_flight.is_empty() => {
+                    state.finished(&consumer, done);
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.seal();
+                _ = tokio::time::sleep_until(deadline.map_or_else(Instant::now, Instant::from_std)), if deadline.is_some() => {
+                    state.seal();
                 }
-                _ = tokio::time::sleep_until(rate.next_at) => {
-                    self.report(&mut rate, &mut status_at);
-                }
-                message = self.consumer.recv() => {
-                    let message = message.map(|m| m.detach());
-                    self.received(message, &mut consumer_errors);
-                    self.take_ready(&mut consumer_errors);
+                _ = tokio::time::sleep_until(state.reporter.next_at()) => state.report(),
+                message = consumer.recv() => {
+                    state.received(&consumer, message);
+                    state.take_ready(&consumer);
                 }
             }
-            if self.batcher.is_full() && self.in_flight.len() < self.max_in_flight {
-                self.seal();
+            let step = next_step(
+                state.batcher.is_full(),
+                state.in_flight.has_room(),
+                state.paused,
+            );
+            if step.seal {
+                state.seal();
             }
-            let blocked = self.batcher.is_full();
-            if blocked != self.paused {
-                self.set_paused(blocked);
+            if let Some(paused) = step.pause {
+                state.set_paused(&consumer, paused);
             }
         }
-        self.finish().await
+        state.finish(consumer).await
+    }
+}
+
+impl State {
+    /// The rate gauge and consumer positions, and the status line when due.
+    fn report(&mut self) {
+        let lines = self.counters.lines_written;
+        if self.reporter.tick(Instant::now(), &self.metrics, lines) {
+            self.log_status();
+        }
+        for ((topic, partition), next) in self.positions.iter() {
+            self.metrics.consumed(topic, *partition, next);
+        }
     }
 
-    /// The rate gauge and consumer positions, and the status line when due.
-    fn report(&mut self, rate: &mut RateGauge, status_at: &mut Instant) {
-        rate.update(Instant::now(), &self.metrics, self.counters.lines_written);
-        for ((topic, partition), next) in &self.consumed {
-            self.metrics.consumed(topic, *partition, *next);
-        }
-        if !self.status_interval.is_zero() && Instant::now() >= *status_at {
-            self.log_status();
-            *status_at = Instant::now() + self.status_interval;
-        }
+    fn log_status(&self) {
+        let sinks = self.writer.sinks.iter().map(|s| s.sink.name());
+        status::log(&self.counters, &self.metrics, sinks);
     }
 
     /// Records librdkafka already holds are taken without a round of the
     /// loop each, up to a full batch.
-    fn take_ready(&mut self, consumer_errors: &mut Throttle) {
+    fn take_ready(&mut self, consumer: &Consumer) {
         for _ in 0..MAX_TAKEN_AT_ONCE {
             if self.batcher.is_full() {
                 break;
             }
-            let Some(message) = self.consumer.recv().now_or_never() else {
+            let Some(message) = consumer.recv().now_or_never() else {
                 break;
             };
-            let message = message.map(|m| m.detach());
-            self.received(message, consumer_errors);
+            self.received(consumer, message);
         }
     }
 
     /// Shutdown: the open batch is sealed, the batches in flight get the
     /// grace period, and what finished is committed.
-    async fn finish(mut self) -> anyhow::Result<Counters> {
-        self.apply_revocations();
+    async fn finish(mut self, consumer: Consumer) -> Result<Counters, PipelineError> {
+        self.apply_rebalance(&consumer);
         if !self.batcher.is_empty() {
             self.seal();
         }
@@ -218,20 +253,17 @@ impl Pipeline {
         let mut abandoned = false;
         while !self.in_flight.is_empty() {
             tokio::select! {
-                Some(done) = self.in_flight.join_next() => {
-                    self.finished(done.expect("writer tasks do not panic"));
-                }
+                done = self.in_flight.next() => self.finished(&consumer, done),
                 _ = &mut grace, if !abandoned => {
                     tracing::warn!(
                         batches = self.in_flight.len(),
                         "stopping before the database accepted every batch; those are not committed and will be read again"
                     );
-                    self.stop_writes.cancel();
+                    self.in_flight.abandon();
                     abandoned = true;
                 }
             }
         }
-        let consumer = self.consumer;
         let commit = tokio::task::spawn_blocking(move || {
             let result = consumer.commit_consumer_state(CommitMode::Sync);
             drop(consumer);
@@ -240,54 +272,81 @@ impl Pipeline {
         .await?;
         match commit {
             Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "final offset commit failed; the last records will be read again")
             }
         }
-        log_status(&self.counters, &self.metrics, &self.writer);
+        self.log_status();
         Ok(self.counters)
     }
 
-    fn log_status(&self) {
-        log_status(&self.counters, &self.metrics, &self.writer);
-    }
-
     /// One record, or a consumer error, from `recv`.
-    fn received(&mut self, message: KafkaResult<OwnedMessage>, errors: &mut Throttle) {
-        // Revocations the callback saw inside `recv` apply before the record
+    fn received(&mut self, consumer: &Consumer, message: KafkaResult<impl Message>) {
+        // Rebalances the callback saw inside `recv` apply before the record
         // it returned.
-        self.apply_revocations();
+        self.apply_rebalance(consumer);
         match message {
-            Ok(m) => self.take(m),
+            Ok(m) => self.take(&m),
             Err(e) => {
-                if let Some(held_back) = errors.allow(std::time::Instant::now()) {
+                if let Some(held_back) = self.consumer_errors.allow(std::time::Instant::now()) {
                     tracing::warn!(error = %e, similar_not_logged = held_back, "Kafka consumer error; retrying");
                 }
             }
         }
     }
 
-    /// Drops what the consumer's rebalance callback revoked.
-    fn apply_revocations(&mut self) {
-        let revoked = self.consumer.context().take_revoked();
-        if !revoked.is_empty() {
-            self.batcher.drop_partitions(&revoked);
-            self.offsets.revoked(&revoked);
-            for p in &revoked {
-                self.consumed.remove(p);
-                self.metrics.forget(&p.0, p.1);
+    /// Applies what the consumer's rebalance callback saw: revoked
+    /// partitions leave the open batch and the offset book; assigned ones
+    /// start from their committed offset.
+    fn apply_rebalance(&mut self, consumer: &Consumer) {
+        for change in consumer.context().take_changes() {
+            match change {
+                Change::Revoked(p) => {
+                    let gone = std::slice::from_ref(&p);
+                    self.batcher.drop_partitions(gone);
+                    self.offsets.revoked(gone);
+                    self.positions.revoked(&p);
+                    self.metrics.forget(&p.0, p.1);
+                    self.metrics.partitions_revoked.inc();
+                    self.metrics.partitions_assigned.dec();
+                }
+                Change::Assigned(p, start) => {
+                    self.metrics.partitions_assigned.inc();
+                    self.positions.assigned(p, start);
+                }
             }
         }
     }
 
-    fn set_paused(&mut self, paused: bool) {
+    /// A record of `partition` at `offset` arrived: counts and logs the
+    /// offsets before it that never did.
+    fn check_gap(&mut self, partition: &Partition, offset: i64) {
+        let Some(gap) = self.positions.read(partition, offset) else {
+            return;
+        };
+        let (topic, number) = (&*partition.0, partition.1);
+        self.metrics
+            .offsets_skipped
+            .get_or_create(&metrics::partition(topic, number))
+            .inc_by((gap.end - gap.start) as u64);
+        if let Some(held_back) = self.skip_log.allow(std::time::Instant::now()) {
+            tracing::error!(
+                topic,
+                partition = number,
+                from = gap.start,
+                to = gap.end - 1,
+                similar_not_logged = held_back,
+                "the broker skipped offsets: these records were never delivered and are not written (compaction, or Tansu answering a fetch from inside a record batch)"
+            );
+        }
+    }
+
+    fn set_paused(&mut self, consumer: &Consumer, paused: bool) {
         self.paused = paused;
-        self.consumer.context().set_paused(paused);
+        consumer.context().set_paused(paused);
         self.metrics.paused.set(i64::from(paused));
-        let assignment = match self.consumer.assignment() {
+        let assignment = match consumer.assignment() {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the assignment to pause or resume it");
@@ -299,10 +358,10 @@ impl Pipeline {
                 batches_in_flight = self.in_flight.len(),
                 "every batch slot is taken: pausing consumption until the database catches up"
             );
-            self.consumer.pause(&assignment)
+            consumer.pause(&assignment)
         } else {
             tracing::info!("resuming consumption");
-            self.consumer.resume(&assignment)
+            consumer.resume(&assignment)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, paused, "cannot pause or resume the partitions");
@@ -315,28 +374,14 @@ impl Pipeline {
         if batch.commit.is_empty() {
             return;
         }
-        self.next_batch += 1;
-        let id = self.next_batch;
-        self.offsets.sealed(id, &batch.commit);
+        let commit = batch.commit.clone();
+        let id = self.in_flight.start(&self.writer, batch);
+        self.offsets.sealed(id, &commit);
         self.metrics.batches_in_flight.inc();
-        let writer = self.writer.clone();
-        let stop = self.stop_writes.clone();
-        let sealed = Instant::now();
-        self.in_flight.spawn(async move {
-            let ok = writer.write(&batch, &stop).await;
-            let Batch { lines, commit, .. } = batch;
-            Done {
-                id,
-                commit,
-                lines: lines.len(),
-                sealed,
-                ok,
-            }
-        });
     }
 
     /// A writer task finished: store what is now contiguous.
-    fn finished(&mut self, done: Done) {
+    fn finished(&mut self, consumer: &Consumer, done: Done) {
         self.metrics.batches_in_flight.dec();
         if !done.ok {
             return; // abandoned at shutdown: not committed
@@ -357,7 +402,7 @@ impl Pipeline {
                 tracing::error!(error = %e, "cannot record an offset to commit");
             }
         }
-        if let Err(e) = self.consumer.store_offsets(&tpl) {
+        if let Err(e) = consumer.store_offsets(&tpl) {
             // Revoked meanwhile; the new owner reads these records again,
             // which only rewrites the same points.
             tracing::debug!(error = %e, "cannot store offsets for partitions no longer assigned");
@@ -365,7 +410,7 @@ impl Pipeline {
     }
 
     /// Decodes one record into the open batch, as lines or as a letter.
-    fn take(&mut self, m: OwnedMessage) {
+    fn take(&mut self, m: &impl Message) {
         self.counters.records += 1;
         self.metrics.records.inc();
         let topic = match &self.topic {
@@ -376,8 +421,7 @@ impl Pipeline {
                 t
             }
         };
-        self.consumed
-            .insert((topic.clone(), m.partition()), m.offset() + 1);
+        self.check_gap(&(topic.clone(), m.partition()), m.offset());
         let origin = Origin {
             topic,
             partition: m.partition(),
@@ -396,126 +440,15 @@ impl Pipeline {
             timestamp_ms: m.timestamp().to_millis(),
         };
         let now = std::time::Instant::now();
-        let error = match decode::decode(&view, &self.settings)
-            .map_err(|e| e.to_string())
-            .and_then(|readings| encode(readings, self.integers).map_err(|e| e.to_string()))
-        {
-            Ok(lines) => {
-                if lines.is_empty() {
-                    self.batcher.settle(&origin, now);
-                }
-                for line in lines {
-                    self.batcher.push(line, origin.clone(), now);
-                }
-                return;
+        let mark = self.batcher.lines().mark();
+        match decode::decode(&view, &self.settings, self.batcher.lines()) {
+            Ok(()) => self.batcher.took(mark, origin, now),
+            Err(e) => {
+                let letter = DeadLetter::of_record(m, e.to_string(), origin);
+                self.batcher.push_letter(letter, now);
             }
-            Err(e) => e,
-        };
-        self.batcher.push_letter(letter_of(&m, error, origin), now);
-    }
-}
-
-/// A record that can never be written, as a dead letter: its key, payload
-/// and headers as they came, and why.
-fn letter_of(m: &OwnedMessage, error: String, origin: Origin) -> DeadLetter {
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    DeadLetter {
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().unwrap_or_default().to_vec(),
-        headers,
-        error,
-        origin,
-        sink: None,
-    }
-}
-
-/// Readings → lines, integers pinned to float unless kept.
-fn encode(
-    readings: Vec<Reading>,
-    integers: IntegerFields,
-) -> Result<Vec<String>, telemetry::InvalidReading> {
-    readings
-        .into_iter()
-        .map(|mut r| {
-            if integers == IntegerFields::Float {
-                for value in r.fields.values_mut() {
-                    match *value {
-                        FieldValue::Int(i) => *value = FieldValue::Float(i as f64),
-                        FieldValue::UInt(u) => *value = FieldValue::Float(u as f64),
-                        _ => {}
-                    }
-                }
-            }
-            line_protocol::encode(&r)
-        })
-        .collect()
-}
-
-/// `uplink_lines_per_second`, updated every 5 s or more often.
-struct RateGauge {
-    every: Duration,
-    next_at: Instant,
-    last_at: Instant,
-    last_lines: u64,
-}
-
-impl RateGauge {
-    const PERIOD: Duration = Duration::from_secs(5);
-
-    fn new(now: Instant, every: Duration) -> Self {
-        RateGauge {
-            every,
-            next_at: now + every,
-            last_at: now,
-            last_lines: 0,
         }
     }
-
-    fn update(&mut self, now: Instant, metrics: &Metrics, lines: u64) {
-        let seconds = (now - self.last_at).as_secs_f64().max(1e-3);
-        metrics
-            .lines_per_second
-            .set((lines - self.last_lines) as f64 / seconds);
-        self.last_at = now;
-        self.last_lines = lines;
-        self.next_at = now + self.every;
-    }
-}
-
-fn log_status(c: &Counters, m: &Metrics, writer: &Writer) {
-    let dead_lettered: u64 = ["malformed", "rejected"]
-        .iter()
-        .map(|r| {
-            m.dead_lettered
-                .get_or_create(&vec![("reason", (*r).to_owned())])
-                .get()
-        })
-        .sum();
-    let write_retries: u64 = writer
-        .sinks
-        .iter()
-        .map(|s| {
-            m.write_retries
-                .get_or_create(&metrics::sink(s.sink.name()))
-                .get()
-        })
-        .sum();
-    tracing::info!(
-        records = c.records,
-        lines_written = c.lines_written,
-        batches = c.batches,
-        batches_in_flight = m.batches_in_flight.get(),
-        dead_lettered,
-        write_retries,
-        "status"
-    );
 }
 
 #[cfg(test)]
@@ -523,18 +456,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn integers_become_floats_unless_kept() {
-        let r = Reading::new("m", 5)
-            .with_field("a", 3i64)
-            .with_field("b", 4u64)
-            .with_field("c", true);
+    fn a_full_batch_is_sealed_when_a_slot_is_free_and_pauses_consumption_when_none_is() {
+        let free = next_step(true, true, false);
         assert_eq!(
-            encode(vec![r.clone()], IntegerFields::Float).unwrap(),
-            ["m a=3.0,b=4.0,c=true 5"]
+            free,
+            Step {
+                seal: true,
+                pause: None
+            }
+        );
+        let blocked = next_step(true, false, false);
+        assert_eq!(
+            blocked,
+            Step {
+                seal: false,
+                pause: Some(true)
+            }
         );
         assert_eq!(
-            encode(vec![r], IntegerFields::Keep).unwrap(),
-            ["m a=3i,b=4u,c=true 5"]
+            next_step(true, false, true),
+            Step {
+                seal: false,
+                pause: None
+            }
         );
+        let freed = next_step(true, true, true);
+        assert_eq!(
+            freed,
+            Step {
+                seal: true,
+                pause: Some(false)
+            },
+            "sealed, and consuming again"
+        );
+        assert_eq!(
+            next_step(false, false, true),
+            Step {
+                seal: false,
+                pause: Some(false)
+            }
+        );
+        assert_eq!(
+            next_step(false, true, false),
+            Step {
+                seal: false,
+                pause: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_due_batch_waits_for_a_free_slot() {
+        let at = std::time::Instant::now();
+        assert_eq!(due(Some(at), true), Some(at));
+        assert_eq!(due(Some(at), false), None);
+        assert_eq!(due(None, true), None);
     }
 }

@@ -15,18 +15,101 @@
 //!   to the ones it refuses;
 //! - 401, 403, 404: said loudly, retried slowly, nothing committed.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use telemetry::backoff::Backoff;
 use telemetry::throttle::Throttle;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{Batch, Line};
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::batcher::Batch;
+use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::metrics::{self, Metrics};
+use crate::record::{Line, Partition};
 use crate::sinks::{Sink, WriteError};
+
+/// A finished writer task.
+#[derive(Debug)]
+pub struct Done {
+    pub id: u64,
+    /// The offsets the batch settles (see [`Batch::commit`]).
+    pub commit: BTreeMap<Partition, i64>,
+    pub lines: usize,
+    pub sealed: Instant,
+    /// False if it was abandoned at shutdown: then it must not be committed.
+    pub ok: bool,
+}
+
+/// The batches being written, one task each, at most `max` at once.
+pub struct InFlight {
+    tasks: JoinSet<Done>,
+    max: usize,
+    next_id: u64,
+    /// Cancelled when the writers' grace at shutdown is over.
+    stop: CancellationToken,
+}
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        InFlight {
+            tasks: JoinSet::new(),
+            max,
+            next_id: 0,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Whether another batch may start.
+    pub fn has_room(&self) -> bool {
+        self.tasks.len() < self.max
+    }
+
+    /// Starts writing `batch` with `writer`; returns its id.
+    pub fn start(&mut self, writer: &Writer, batch: Batch) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let writer = writer.clone();
+        let stop = self.stop.clone();
+        let sealed = Instant::now();
+        self.tasks.spawn(async move {
+            let ok = writer.write(&batch, &stop).await;
+            let Batch { lines, commit, .. } = batch;
+            Done {
+                id,
+                commit,
+                lines: lines.len(),
+                sealed,
+                ok,
+            }
+        });
+        id
+    }
+
+    /// The next batch to finish (pending for ever when there is none).
+    pub async fn next(&mut self) -> Done {
+        match self.tasks.join_next().await {
+            Some(done) => done.expect("writer tasks do not panic"),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Makes every batch still being written give up.
+    pub fn abandon(&self) {
+        self.stop.cancel();
+    }
+}
 
 /// A sink and what limits it.
 pub struct SinkSlot {
@@ -60,27 +143,29 @@ impl Writer {
     pub async fn write(&self, batch: &Batch, stop: &CancellationToken) -> bool {
         let letters = async {
             for letter in &batch.letters {
-                if !self.dead_letters.send(letter, stop).await {
+                if !self.send_letter(letter, stop).await {
                     return false;
                 }
-                self.metrics
-                    .dead_lettered
-                    .get_or_create(&vec![("reason", "malformed".to_owned())])
-                    .inc();
             }
             true
         };
+        let lines: Vec<Line<'_>> = batch.lines.iter().collect();
         let sinks = futures_util::future::join_all(
             self.sinks
                 .iter()
-                .map(|slot| self.write_to(slot, &batch.lines, stop)),
+                .map(|slot| self.write_to(slot, &lines, stop)),
         );
         let (letters_ok, sinks_ok) = tokio::join!(letters, sinks);
         letters_ok && sinks_ok.into_iter().all(|ok| ok)
     }
 
     /// Writes `lines` to one sink, splitting or bisecting as it asks.
-    async fn write_to(&self, slot: &SinkSlot, lines: &[Line], stop: &CancellationToken) -> bool {
+    async fn write_to(
+        &self,
+        slot: &SinkSlot,
+        lines: &[Line<'_>],
+        stop: &CancellationToken,
+    ) -> bool {
         if lines.is_empty() {
             return true;
         }
@@ -92,7 +177,7 @@ impl Writer {
         let labels = metrics::sink(name);
         let mut backoff = Backoff::new(Duration::from_millis(200), self.max_retry_delay);
         // Lines still to write, in chunks; the next one on top.
-        let mut todo: Vec<Vec<&Line>> = vec![lines.iter().collect()];
+        let mut todo: Vec<Vec<Line<'_>>> = vec![lines.to_vec()];
         while let Some(chunk) = todo.pop() {
             if chunk.is_empty() {
                 continue;
@@ -100,11 +185,7 @@ impl Writer {
             match slot.sink.write(&chunk).await {
                 Ok(()) => {
                     backoff.reset();
-                    self.metrics.misconfigured.get_or_create(&labels).set(0);
-                    self.metrics
-                        .lines_written
-                        .get_or_create(&labels)
-                        .inc_by(chunk.len() as u64);
+                    self.accepted(&labels, chunk.len());
                 }
                 Err(WriteError::Rejected {
                     reason,
@@ -124,21 +205,29 @@ impl Writer {
                         let second = first.split_off(first.len() / 2);
                         todo.push(second);
                         todo.push(first);
-                    } else if !self.dead_letter_line(chunk[0], &reason, name, stop).await {
+                    } else if !self.dead_letter_line(&chunk[0], &reason, name, stop).await {
                         return false;
                     }
                 }
                 Err(e @ (WriteError::Retry { .. } | WriteError::Misconfigured { .. })) => {
                     todo.push(chunk);
                     let delay = self.delay_after(slot, &e, &mut backoff, &labels);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => return false,
+                    if !sleep_unless_stopped(delay, stop).await {
+                        return false;
                     }
                 }
             }
         }
         true
+    }
+
+    /// The sink accepted `lines` lines.
+    fn accepted(&self, labels: &metrics::Labels, lines: usize) {
+        self.metrics.misconfigured.get_or_create(labels).set(0);
+        self.metrics
+            .lines_written
+            .get_or_create(labels)
+            .inc_by(lines as u64);
     }
 
     /// After a write to be retried: how long to wait (the database's
@@ -192,16 +281,16 @@ impl Writer {
     /// stopped).
     async fn dead_letter_named<'a>(
         &self,
-        chunk: Vec<&'a Line>,
+        chunk: Vec<Line<'a>>,
         named: &[usize],
         reason: &str,
         sink: &str,
         stop: &CancellationToken,
-    ) -> Option<Vec<&'a Line>> {
+    ) -> Option<Vec<Line<'a>>> {
         let mut rest = Vec::with_capacity(chunk.len());
         for (i, line) in chunk.into_iter().enumerate() {
             if named.contains(&i) {
-                if !self.dead_letter_line(line, reason, sink, stop).await {
+                if !self.dead_letter_line(&line, reason, sink, stop).await {
                     return None;
                 }
             } else {
@@ -213,26 +302,40 @@ impl Writer {
 
     async fn dead_letter_line(
         &self,
-        line: &Line,
+        line: &Line<'_>,
         reason: &str,
         sink: &str,
         stop: &CancellationToken,
     ) -> bool {
         let letter = DeadLetter {
             key: None,
-            payload: line.text.clone().into_bytes(),
+            payload: line.text().as_bytes().to_vec(),
             headers: Vec::new(),
+            reason: DeadLetterReason::Rejected,
             error: reason.to_owned(),
-            origin: line.origin.clone(),
+            origin: line.origin().clone(),
             sink: Some(sink.to_owned()),
         };
-        let sent = self.dead_letters.send(&letter, stop).await;
+        self.send_letter(&letter, stop).await
+    }
+
+    /// Sends a letter and counts it; false if `stop` fired first.
+    async fn send_letter(&self, letter: &DeadLetter, stop: &CancellationToken) -> bool {
+        let sent = self.dead_letters.send(letter, stop).await;
         if sent {
             self.metrics
                 .dead_lettered
-                .get_or_create(&vec![("reason", "rejected".to_owned())])
+                .get_or_create(&metrics::reason(letter.reason))
                 .inc();
         }
         sent
+    }
+}
+
+/// Sleeps for `delay`; false if `stop` fired first.
+async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
     }
 }

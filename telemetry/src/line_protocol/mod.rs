@@ -20,12 +20,14 @@
 //! lines starting with `#` are skipped.
 
 mod parser;
+pub mod view;
 
 use std::fmt::Write as _;
 
 use crate::reading::{FieldValue, InvalidReading, Reading};
 
-pub use parser::{parse_line, parse_lines};
+pub use parser::{parse_line, parse_lines, scan_lines};
+pub use view::LineView;
 
 /// A line that is not valid line protocol, with the position of the problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,7 +50,26 @@ pub fn encode(reading: &Reading) -> Result<String, InvalidReading> {
 /// Appends one reading as one line (without a trailing newline) to `out`.
 /// On error nothing is appended.
 pub fn encode_into(reading: &Reading, out: &mut String) -> Result<(), InvalidReading> {
+    encode_parts_into(reading, out).map(|_| ())
+}
+
+/// Where the parts of a line [`encode_parts_into`] wrote are, as byte
+/// offsets into the text it appended to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Where the line starts.
+    pub start: usize,
+    /// Where the series (measurement and tags) ends: the space before the
+    /// fields.
+    pub series_end: usize,
+    /// Where the timestamp starts.
+    pub timestamp_at: usize,
+}
+
+/// [`encode_into`], saying where the parts of the line are.
+pub fn encode_parts_into(reading: &Reading, out: &mut String) -> Result<Parts, InvalidReading> {
     reading.validate()?;
+    let start = out.len();
     escape_into(out, &reading.measurement, b", ");
     for (key, value) in &reading.tags {
         out.push(',');
@@ -56,6 +77,7 @@ pub fn encode_into(reading: &Reading, out: &mut String) -> Result<(), InvalidRea
         out.push('=');
         escape_into(out, value, b",= ");
     }
+    let series_end = out.len();
     let mut separator = ' ';
     for (key, value) in &reading.fields {
         out.push(separator);
@@ -64,12 +86,19 @@ pub fn encode_into(reading: &Reading, out: &mut String) -> Result<(), InvalidRea
         out.push('=');
         encode_value(out, value);
     }
+    out.push(' ');
+    let timestamp_at = out.len();
     // Writing to a String cannot fail.
-    let _ = write!(out, " {}", reading.timestamp_ns);
-    Ok(())
+    let _ = write!(out, "{}", reading.timestamp_ns);
+    Ok(Parts {
+        start,
+        series_end,
+        timestamp_at,
+    })
 }
 
-fn encode_value(out: &mut String, value: &FieldValue) {
+/// Appends a field value as line protocol writes it.
+pub fn encode_value(out: &mut String, value: &FieldValue) {
     match value {
         // `{:?}` prints the shortest text that parses back to the same f64,
         // switching to exponent notation for very large or small magnitudes.

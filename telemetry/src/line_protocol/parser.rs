@@ -1,33 +1,34 @@
 //! The line protocol parser, following the reference decoder's character
 //! classes: a backslash escapes only the characters its element needs
 //! escaped, and stands for itself before anything else.
-
-use std::collections::BTreeMap;
+//!
+//! The parser validates a line into a [`LineView`]: the line's own text,
+//! borrowed, with where its parts are. Nothing is unescaped or allocated
+//! until a caller asks for an owned [`Reading`].
 
 use super::LineProtocolError;
-use crate::reading::{FieldValue, Reading, is_non_printable};
+use super::view::{self, KEY_ESCAPES, LineView, MEASUREMENT_ESCAPES, in_field_value};
+use crate::reading::{Reading, is_non_printable};
 
 /// Parses text holding exactly one reading (comments and blank lines allowed).
 /// A line without a timestamp gets `default_timestamp_ns`.
 pub fn parse_line(text: &str, default_timestamp_ns: i64) -> Result<Reading, LineProtocolError> {
     let mut parser = Parser::new(text);
-    let first = parser
-        .next_reading(default_timestamp_ns)
-        .ok_or_else(|| LineProtocolError {
-            line: 1,
-            column: 1,
-            message: "no line protocol found (the text is empty or only comments)".into(),
-        })??;
+    let first = parser.next_line().ok_or_else(|| LineProtocolError {
+        line: 1,
+        column: 1,
+        message: "no line protocol found (the text is empty or only comments)".into(),
+    })??;
     parser.skip_blank_and_comment_lines();
     let extra_line = parser.line;
-    if parser.next_reading(default_timestamp_ns).is_some() {
+    if parser.next_line().is_some() {
         return Err(LineProtocolError {
             line: extra_line,
             column: 1,
             message: "expected one line of line protocol, found more".into(),
         });
     }
-    Ok(first)
+    Ok(first.to_reading(default_timestamp_ns))
 }
 
 /// Parses every reading in `text`. A bad line yields an error and parsing
@@ -36,8 +37,15 @@ pub fn parse_lines(
     text: &str,
     default_timestamp_ns: i64,
 ) -> impl Iterator<Item = Result<Reading, LineProtocolError>> + '_ {
+    scan_lines(text).map(move |line| line.map(|l| l.to_reading(default_timestamp_ns)))
+}
+
+/// Validates every line in `text` without copying it: each valid line is a
+/// [`LineView`] of its own text. A bad line yields an error and scanning
+/// resumes at the next line. Accepts exactly what [`parse_lines`] accepts.
+pub fn scan_lines(text: &str) -> impl Iterator<Item = Result<LineView<'_>, LineProtocolError>> {
     let mut parser = Parser::new(text);
-    std::iter::from_fn(move || parser.next_reading(default_timestamp_ns))
+    std::iter::from_fn(move || parser.next_line())
 }
 
 struct Parser<'a> {
@@ -50,11 +58,6 @@ struct Parser<'a> {
     line_start: usize,
 }
 
-/// Escapes understood in measurement names.
-const MEASUREMENT_ESCAPES: &[u8] = b", ";
-/// Escapes understood in tag keys, tag values and field keys.
-const KEY_ESCAPES: &[u8] = b",= ";
-
 fn in_measurement(b: u8) -> bool {
     b != b',' && b != b' ' && !is_non_printable(b)
 }
@@ -63,8 +66,11 @@ fn in_key(b: u8) -> bool {
     b != b',' && b != b'=' && b != b' ' && !is_non_printable(b)
 }
 
-fn in_field_value(b: u8) -> bool {
-    b != b',' && b != b' ' && b != b'\r' && b != b'\n'
+/// What a field value is, as far as a reader of the raw text needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Integer,
+    Other,
 }
 
 impl<'a> Parser<'a> {
@@ -90,12 +96,12 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn next_reading(&mut self, default_ts: i64) -> Option<Result<Reading, LineProtocolError>> {
+    fn next_line(&mut self) -> Option<Result<LineView<'a>, LineProtocolError>> {
         self.skip_blank_and_comment_lines();
         if self.pos >= self.bytes.len() {
             return None;
         }
-        let result = self.reading(default_ts);
+        let result = self.view();
         if result.is_err() {
             self.skip_rest_of_line();
         }
@@ -161,20 +167,13 @@ impl<'a> Parser<'a> {
     }
 
     /// Takes a run of bytes accepted by `accept`, where a backslash before one
-    /// of `escapes` stands for that byte, and returns it unescaped.
-    fn take_escaped(&mut self, accept: fn(u8) -> bool, escapes: &[u8]) -> String {
+    /// of `escapes` stands for that byte, and returns it as written.
+    fn take_escaped(&mut self, accept: fn(u8) -> bool, escapes: &[u8]) -> &'a str {
         let start = self.pos;
-        let mut out = String::new();
-        let mut copied_to = start;
         while let Some(b) = self.peek() {
             if b == b'\\' {
                 match self.bytes.get(self.pos + 1) {
-                    Some(next) if escapes.contains(next) => {
-                        out.push_str(&self.text[copied_to..self.pos]);
-                        out.push(*next as char);
-                        self.pos += 2;
-                        copied_to = self.pos;
-                    }
+                    Some(next) if escapes.contains(next) => self.pos += 2,
                     // A backslash before anything else is itself.
                     _ => self.pos += 1,
                 }
@@ -184,22 +183,34 @@ impl<'a> Parser<'a> {
                 break;
             }
         }
-        out.push_str(&self.text[copied_to..self.pos]);
-        out
+        &self.text[start..self.pos]
     }
 
-    fn reading(&mut self, default_ts: i64) -> Result<Reading, LineProtocolError> {
-        let measurement = self.measurement()?;
-        let mut reading = Reading::new(measurement, default_ts);
-        self.tags(&mut reading.tags)?;
-        reading.fields = self.fields()?;
-        if let Some(ts) = self.timestamp()? {
-            reading.timestamp_ns = ts;
-        }
-        Ok(reading)
+    fn view(&mut self) -> Result<LineView<'a>, LineProtocolError> {
+        let start = self.pos;
+        self.measurement()?;
+        let measurement_end = self.pos;
+        self.tags(measurement_end)?;
+        let series_end = self.pos;
+        self.skip_to_fields()?;
+        let fields_start = self.pos;
+        let has_integers = self.fields()?;
+        let fields_end = self.pos;
+        let (timestamp, end) = self.timestamp()?;
+        Ok(LineView::new(
+            &self.text[start..end.unwrap_or(fields_end)],
+            view::Spans {
+                measurement_end: measurement_end - start,
+                series_end: series_end - start,
+                fields_start: fields_start - start,
+                fields_end: fields_end - start,
+            },
+            timestamp,
+            has_integers,
+        ))
     }
 
-    fn measurement(&mut self) -> Result<String, LineProtocolError> {
+    fn measurement(&mut self) -> Result<(), LineProtocolError> {
         let start = self.pos;
         let measurement = self.take_escaped(in_measurement, MEASUREMENT_ESCAPES);
         if measurement.is_empty() {
@@ -212,68 +223,75 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error(start, what));
         }
-        Ok(measurement)
+        Ok(())
     }
 
-    /// The tag set: `,key=value` pairs after the measurement.
-    fn tags(&mut self, tags: &mut BTreeMap<String, String>) -> Result<(), LineProtocolError> {
-        // Tag set.
+    /// The tag set: `,key=value` pairs after the measurement, which ends at
+    /// `section_start`.
+    fn tags(&mut self, section_start: usize) -> Result<(), LineProtocolError> {
         while self.peek() == Some(b',') {
+            let before = &self.text[section_start..self.pos];
             self.pos += 1;
             let key_at = self.pos;
             let key = self.take_escaped(in_key, KEY_ESCAPES);
             if key.is_empty() {
                 return Err(self.error(key_at, "expected a tag key after ','"));
             }
+            let name = view::unescape(key, KEY_ESCAPES);
             if self.peek() != Some(b'=') {
-                return Err(self.error(self.pos, format!("expected '=' after tag key {key:?}")));
+                return Err(self.error(self.pos, format!("expected '=' after tag key {name:?}")));
             }
             self.pos += 1;
             let value_at = self.pos;
-            let value = self.take_escaped(in_key, KEY_ESCAPES);
-            if value.is_empty() {
-                return Err(self.error(value_at, format!("tag {key:?} has no value")));
+            if self.take_escaped(in_key, KEY_ESCAPES).is_empty() {
+                return Err(self.error(value_at, format!("tag {name:?} has no value")));
             }
-            if tags.insert(key.clone(), value).is_some() {
-                return Err(self.error(key_at, format!("tag key {key:?} appears twice")));
+            if view::tags(before).any(|(k, _)| k == key) {
+                return Err(self.error(key_at, format!("tag key {name:?} appears twice")));
             }
         }
-
         Ok(())
     }
 
-    /// The field set, after one or more spaces.
-    fn fields(&mut self) -> Result<BTreeMap<String, FieldValue>, LineProtocolError> {
-        // Field set.
+    /// The spaces between the series and the field set.
+    fn skip_to_fields(&mut self) -> Result<(), LineProtocolError> {
         match self.peek() {
-            Some(b' ') => self.skip_spaces(),
+            Some(b' ') => {
+                self.skip_spaces();
+                Ok(())
+            }
             None | Some(b'\n') | Some(b'\r') => {
-                return Err(self.error(self.pos, "missing fields: a line needs at least one field"));
+                Err(self.error(self.pos, "missing fields: a line needs at least one field"))
             }
-            Some(b) => {
-                return Err(self.error(
-                    self.pos,
-                    format!(
-                        "unexpected character {:?} after measurement and tags",
-                        b as char
-                    ),
-                ));
-            }
+            Some(b) => Err(self.error(
+                self.pos,
+                format!(
+                    "unexpected character {:?} after measurement and tags",
+                    b as char
+                ),
+            )),
         }
-        let mut fields = BTreeMap::new();
+    }
+
+    /// The field set; says whether any field is an integer.
+    fn fields(&mut self) -> Result<bool, LineProtocolError> {
+        let section_start = self.pos;
+        let mut has_integers = false;
         loop {
+            let before = &self.text[section_start..self.pos.saturating_sub(1).max(section_start)];
             let key_at = self.pos;
             let key = self.take_escaped(in_key, KEY_ESCAPES);
             if key.is_empty() {
                 return Err(self.error(key_at, "expected a field key"));
             }
+            let name = view::unescape(key, KEY_ESCAPES);
             if self.peek() != Some(b'=') {
-                return Err(self.error(self.pos, format!("expected '=' after field key {key:?}")));
+                return Err(self.error(self.pos, format!("expected '=' after field key {name:?}")));
             }
             self.pos += 1;
-            let value = self.field_value(&key)?;
-            if fields.insert(key.clone(), value).is_some() {
-                return Err(self.error(key_at, format!("field key {key:?} appears twice")));
+            has_integers |= self.field_value(&name)? == Kind::Integer;
+            if !before.is_empty() && view::fields(before).any(|(k, _)| k == key) {
+                return Err(self.error(key_at, format!("field key {name:?} appears twice")));
             }
             match self.peek() {
                 Some(b',') => {
@@ -285,28 +303,29 @@ impl<'a> Parser<'a> {
                     return Err(self.error(
                         self.pos,
                         format!(
-                            "unexpected character {:?} after value of field {key:?}",
+                            "unexpected character {:?} after value of field {name:?}",
                             b as char
                         ),
                     ));
                 }
             }
         }
-        Ok(fields)
+        Ok(has_integers)
     }
 
-    /// The optional timestamp, and the end of the line.
-    fn timestamp(&mut self) -> Result<Option<i64>, LineProtocolError> {
-        // Optional timestamp.
+    /// The optional timestamp, and the end of the line. Returns the
+    /// timestamp and where its digits end.
+    fn timestamp(&mut self) -> Result<(Option<i64>, Option<usize>), LineProtocolError> {
         self.skip_spaces();
         if self.take_eol() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let ts_at = self.pos;
         while matches!(self.peek(), Some(b'-' | b'0'..=b'9')) {
             self.pos += 1;
         }
-        let digits = &self.text[ts_at..self.pos];
+        let digits_end = self.pos;
+        let digits = &self.text[ts_at..digits_end];
         self.skip_spaces();
         let ended = self.take_eol();
         if digits.is_empty() || !ended {
@@ -325,22 +344,23 @@ impl<'a> Parser<'a> {
                 format!("timestamp {digits:?} is not a 64-bit integer"),
             )
         })?;
-        Ok(Some(ts))
+        Ok((Some(ts), Some(digits_end)))
     }
 
-    fn field_value(&mut self, key: &str) -> Result<FieldValue, LineProtocolError> {
+    fn field_value(&mut self, key: &str) -> Result<Kind, LineProtocolError> {
         let at = self.pos;
         match self.peek() {
             Some(b'"') => {
                 self.pos += 1;
-                self.string_value(key, at)
+                self.string_value(key, at).map(|()| Kind::Other)
             }
             Some(b't' | b'T' | b'f' | b'F') => {
                 let token = self.take_token();
-                match token {
-                    "t" | "T" | "true" | "True" | "TRUE" => Ok(FieldValue::Bool(true)),
-                    "f" | "F" | "false" | "False" | "FALSE" => Ok(FieldValue::Bool(false)),
-                    _ => Err(self.error(at, format!("field {key:?}: invalid boolean {token:?}"))),
+                match view::boolean(token) {
+                    Some(_) => Ok(Kind::Other),
+                    None => {
+                        Err(self.error(at, format!("field {key:?}: invalid boolean {token:?}")))
+                    }
                 }
             }
             Some(b'-' | b'0'..=b'9' | b'.') => {
@@ -365,35 +385,28 @@ impl<'a> Parser<'a> {
         &self.text[start..self.pos]
     }
 
-    fn number(&self, key: &str, token: &str, at: usize) -> Result<FieldValue, LineProtocolError> {
+    fn number(&self, key: &str, token: &str, at: usize) -> Result<Kind, LineProtocolError> {
         let bad = |what: &str| self.error(at, format!("field {key:?}: {what} {token:?}"));
         if let Some(digits) = token.strip_suffix('i') {
             return digits
                 .parse::<i64>()
-                .map(FieldValue::Int)
+                .map(|_| Kind::Integer)
                 .map_err(|_| bad("invalid or out-of-range integer"));
         }
         if let Some(digits) = token.strip_suffix('u') {
             return digits
                 .parse::<u64>()
-                .map(FieldValue::UInt)
+                .map(|_| Kind::Integer)
                 .map_err(|_| bad("invalid or out-of-range unsigned integer"));
         }
-        // Rust's float syntax is wider than line protocol's (it accepts "inf",
-        // "nan" and a leading '+'), so check the characters first.
-        let float_chars = token
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E'));
-        match token.parse::<f64>() {
-            Ok(v) if float_chars && v.is_finite() => Ok(FieldValue::Float(v)),
-            Ok(_) if float_chars => Err(bad("out-of-range float")),
-            _ => Err(bad("invalid number")),
+        match view::float(token) {
+            Ok(_) => Ok(Kind::Other),
+            Err(view::BadFloat::OutOfRange) => Err(bad("out-of-range float")),
+            Err(view::BadFloat::Invalid) => Err(bad("invalid number")),
         }
     }
 
-    fn string_value(&mut self, key: &str, at: usize) -> Result<FieldValue, LineProtocolError> {
-        let mut out = String::new();
-        let mut copied_to = self.pos;
+    fn string_value(&mut self, key: &str, at: usize) -> Result<(), LineProtocolError> {
         loop {
             match self.peek() {
                 None => {
@@ -403,28 +416,15 @@ impl<'a> Parser<'a> {
                     ));
                 }
                 Some(b'"') => {
-                    out.push_str(&self.text[copied_to..self.pos]);
                     self.pos += 1;
-                    return Ok(FieldValue::String(out));
+                    return Ok(());
                 }
                 Some(b'\\') => {
-                    let unescaped = match self.bytes.get(self.pos + 1) {
-                        Some(b'"') => Some('"'),
-                        Some(b'\\') => Some('\\'),
-                        Some(b'n') => Some('\n'),
-                        Some(b'r') => Some('\r'),
-                        Some(b't') => Some('\t'),
-                        _ => None,
-                    };
-                    match unescaped {
-                        Some(c) => {
-                            out.push_str(&self.text[copied_to..self.pos]);
-                            out.push(c);
-                            self.pos += 2;
-                            copied_to = self.pos;
-                        }
-                        None => self.pos += 1,
-                    }
+                    let escaped = matches!(
+                        self.bytes.get(self.pos + 1),
+                        Some(b'"' | b'\\' | b'n' | b'r' | b't')
+                    );
+                    self.pos += if escaped { 2 } else { 1 };
                 }
                 Some(b'\n') => {
                     // Raw newlines are allowed inside strings.

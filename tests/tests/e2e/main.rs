@@ -22,6 +22,9 @@
 //!   InfluxDB and Redis at once; the
 //!   uplink SIGKILLed mid-batch five times; the database stopped for a minute;
 //!   two uplinks in one group, one killed. Exact point counts every time.
+//! - [`group`]: the uplink and the broker: offsets the broker skips counted
+//!   (Tansu resuming inside a record batch), and a second uplink joining the
+//!   group taking only the partitions that move (cooperative rebalancing).
 //! - [`sensors`]: `edge-agent sensors` and a running agent against fixture
 //!   sysfs trees (Raspberry Pi 4 and 5, x86) and a simulated Vaisala PWD on a
 //!   pseudo-terminal: exact values, named failures, a silent sensor skipped,
@@ -45,6 +48,7 @@ mod dead_letters;
 mod deployment;
 mod dialects;
 mod forwarding;
+mod group;
 mod journal;
 mod offline;
 mod operations;

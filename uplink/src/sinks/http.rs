@@ -15,7 +15,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, 
 
 use super::config::{Precision, SinkConfig};
 use super::{BuildError, Sink, WriteError};
-use crate::batcher::Line;
+use crate::record::Line;
 
 /// How a request authenticates.
 pub enum Auth {
@@ -62,7 +62,7 @@ impl Auth {
 
 /// Finds the indices of the lines a database named in its error body.
 /// Gets the body, the lines and the precision they were sent in.
-pub type FindRejected = fn(&str, &[&Line], Precision) -> Vec<usize>;
+pub type FindRejected = fn(&str, &[Line<'_>], Precision) -> Vec<usize>;
 
 /// A line-protocol database over HTTP: everything needed to POST lines to
 /// one endpoint. Each dialect module builds one with its path, query, auth
@@ -109,11 +109,11 @@ impl HttpWriter {
     }
 
     /// The request body for `lines`.
-    pub fn body(&self, lines: &[&Line]) -> Vec<u8> {
-        let size: usize = lines.iter().map(|l| l.text.len() + 1).sum();
+    pub fn body(&self, lines: &[Line<'_>]) -> Vec<u8> {
+        let size: usize = lines.iter().map(|l| l.text().len() + 1).sum();
         let mut plain = Vec::with_capacity(size);
         for line in lines {
-            push_sent(&mut plain, &line.text, self.precision);
+            push_sent(&mut plain, line, self.precision);
         }
         if !self.gzip {
             return plain;
@@ -131,7 +131,7 @@ impl Sink for HttpWriter {
     }
 
     /// POSTs `lines` and classifies the answer.
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
+    async fn write(&self, lines: &[Line<'_>]) -> Result<(), WriteError> {
         let mut request = self
             .client
             .post(&self.url)
@@ -171,36 +171,32 @@ impl Sink for HttpWriter {
     }
 }
 
-/// Appends the line as sent at `precision`, and a newline, to `out`.
-fn push_sent(out: &mut Vec<u8>, text: &str, precision: Precision) {
+/// Appends the line as sent at `precision`, and a newline, to `out`: its
+/// timestamp divided down, the rest as it is.
+fn push_sent(out: &mut Vec<u8>, line: &Line<'_>, precision: Precision) {
     let unit = precision.unit_ns();
-    let split = text
-        .rfind(' ')
-        .and_then(|space| Some((space, text[space + 1..].parse::<i64>().ok()?)));
-    match split {
-        Some((space, ns)) if unit != 1 => {
-            out.extend_from_slice(&text.as_bytes()[..=space]);
-            let _ = writeln!(out, "{}", ns.div_euclid(unit));
-        }
-        _ => {
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'\n');
-        }
+    if unit == 1 {
+        out.extend_from_slice(line.text().as_bytes());
+    } else {
+        out.extend_from_slice(line.head().as_bytes());
+        let time = line.timestamp_ns().div_euclid(unit);
+        out.extend_from_slice(itoa::Buffer::new().format(time).as_bytes());
     }
+    out.push(b'\n');
 }
 
 /// The line as sent at `precision` (as [`push_sent`] writes it, without
 /// the newline).
-pub fn sent_text(text: &str, precision: Precision) -> String {
-    let mut out = Vec::with_capacity(text.len() + 1);
-    push_sent(&mut out, text, precision);
+pub fn sent_text(line: &Line<'_>, precision: Precision) -> String {
+    let mut out = Vec::with_capacity(line.text().len() + 1);
+    push_sent(&mut out, line, precision);
     out.pop();
     String::from_utf8(out).expect("lines are UTF-8")
 }
 
 /// InfluxDB 1.x and 2.x quote each line they could not parse:
 /// `unable to parse '<line>': <reason>`. Returns the indices of those lines.
-pub fn find_quoted_lines(body: &str, lines: &[&Line], precision: Precision) -> Vec<usize> {
+pub fn find_quoted_lines(body: &str, lines: &[Line<'_>], precision: Precision) -> Vec<usize> {
     const MARKER: &str = "unable to parse '";
     // Error bodies are JSON; the quoted line is JSON-escaped inside them.
     let text = serde_json::from_str::<serde_json::Value>(body)
@@ -215,7 +211,7 @@ pub fn find_quoted_lines(body: &str, lines: &[&Line], precision: Precision) -> V
     for (start, _) in text.match_indices(MARKER) {
         let rest = &text[start + MARKER.len()..];
         if let Some(i) = lines.iter().position(|l| {
-            let sent = sent_text(&l.text, precision);
+            let sent = sent_text(l, precision);
             rest.starts_with(sent.as_str()) && rest[sent.len()..].starts_with('\'')
         }) && !found.contains(&i)
         {
@@ -314,24 +310,39 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::batcher::Origin;
+    use crate::record::{Lines, Origin};
     use reqwest::header::HeaderValue;
+    use telemetry::line_protocol;
 
-    /// Lines from `texts`, leaked: tests want `&[&Line]` of any lifetime.
-    pub fn lines(texts: &[&str]) -> Vec<&'static Line> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Line {
-                text: (*t).to_owned(),
-                origin: Origin {
-                    topic: Arc::from("t"),
-                    partition: 0,
-                    offset: i as i64,
-                },
-            })
-            .map(|l| &*Box::leak(Box::new(l)))
-            .collect()
+    /// `texts` as lines, each from its own record (offset = index). A text
+    /// that is not valid line protocol is split at its first and last space.
+    pub fn lines(texts: &[&str]) -> Lines {
+        let mut lines = Lines::default();
+        for (i, text) in texts.iter().enumerate() {
+            let mark = lines.mark();
+            match line_protocol::scan_lines(text).next() {
+                Some(Ok(view)) if view.is_compact() => lines.push_view(&view),
+                _ => {
+                    let (series, rest) = text.split_once(' ').expect("a space");
+                    let (fields, time) = rest.rsplit_once(' ').expect("a timestamp");
+                    let time = time.parse().expect("a timestamp");
+                    lines.push_parts(series, time, |out| out.push_str(fields));
+                }
+            }
+            let origin = Origin {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: i as i64,
+            };
+            lines.close_record(mark, origin);
+        }
+        lines
+    }
+
+    /// The one line of `text`, as sent at `precision`.
+    fn sent(text: &str, precision: Precision) -> String {
+        let buffer = lines(&[text]);
+        sent_text(&buffer.iter().next().unwrap(), precision)
     }
 
     fn classify_simple(code: u16, body: &str) -> WriteError {
@@ -404,23 +415,21 @@ pub(crate) mod tests {
     #[test]
     fn timestamps_are_divided_down_to_the_precision() {
         let line = "m,t=a\\ b v=1.5 1700000000123456789";
-        assert_eq!(sent_text(line, Precision::Ns), line);
+        assert_eq!(sent(line, Precision::Ns), line);
         assert_eq!(
-            sent_text(line, Precision::Us),
+            sent(line, Precision::Us),
             "m,t=a\\ b v=1.5 1700000000123456"
         );
-        assert_eq!(
-            sent_text(line, Precision::Ms),
-            "m,t=a\\ b v=1.5 1700000000123"
-        );
-        assert_eq!(sent_text(line, Precision::S), "m,t=a\\ b v=1.5 1700000000");
+        assert_eq!(sent(line, Precision::Ms), "m,t=a\\ b v=1.5 1700000000123");
+        assert_eq!(sent(line, Precision::S), "m,t=a\\ b v=1.5 1700000000");
         // Before 1970 the time still rounds down, not towards zero.
-        assert_eq!(sent_text("m v=1 -1500000", Precision::Ms), "m v=1 -2");
+        assert_eq!(sent("m v=1 -1500000", Precision::Ms), "m v=1 -2");
     }
 
     #[test]
     fn finds_the_lines_influxdb_quotes() {
-        let ls = lines(&["m v=1 1000000", "m v=\"x 2000000", "m v=3 3000000"]);
+        let buffer = lines(&["m v=1 1000000", "m v=\"x 2000000", "m v=3 3000000"]);
+        let ls: Vec<_> = buffer.iter().collect();
         let body = r#"{"error":"unable to parse 'm v=\"x 2000': unbalanced quotes"}"#;
         assert_eq!(find_quoted_lines(body, &ls, Precision::Us), vec![1]);
         assert_eq!(

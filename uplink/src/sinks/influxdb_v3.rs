@@ -9,7 +9,7 @@
 use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{Auth, HttpWriter};
-use crate::batcher::Line;
+use crate::record::Line;
 
 /// InfluxDB 3's spelling of a precision (never `auto`: Buoy never lets a
 /// database guess).
@@ -23,7 +23,7 @@ pub fn precision_param(p: Precision) -> &'static str {
 }
 
 /// The lines named in the body's `data[].line_number`.
-pub fn find_numbered_lines(body: &str, lines: &[&Line], _: Precision) -> Vec<usize> {
+pub fn find_numbered_lines(body: &str, lines: &[Line<'_>], _: Precision) -> Vec<usize> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
         return Vec::new();
     };
@@ -65,7 +65,8 @@ mod tests {
 
     #[test]
     fn finds_the_lines_by_number() {
-        let ls = lines(&["a v=1 1", "b v= 2", "c v=3 3", "d v=x 4"]);
+        let buffer = lines(&["a v=1 1", "b v= 2", "c v=3 3", "d v=x 4"]);
+        let ls: Vec<_> = buffer.iter().collect();
         let body = r#"{"error":"partial write of line protocol occurred","data":[
             {"original_line":"b v= 2","line_number":2,"error_message":"no value"},
             {"original_line":"d v=x 4","line_number":4,"error_message":"bad"},

@@ -27,7 +27,7 @@ pub mod victoriametrics;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::batcher::Line;
+use crate::record::Line;
 use config::{SinkConfig, SinkKind};
 
 /// Why a write failed, and so what to do next.
@@ -62,7 +62,7 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
 
     /// Writes `lines` (line protocol, nanosecond timestamps) at once.
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError>;
+    async fn write(&self, lines: &[Line<'_>]) -> Result<(), WriteError>;
 }
 
 /// Why a sink could not be built.

@@ -7,7 +7,7 @@
 use super::BuildError;
 use super::config::{Precision, SinkConfig};
 use super::http::{Auth, HttpWriter};
-use crate::batcher::Line;
+use crate::record::Line;
 
 /// QuestDB's spelling of a precision.
 pub fn precision_param(p: Precision) -> &'static str {
@@ -20,7 +20,7 @@ pub fn precision_param(p: Precision) -> &'static str {
 }
 
 /// The line named in the body's `line`.
-pub fn find_numbered_line(body: &str, lines: &[&Line], _: Precision) -> Vec<usize> {
+pub fn find_numbered_line(body: &str, lines: &[Line<'_>], _: Precision) -> Vec<usize> {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("line").and_then(|n| n.as_u64()))
@@ -55,7 +55,8 @@ mod tests {
 
     #[test]
     fn finds_the_line_by_number() {
-        let ls = lines(&["a v=1 1", "b v= 2"]);
+        let buffer = lines(&["a v=1 1", "b v= 2"]);
+        let ls: Vec<_> = buffer.iter().collect();
         let body = r#"{"code":"invalid","message":"failed to parse line protocol:errors encountered on line(s):\nerror in line 2: table: b; invalid field value","line":2,"errorId":"9f-1"}"#;
         assert_eq!(find_numbered_line(body, &ls, Precision::Ns), vec![1]);
         assert!(find_numbered_line(r#"{"line":7}"#, &ls, Precision::Ns).is_empty());

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use telemetry::FieldValue;
-use telemetry::line_protocol;
+use telemetry::line_protocol::view;
 use tokio::sync::Mutex;
 
 use super::config::SinkConfig;
 use super::{BuildError, Sink, WriteError};
-use crate::batcher::Line;
+use crate::record::Line;
 
 /// KEYS: one per series. ARGV per key: timestamp, field count, then field
 /// name and value pairs. A series is updated only if its stored `_time` is
@@ -96,38 +96,25 @@ impl Redis {
 
 /// The newest reading of each series in `lines`: key → (timestamp, fields).
 /// Readings of one series at the same time are merged.
-pub fn latest(prefix: &str, lines: &[&Line]) -> BTreeMap<String, (i64, BTreeMap<String, String>)> {
+pub fn latest(
+    prefix: &str,
+    lines: &[Line<'_>],
+) -> BTreeMap<String, (i64, BTreeMap<String, String>)> {
     let mut out: BTreeMap<String, (i64, BTreeMap<String, String>)> = BTreeMap::new();
     for line in lines {
-        // Lines were encoded by the uplink itself, so they parse.
-        let Ok(reading) = line_protocol::parse_line(&line.text, 0) else {
-            continue;
-        };
-        let key = format!("{prefix}{}", series(&line.text));
-        let fields = reading.fields.into_iter().map(|(k, v)| (k, value_text(v)));
+        let key = format!("{prefix}{}", line.series());
+        let time = line.timestamp_ns();
+        let fields =
+            view::field_values(line.field_set()).map(|(k, v)| (k.into_owned(), value_text(v)));
         match out.get_mut(&key) {
-            Some((t, _)) if *t > reading.timestamp_ns => {}
-            Some((t, held)) if *t == reading.timestamp_ns => held.extend(fields),
+            Some((t, _)) if *t > time => {}
+            Some((t, held)) if *t == time => held.extend(fields),
             _ => {
-                out.insert(key, (reading.timestamp_ns, fields.collect()));
+                out.insert(key, (time, fields.collect()));
             }
         }
     }
     out
-}
-
-/// The series part of a line: everything before the first unescaped space.
-fn series(text: &str) -> &str {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b' ' => return &text[..i],
-            _ => i += 1,
-        }
-    }
-    text
 }
 
 fn value_text(v: FieldValue) -> String {
@@ -175,7 +162,7 @@ impl Sink for Redis {
         &self.name
     }
 
-    async fn write(&self, lines: &[&Line]) -> Result<(), WriteError> {
+    async fn write(&self, lines: &[Line<'_>]) -> Result<(), WriteError> {
         let latest = latest(&self.prefix, lines);
         if latest.is_empty() {
             return Ok(());
@@ -200,13 +187,14 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_reading_of_each_series() {
-        let ls = lines(&[
+        let buffer = lines(&[
             "weather,device_id=a pressure_hpa=1000 20",
             "weather,device_id=a pressure_hpa=990 10",
             "weather,device_id=a temperature_c=5 20",
             r"weather,device_id=b\ c pressure_hpa=1 5",
             "fan,fan=cpu fan_rpm=1200i,on=true 7",
         ]);
+        let ls: Vec<_> = buffer.iter().collect();
         let l = latest("p:", &ls);
         assert_eq!(l.len(), 3);
         let (t, fields) = &l["p:weather,device_id=a"];
