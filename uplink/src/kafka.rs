@@ -16,7 +16,7 @@
 //! [`FETCH_MAX_BYTES`] however many partitions it covers, each partition
 //! adds at most [`PARTITION_FETCH_BYTES`] to it, and the consumer queue of
 //! prefetched records (one queue for all partitions) holds at most
-//! [`QUEUED_KBYTES`].
+//! [`QUEUED_KBYTES`] and about [`QUEUED_MESSAGES`] records.
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -28,12 +28,16 @@ use crate::config::{StartFrom, UplinkConfig};
 
 /// The consumer queue of prefetched records, in KiB, for all partitions
 /// together (`queued.max.messages.kbytes`).
-pub const QUEUED_KBYTES: usize = 4 * 1024;
+pub const QUEUED_KBYTES: usize = 8 * 1024;
 /// One fetch response, at most, in bytes (`fetch.max.bytes`).
-pub const FETCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// One partition's share of a fetch response, in bytes
 /// (`max.partition.fetch.bytes`).
 pub const PARTITION_FETCH_BYTES: usize = 1024 * 1024;
+/// Records librdkafka tries to keep prefetched (`queued.min.messages`; the
+/// default, 100,000, would hold tens of MiB of small records, each with
+/// its own bookkeeping, whatever [`QUEUED_KBYTES`] says).
+pub const QUEUED_MESSAGES: usize = 100_000;
 
 /// Logs librdkafka's lines and errors the way the agent does
 /// ([`telemetry::kafka_log`]), rate-limited per kind.
@@ -85,6 +89,7 @@ pub fn consumer_config(config: &UplinkConfig) -> ClientConfig {
         .set("heartbeat.interval.ms", "3000")
         .set("max.poll.interval.ms", "30000")
         .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
+        .set("queued.min.messages", QUEUED_MESSAGES.to_string())
         .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
         .set(
             "max.partition.fetch.bytes",
@@ -169,6 +174,7 @@ mod tests {
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         for key in [
             "queued.max.messages.kbytes",
+            "queued.min.messages",
             "fetch.max.bytes",
             "max.partition.fetch.bytes",
         ] {

@@ -14,6 +14,12 @@ use uplink::cli::{Cli, Command};
 use uplink::config::{DEFAULT_CONFIG_PATH, UplinkConfig};
 use uplink::metrics::Metrics;
 
+/// mimalloc, as the agent: batches are built on the loop's thread and freed
+/// on the writers', which glibc's malloc handles slowly and with a high
+/// water mark that stays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     process::init_logging();

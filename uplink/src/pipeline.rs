@@ -10,10 +10,14 @@
 //!    `batch.max_in_flight` run at once.
 //! 3. When a task finishes, its offsets are marked done, and whatever
 //!    contiguous prefix that completes is stored for commit.
-//! 4. When every slot is taken and the open batch is full, the partitions are
-//!    paused (and the consumer still polled, so the group keeps us); they
+//! 4. When every slot is taken and the open batch is full, the loop stops
+//!    taking records: librdkafka's queue fills to its bound and fetching
+//!    stops by itself. If that lasts [`PAUSE_AFTER`], the partitions are
+//!    paused and the consumer polled again, so the group keeps us; they
 //!    resume when a slot frees. Memory stays bounded however long a database
-//!    is away.
+//!    is away. Short stalls never pause: a pause drops librdkafka's
+//!    prefetched records, and Tansu 0.6 answers the fetch that resumes them
+//!    from inside a record batch with the batch after it.
 //!
 //! What to do after each event is decided by pure functions ([`due`],
 //! [`next_step`]); the loop only performs it. Revoked partitions leave the
@@ -82,6 +86,8 @@ struct State {
     positions: Positions,
     in_flight: InFlight,
     paused: bool,
+    /// Since when the open batch is full with every writer slot taken.
+    blocked_since: Option<Instant>,
     settings: DecodeSettings,
     shutdown_grace: Duration,
     reporter: Reporter,
@@ -102,23 +108,57 @@ pub fn due(deadline: Option<std::time::Instant>, has_room: bool) -> Option<std::
     deadline.filter(|_| has_room)
 }
 
+/// How long the loop may stop taking records (a full batch, every writer
+/// slot taken) before it pauses the partitions to go on polling. Well inside
+/// `max.poll.interval.ms` (30 s), after which the group would drop us.
+pub const PAUSE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where the flow of records stands, for [`next_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The open batch is full.
+    pub full: bool,
+    /// A writer slot is free.
+    pub has_room: bool,
+    pub paused: bool,
+    pub blocked_since: Option<Instant>,
+}
+
 /// What the loop does after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     /// Seal the open batch and start writing it.
     pub seal: bool,
-    /// Pause (true) or resume (false) consumption.
+    /// Pause (true) or resume (false) the partitions.
     pub pause: Option<bool>,
+    /// Since when the loop is blocked, if it is.
+    pub blocked_since: Option<Instant>,
+    /// Whether to poll the consumer: for records, or, while paused, only to
+    /// stay in the group.
+    pub poll: bool,
 }
 
-/// After an event: a full batch is sealed if a writer slot is free; if it
-/// cannot be, consumption pauses until one is, and resumes then.
-pub fn next_step(full: bool, has_room: bool, paused: bool) -> Step {
-    let seal = full && has_room;
-    let blocked = full && !seal;
+/// After an event: a full batch is sealed if a writer slot is free. If it
+/// cannot be, the loop stops polling; after [`PAUSE_AFTER`] it pauses the
+/// partitions and polls again. Once a slot frees, it resumes.
+pub fn next_step(flow: Flow, now: Instant) -> Step {
+    let seal = flow.full && flow.has_room;
+    let blocked = flow.full && !seal;
+    if !blocked {
+        return Step {
+            seal,
+            pause: flow.paused.then_some(false),
+            blocked_since: None,
+            poll: true,
+        };
+    }
+    let since = flow.blocked_since.unwrap_or(now);
+    let pause = !flow.paused && now >= since + PAUSE_AFTER;
     Step {
         seal,
-        pause: (blocked != paused).then_some(blocked),
+        pause: pause.then_some(true),
+        blocked_since: Some(since),
+        poll: flow.paused || pause,
     }
 }
 
@@ -152,6 +192,7 @@ impl Pipeline {
             positions: Positions::default(),
             in_flight: InFlight::new(config.batch.max_in_flight),
             paused: false,
+            blocked_since: None,
             settings: DecodeSettings {
                 json_timestamp_unit: config.kafka.json_timestamp_unit,
                 max_record_size: config.kafka.max_record_size.bytes() as usize,
@@ -177,8 +218,13 @@ impl Pipeline {
             consumer,
             mut state,
         } = self;
+        let mut poll = true;
         loop {
             let deadline = due(state.batcher.deadline(), state.in_flight.has_room());
+            let pause_at = state
+                .blocked_since
+                .filter(|_| !state.paused)
+                .map(|s| s + PAUSE_AFTER);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -189,22 +235,27 @@ impl Pipeline {
                     state.seal();
                 }
                 _ = tokio::time::sleep_until(state.reporter.next_at()) => state.report(),
-                message = consumer.recv() => {
+                _ = tokio::time::sleep_until(pause_at.unwrap_or_else(Instant::now)), if pause_at.is_some() => {}
+                message = consumer.recv(), if poll => {
                     state.received(&consumer, message);
                     state.take_ready(&consumer);
                 }
             }
-            let step = next_step(
-                state.batcher.is_full(),
-                state.in_flight.has_room(),
-                state.paused,
-            );
+            let flow = Flow {
+                full: state.batcher.is_full(),
+                has_room: state.in_flight.has_room(),
+                paused: state.paused,
+                blocked_since: state.blocked_since,
+            };
+            let step = next_step(flow, Instant::now());
             if step.seal {
                 state.seal();
             }
             if let Some(paused) = step.pause {
                 state.set_paused(&consumer, paused);
             }
+            state.blocked_since = step.blocked_since;
+            poll = step.poll;
         }
         state.finish(consumer).await
     }
@@ -455,54 +506,65 @@ impl State {
 mod tests {
     use super::*;
 
+    fn flow(full: bool, has_room: bool, paused: bool, blocked_since: Option<Instant>) -> Flow {
+        Flow {
+            full,
+            has_room,
+            paused,
+            blocked_since,
+        }
+    }
+
     #[test]
-    fn a_full_batch_is_sealed_when_a_slot_is_free_and_pauses_consumption_when_none_is() {
-        let free = next_step(true, true, false);
-        assert_eq!(
-            free,
-            Step {
-                seal: true,
-                pause: None
-            }
-        );
-        let blocked = next_step(true, false, false);
+    fn a_full_batch_is_sealed_when_a_slot_is_free() {
+        let now = Instant::now();
+        let step = next_step(flow(true, true, false, None), now);
+        assert!(step.seal && step.poll);
+        assert_eq!((step.pause, step.blocked_since), (None, None));
+        assert!(!next_step(flow(false, true, false, None), now).seal);
+    }
+
+    #[test]
+    fn blocked_it_stops_polling_and_pauses_only_after_a_while() {
+        let t0 = Instant::now();
+        let blocked = next_step(flow(true, false, false, None), t0);
         assert_eq!(
             blocked,
             Step {
                 seal: false,
-                pause: Some(true)
-            }
+                pause: None,
+                blocked_since: Some(t0),
+                poll: false
+            },
+            "a short stall drops nothing librdkafka prefetched"
         );
-        assert_eq!(
-            next_step(true, false, true),
-            Step {
-                seal: false,
-                pause: None
-            }
-        );
-        let freed = next_step(true, true, true);
+        let later = t0 + PAUSE_AFTER - Duration::from_millis(1);
+        assert!(!next_step(flow(true, false, false, Some(t0)), later).poll);
+        let long = next_step(flow(true, false, false, Some(t0)), t0 + PAUSE_AFTER);
+        assert_eq!(long.pause, Some(true));
+        assert!(long.poll, "paused, it polls to stay in the group");
+        let still = next_step(flow(true, false, true, Some(t0)), t0 + PAUSE_AFTER * 3);
+        assert_eq!((still.pause, still.poll), (None, true));
+    }
+
+    #[test]
+    fn a_freed_slot_seals_resumes_and_polls_again() {
+        let t0 = Instant::now();
+        let freed = next_step(flow(true, true, true, Some(t0)), t0 + PAUSE_AFTER * 2);
         assert_eq!(
             freed,
             Step {
                 seal: true,
-                pause: Some(false)
-            },
-            "sealed, and consuming again"
-        );
-        assert_eq!(
-            next_step(false, false, true),
-            Step {
-                seal: false,
-                pause: Some(false)
+                pause: Some(false),
+                blocked_since: None,
+                poll: true
             }
         );
-        assert_eq!(
-            next_step(false, true, false),
-            Step {
-                seal: false,
-                pause: None
-            }
+        let unpaused = next_step(
+            flow(true, true, false, Some(t0)),
+            t0 + Duration::from_secs(1),
         );
+        assert_eq!((unpaused.pause, unpaused.poll), (None, true));
     }
 
     #[test]
