@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use buoy_tests::binaries;
 use buoy_tests::kafka::{Kafka, Storage};
 use buoy_tests::load::{self, Load};
 use buoy_tests::process::Service;
@@ -14,7 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::common::*;
-use crate::uplink::{assert_exactly, metric, metrics_url, start};
+use crate::uplink::{assert_exactly, metric, metrics_url, start, start_member};
 
 /// Produces `batches` record batches of `per_batch` records each (records
 /// numbered from 0, as [`load::line`] writes them) to partition 0, the way
@@ -122,14 +121,7 @@ async fn a_second_uplink_joining_moves_only_the_partitions_it_takes() {
         vm.url()
     );
     let load = Load::start(&bootstrap, "coop", 1_500, 24, load::recent_t0_ms());
-    let start_member = |name: &str| {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let c = uplink_config(&bootstrap, "coop", "coop.dlq", &sink)
-            .replace("group = ", &format!("instance_id = \"{name}\"\ngroup = "));
-        binaries::start("uplink", &d, &c)
-    };
-    let a = start_member("a");
+    let a = start_member(dir.path(), &bootstrap, "coop", &sink, "a", "");
     wait_for_metric(
         &a,
         "uplink_partitions_assigned",
@@ -138,7 +130,7 @@ async fn a_second_uplink_joining_moves_only_the_partitions_it_takes() {
     )
     .await;
     let a_url = metrics_url(&a);
-    let b = start_member("b");
+    let b = start_member(dir.path(), &bootstrap, "coop", &sink, "b", "");
     wait_for_metric(
         &b,
         "uplink_partitions_assigned",

@@ -25,6 +25,25 @@ pub fn start(dir: &Path, kafka: &Kafka, topic: &str, sinks: &str, extra: &str) -
     binaries::start("uplink", dir, &config)
 }
 
+/// Starts uplink `name` of a group consuming `topic` (dead letters to
+/// `<topic>.dlq`) in a directory of its own, statically a member as `name`;
+/// `properties` (a `[kafka.properties]` table, or nothing) go into its config.
+pub fn start_member(
+    dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+    sink: &str,
+    name: &str,
+    properties: &str,
+) -> Service {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let c = uplink_config(bootstrap, topic, &format!("{topic}.dlq"), sink)
+        .replace("group = ", &format!("instance_id = \"{name}\"\ngroup = "))
+        .replace("[retry]", &format!("{properties}[retry]"));
+    binaries::start("uplink", &d, &c)
+}
+
 /// The uplink's metrics endpoint, from its log.
 pub fn metrics_url(uplink: &Service) -> String {
     let log = buoy_tests::process::wait_for(
@@ -344,16 +363,8 @@ async fn two_uplinks_share_six_partitions_and_one_killed_halfway_loses_nothing()
     let group = "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n";
     let t0 = load::recent_t0_ms();
     let load = Load::start(&bootstrap, "shared", 1_500, 24, t0);
-    let start_member = |name: &str| {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let c = uplink_config(&bootstrap, "shared", "shared.dlq", &sink)
-            .replace("group = ", &format!("instance_id = \"{name}\"\ngroup = "))
-            .replace("[retry]", &format!("{group}[retry]"));
-        binaries::start("uplink", &d, &c)
-    };
-    let mut a = start_member("a");
-    let b = start_member("b");
+    let mut a = start_member(dir.path(), &bootstrap, "shared", &sink, "a", group);
+    let b = start_member(dir.path(), &bootstrap, "shared", &sink, "b", group);
     tokio::time::sleep(Duration::from_secs(20)).await;
     let a_log = a.log();
     assert!(
