@@ -4,9 +4,14 @@
 //! A topic of 1 million agent-format readings (Tansu, memory storage,
 //! loopback) is drained by the real uplink binary into a fresh
 //! VictoriaMetrics, timed from the uplink's start until VictoriaMetrics has
-//! counted every row. Next to it, in the same run:
-//! - a bare rdkafka consumer joining a group, reading the topic and doing
-//!   nothing else: what Tansu and librdkafka allow on their own, the target;
+//! accepted every line (the uplink's `uplink_lines_written_total`: the
+//! database answered 204), and until VictoriaMetrics counts every row
+//! (`vm_rows_inserted_total`, which lags about a second behind the answers).
+//! Next to it, in the same run:
+//! - a bare rdkafka consumer joining a group with the uplink's fetch
+//!   settings (`uplink::kafka::PREFETCH`), reading the topic and doing
+//!   nothing else: what Tansu and librdkafka allow, the target;
+//! - the same bare consumer with librdkafka's defaults, for reference;
 //! - `curl` posting the very lines the uplink sends (millisecond precision,
 //!   no gzip on either side), in the same batch size, one connection,
 //!   straight to a fresh VictoriaMetrics: the database's own ceiling here.
@@ -107,6 +112,15 @@ fn fresh_vm(dir: &Path, round: usize, side: &str) -> Victoria {
     Victoria::start(&d)
 }
 
+/// One timed drain into VictoriaMetrics.
+#[derive(Clone, Copy)]
+struct Drain {
+    /// Until the database had answered every write with success.
+    accepted: Duration,
+    /// Until VictoriaMetrics counted every row.
+    counted: Duration,
+}
+
 /// curl posting the lines in batches over one connection.
 fn curl_round(
     rt: &tokio::runtime::Runtime,
@@ -114,7 +128,7 @@ fn curl_round(
     round: usize,
     files: &[std::path::PathBuf],
     rows: u64,
-) -> Duration {
+) -> Drain {
     let curl = require("curl", "sudo apt-get install curl");
     let vm = fresh_vm(dir, round, "curl");
     let url = format!("{}/write?precision=ms", vm.url());
@@ -131,7 +145,20 @@ fn curl_round(
     let started = Instant::now();
     let status = c.status().expect("run curl");
     assert!(status.success(), "curl failed: {status}");
-    wait_rows(rt, &vm, rows) - started
+    let accepted = started.elapsed();
+    Drain {
+        accepted,
+        counted: wait_rows(rt, &vm, rows) - started,
+    }
+}
+
+/// How the bare consumer fetches.
+#[derive(Clone, Copy, PartialEq)]
+enum Fetching {
+    /// With the uplink's settings: the target.
+    AsTheUplink,
+    /// With librdkafka's defaults.
+    Defaults,
 }
 
 /// A bare consumer reading the whole topic, from its creation.
@@ -141,18 +168,26 @@ fn consumer_round(
     bootstrap: &str,
     topic: &str,
     n: u64,
+    fetching: Fetching,
 ) -> Duration {
     use rdkafka::consumer::{Consumer as _, StreamConsumer};
     let _runtime = rt.enter();
     let started = Instant::now();
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bare-{topic}-{round}"))
+        .set(
+            "group.id",
+            format!("bare-{topic}-{round}-{}", fetching as u8),
+        )
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("queued.max.messages.kbytes", "8192")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    if fetching == Fetching::AsTheUplink {
+        for (key, value) in uplink::kafka::PREFETCH {
+            config.set(key, value);
+        }
+    }
+    let consumer: StreamConsumer = config.create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     rt.block_on(async {
         let mut seen = 0;
@@ -164,16 +199,45 @@ fn consumer_round(
     started.elapsed()
 }
 
-/// The uplink draining the topic; returns the time and its peak RSS in KiB.
+/// The lines the uplink's sinks have had accepted, from its /metrics.
+async fn lines_written(metrics: &str) -> u64 {
+    let Ok(response) = reqwest::get(metrics).await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("uplink_lines_written_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the uplink says its database accepted `n` lines.
+fn wait_accepted(rt: &tokio::runtime::Runtime, metrics: &str, n: u64) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let lines = rt.block_on(lines_written(metrics));
+        if lines >= n {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the uplink wrote {lines} of {n} lines in 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The uplink draining the topic; returns its times and peak RSS in KiB.
 fn uplink_round(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     round: usize,
     bootstrap: &str,
     topic: &str,
-    rows: u64,
-) -> (Duration, u64) {
+    n: u64,
+) -> (Drain, u64) {
     let vm = fresh_vm(dir, round, &format!("uplink-{topic}"));
+    let port = buoy_tests::process::free_port();
     let d = dir.join(format!("uplink-run-{topic}-{round}"));
     std::fs::create_dir_all(&d).unwrap();
     let config = format!(
@@ -186,7 +250,7 @@ group = "bench-{topic}-{round}"
 instance_id = ""
 dead_letter_topic = ""
 [metrics]
-listen = ""
+listen = "127.0.0.1:{port}"
 [status]
 log_interval = "0s"
 [[sink]]
@@ -196,20 +260,24 @@ gzip = false
 "#,
         vm.url()
     );
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
     let started = Instant::now();
     let mut uplink = binaries::start("uplink", &d, &config);
-    let done = wait_rows(rt, &vm, rows);
+    let accepted = wait_accepted(rt, &metrics, n) - started;
+    // Each reading is three fields: three rows in VictoriaMetrics.
+    let counted = wait_rows(rt, &vm, n * 3) - started;
     let (_, hwm) = uplink.memory_kib();
     uplink.stop(Duration::from_secs(30));
-    (done - started, hwm)
+    (Drain { accepted, counted }, hwm)
 }
 
 /// One side's rounds: times, and the uplink's peak RSS in KiB.
 #[derive(Default)]
 struct Side {
-    curl: Vec<Duration>,
+    curl: Vec<Drain>,
     bare: Vec<Duration>,
-    uplink: Vec<(Duration, u64)>,
+    bare_defaults: Vec<Duration>,
+    uplink: Vec<(Drain, u64)>,
 }
 
 impl Side {
@@ -217,7 +285,7 @@ impl Side {
         self.bare.iter().min().copied().unwrap()
     }
     fn best_uplink(&self) -> Duration {
-        self.uplink.iter().map(|u| u.0).min().unwrap()
+        self.uplink.iter().map(|u| u.0.accepted).min().unwrap()
     }
     fn peak_rss_mib(&self) -> f64 {
         self.uplink.iter().map(|u| u.1).max().unwrap() as f64 / 1024.0
@@ -248,35 +316,39 @@ fn curl_files(dir: &Path, n: u64) -> Vec<std::path::PathBuf> {
 
 fn print_tables(n: u64, one: &Side, twelve: &Side) {
     let per_s = |d: &Duration| n as f64 / d.as_secs_f64();
+    let rate = |d: Option<&Duration>| d.map_or(String::new(), |d| format!("{:.0}/s", per_s(d)));
     println!("### Kafka topic → VictoriaMetrics ({n} readings, batches of {BATCH} lines)\n");
     println!(
-        "| round | partitions | bare consumer (the target) | uplink, from its start | uplink / bare consumer | curl (VictoriaMetrics' ceiling) | uplink peak RSS |"
+        "| round | partitions | bare consumer, the uplink's fetch settings (the target) | uplink, until the database accepted every line | uplink / bare consumer | uplink, until VictoriaMetrics counted every row | uplink peak RSS | curl, accepted / counted (VictoriaMetrics' ceiling) | bare consumer, librdkafka's defaults |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (partitions, side) in [(1, one), (12, twelve)] {
         for (i, (b, u)) in side.bare.iter().zip(&side.uplink).enumerate() {
-            let curl = side
-                .curl
-                .get(i)
-                .map_or("".to_owned(), |c| format!("{:.0} readings/s", per_s(c)));
+            let curl = side.curl.get(i).map_or(String::new(), |c| {
+                format!("{} / {}", rate(Some(&c.accepted)), rate(Some(&c.counted)))
+            });
             println!(
-                "| {} | {partitions} | {:.0} readings/s | {:.0} readings/s | {:.2} | {curl} | {:.1} MiB |",
+                "| {} | {partitions} | {} | {} | {:.2} | {} | {:.1} MiB | {curl} | {} |",
                 i + 1,
-                per_s(b),
-                per_s(&u.0),
-                b.as_secs_f64() / u.0.as_secs_f64(),
-                u.1 as f64 / 1024.0
+                rate(Some(b)),
+                rate(Some(&u.0.accepted)),
+                b.as_secs_f64() / u.0.accepted.as_secs_f64(),
+                rate(Some(&u.0.counted)),
+                u.1 as f64 / 1024.0,
+                rate(side.bare_defaults.get(i)),
             );
         }
     }
-    let best_curl = one.curl.iter().min().unwrap();
+    let best_curl = one.curl.iter().map(|c| c.accepted).min().unwrap();
+    let best_defaults = one.bare_defaults.iter().min().unwrap();
     println!(
-        "\nBest of each, one partition: bare consumer {:.0}/s, uplink {:.0}/s, ratio **{:.2}** (target ≥ 0.9); curl {:.0}/s; uplink peak RSS **{:.1} MiB** (target ≤ 40).",
-        per_s(&one.best_bare()),
-        per_s(&one.best_uplink()),
+        "\nBest of each, one partition: bare consumer {}, uplink {}, ratio **{:.2}** (target ≥ 0.9); uplink peak RSS **{:.1} MiB** (target ≤ 40); curl {}; bare consumer with librdkafka's defaults {}.",
+        rate(Some(&one.best_bare())),
+        rate(Some(&one.best_uplink())),
         one.best_bare().as_secs_f64() / one.best_uplink().as_secs_f64(),
-        per_s(best_curl),
         one.peak_rss_mib(),
+        rate(Some(&best_curl)),
+        rate(Some(best_defaults)),
     );
     println!(
         "Twelve partitions: ratio **{:.2}**, uplink peak RSS **{:.1} MiB**.",
@@ -301,23 +373,37 @@ fn main() {
     produce(&bootstrap, "bench12", n, 12);
     eprintln!("produced {n} readings twice in {:?}", t.elapsed());
     let files = curl_files(dir.path(), n);
-    // Each reading is three fields: three rows in VictoriaMetrics.
-    let rows = n * 3;
 
     // Build the binaries before anything is timed.
     let _ = binaries::path("uplink");
     let (mut one, mut twelve) = (Side::default(), Side::default());
     for round in 0..ROUNDS {
+        // Each reading is three fields: three rows in VictoriaMetrics.
         one.curl
-            .push(curl_round(&rt, dir.path(), round, &files, rows));
+            .push(curl_round(&rt, dir.path(), round, &files, n * 3));
+        one.bare_defaults.push(consumer_round(
+            &rt,
+            round,
+            &bootstrap,
+            "bench",
+            n,
+            Fetching::Defaults,
+        ));
         for (topic, side) in [("bench", &mut one), ("bench12", &mut twelve)] {
-            side.bare
-                .push(consumer_round(&rt, round, &bootstrap, topic, n));
-            let u = uplink_round(&rt, dir.path(), round, &bootstrap, topic, rows);
+            side.bare.push(consumer_round(
+                &rt,
+                round,
+                &bootstrap,
+                topic,
+                n,
+                Fetching::AsTheUplink,
+            ));
+            let u = uplink_round(&rt, dir.path(), round, &bootstrap, topic, n);
             eprintln!(
-                "round {round} {topic}: bare consumer {:?}, uplink {:?} (peak RSS {} KiB)",
+                "round {round} {topic}: bare consumer {:?}, uplink accepted {:?}, counted {:?} (peak RSS {} KiB)",
                 side.bare.last().unwrap(),
-                u.0,
+                u.0.accepted,
+                u.0.counted,
                 u.1
             );
             side.uplink.push(u);

@@ -119,11 +119,15 @@ impl Batcher {
         self.opened.is_none()
     }
 
-    /// Takes the batch, leaving an empty one.
+    /// Takes the batch, leaving an empty one sized like it.
     pub fn take(&mut self) -> Batch {
         self.letter_bytes = 0;
         self.opened = None;
-        std::mem::take(&mut self.batch)
+        let next = Batch {
+            lines: Lines::sized_like(&self.batch.lines),
+            ..Batch::default()
+        };
+        std::mem::replace(&mut self.batch, next)
     }
 }
 

@@ -10,13 +10,26 @@
 //! `kafka.properties` go to the consumer; the other two take only the
 //! security settings among them (their other keys are consumer-only).
 //!
-//! ## Memory
-//! What librdkafka holds is bounded explicitly, and none of it grows with the
-//! number of partitions assigned: one fetch response is at most
-//! [`FETCH_MAX_BYTES`] however many partitions it covers, each partition
-//! adds at most [`PARTITION_FETCH_BYTES`] to it, and the consumer queue of
-//! prefetched records (one queue for all partitions) holds at most
-//! [`QUEUED_KBYTES`] and about [`QUEUED_MESSAGES`] records.
+//! ## Memory and pace
+//! What librdkafka holds is bounded explicitly ([`PREFETCH`]), and none of
+//! it grows with the number of partitions assigned: one fetch response is at
+//! most 512 KiB of (compressed) records however many partitions it covers,
+//! and the consumer queue of prefetched records (one queue for all
+//! partitions) takes another fetch only while it holds less than 3 MiB and
+//! 30,000 records. Each record queued costs librdkafka about 140 bytes of
+//! bookkeeping besides its payload, so the record count matters as much as
+//! the bytes. Measured on 1 million agent readings (docs/performance.md):
+//! peak RSS 35-38 MiB on 1 or 12 partitions, against 104-128 MiB with
+//! 16 MiB fetches and an 8 MiB queue.
+//!
+//! Two settings keep the pace up with such a small queue:
+//! - `fetch.queue.backoff.ms`: when the queue is full librdkafka waits this
+//!   long before it looks again; its default, 1 s, idles the fetcher for a
+//!   second at every full queue.
+//! - `fetch.wait.max.ms`: Tansu 0.6 holds every fetch for about this long
+//!   even when records are waiting (real Kafka answers at once), so the
+//!   default 500 ms caps one consumer at about 120,000 records/s there.
+//!   50 ms costs an idle uplink 20 empty fetches a second per broker.
 
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -26,18 +39,24 @@ use telemetry::throttle::Throttles;
 
 use crate::config::{StartFrom, UplinkConfig};
 
-/// The consumer queue of prefetched records, in KiB, for all partitions
-/// together (`queued.max.messages.kbytes`).
-pub const QUEUED_KBYTES: usize = 8 * 1024;
-/// One fetch response, at most, in bytes (`fetch.max.bytes`).
-pub const FETCH_MAX_BYTES: usize = 16 * 1024 * 1024;
-/// One partition's share of a fetch response, in bytes
-/// (`max.partition.fetch.bytes`).
-pub const PARTITION_FETCH_BYTES: usize = 1024 * 1024;
-/// Records librdkafka tries to keep prefetched (`queued.min.messages`; the
-/// default, 100,000, would hold tens of MiB of small records, each with
-/// its own bookkeeping, whatever [`QUEUED_KBYTES`] says).
-pub const QUEUED_MESSAGES: usize = 100_000;
+/// How much the consumer fetches ahead, and how fast (see "Memory and
+/// pace" above). `kafka.properties` may override any of them.
+pub const PREFETCH: [(&str, &str); 7] = [
+    // One fetch response, at most. A record batch larger than this still
+    // comes, alone (Kafka's and Tansu's rule), so nothing gets stuck.
+    ("fetch.max.bytes", "524288"),
+    ("max.partition.fetch.bytes", "524288"),
+    // librdkafka refuses a fetch.max.bytes below message.max.bytes; the
+    // consumer sends no records, so this limits nothing else.
+    ("message.max.bytes", "524288"),
+    // The queue of prefetched records, for all partitions together: in KiB,
+    // and in records (the default, 100,000, would hold 14 MiB of
+    // bookkeeping alone).
+    ("queued.max.messages.kbytes", "3072"),
+    ("queued.min.messages", "30000"),
+    ("fetch.queue.backoff.ms", "10"),
+    ("fetch.wait.max.ms", "50"),
+];
 
 /// Logs librdkafka's lines and errors the way the agent does
 /// ([`telemetry::kafka_log`]), rate-limited per kind.
@@ -88,14 +107,10 @@ pub fn consumer_config(config: &UplinkConfig) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
         .set("max.poll.interval.ms", "30000")
-        .set("queued.max.messages.kbytes", QUEUED_KBYTES.to_string())
-        .set("queued.min.messages", QUEUED_MESSAGES.to_string())
-        .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
-        .set(
-            "max.partition.fetch.bytes",
-            PARTITION_FETCH_BYTES.to_string(),
-        )
         .set("topic.metadata.refresh.interval.ms", "10000");
+    for (key, value) in PREFETCH {
+        c.set(key, value);
+    }
     if !k.instance_id.is_empty() {
         c.set("group.instance.id", &k.instance_id);
     }
@@ -177,8 +192,14 @@ mod tests {
             "queued.min.messages",
             "fetch.max.bytes",
             "max.partition.fetch.bytes",
+            "fetch.wait.max.ms",
         ] {
             assert!(c.get(key).is_some(), "{key} is set explicitly");
         }
+        // librdkafka refuses the whole configuration otherwise.
+        let number = |key| c.get(key).unwrap().parse::<u64>().unwrap();
+        assert!(number("fetch.max.bytes") >= number("message.max.bytes"));
+        c.create::<BaseConsumer>()
+            .expect("librdkafka takes the settings");
     }
 }

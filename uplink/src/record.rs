@@ -92,6 +92,18 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Empty, with room for about as much as `previous` held: batches are
+    /// mostly alike, so the next one fills its buffers without growing them
+    /// by doubling (which would leave up to half of each unused).
+    pub fn sized_like(previous: &Lines) -> Lines {
+        let room = |n: usize| n + n / 16;
+        Lines {
+            text: String::with_capacity(room(previous.text.len())),
+            spans: Vec::with_capacity(room(previous.spans.len())),
+            records: Vec::with_capacity(room(previous.records.len())),
+        }
+    }
+
     /// How many lines.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -299,5 +311,18 @@ mod tests {
             .collect();
         assert_eq!(got, [("b,t=x", 1), ("c", 2)]);
         assert_eq!(lines.iter().nth(1).unwrap().text(), "c v=4 4");
+    }
+
+    #[test]
+    fn the_next_batch_has_room_for_one_like_the_last() {
+        let mut lines = Lines::default();
+        for offset in 0..100 {
+            push(&mut lines, "weather,device_id=pi-0001 t=1.5 1000", offset);
+        }
+        let next = Lines::sized_like(&lines);
+        assert!(next.is_empty());
+        assert!(next.text.capacity() >= lines.bytes());
+        assert!(next.text.capacity() < 2 * lines.bytes());
+        assert!(next.spans.capacity() >= 100 && next.records.capacity() >= 100);
     }
 }
