@@ -89,21 +89,28 @@ fn produce(bootstrap: &str, topic: &str, n: u64, partitions: i32) {
     producer.flush(Duration::from_secs(300)).expect("flush");
 }
 
-/// Waits until `vm` has taken in `n` rows; returns when it had. Fails if
-/// that takes five minutes: rows were lost.
-fn wait_rows(rt: &tokio::runtime::Runtime, vm: &Victoria, n: u64) -> Instant {
+/// Waits until `count` reaches `n`; returns when it did. Fails if that
+/// takes five minutes: something was lost.
+fn wait_for(what: &str, n: u64, mut count: impl FnMut() -> u64) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let rows = rt.block_on(vm.rows_inserted());
-        if rows >= n {
+        let got = count();
+        if got >= n {
             return Instant::now();
         }
         assert!(
             Instant::now() < deadline,
-            "VictoriaMetrics has {rows} of {n} rows after 5 minutes"
+            "{what}: {got} of {n} after 5 minutes"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `vm` has taken in `n` rows.
+fn wait_rows(rt: &tokio::runtime::Runtime, vm: &Victoria, n: u64) -> Instant {
+    wait_for("rows VictoriaMetrics counted", n, || {
+        rt.block_on(vm.rows_inserted())
+    })
 }
 
 fn fresh_vm(dir: &Path, round: usize, side: &str) -> Victoria {
@@ -213,18 +220,9 @@ async fn lines_written(metrics: &str) -> u64 {
 
 /// Waits until the uplink says its database accepted `n` lines.
 fn wait_accepted(rt: &tokio::runtime::Runtime, metrics: &str, n: u64) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let lines = rt.block_on(lines_written(metrics));
-        if lines >= n {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the uplink wrote {lines} of {n} lines in 5 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("lines the uplink wrote", n, || {
+        rt.block_on(lines_written(metrics))
+    })
 }
 
 /// The uplink draining the topic; returns its times and peak RSS in KiB.
