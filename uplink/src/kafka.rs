@@ -19,7 +19,7 @@
 //! 30,000 records. Each record queued costs librdkafka about 140 bytes of
 //! bookkeeping besides its payload, so the record count matters as much as
 //! the bytes. Measured on 1 million agent readings (docs/performance.md):
-//! peak RSS 35-38 MiB on 1 or 12 partitions, against 104-128 MiB with
+//! peak RSS 34-39 MiB on 1 or 12 partitions, against 104-128 MiB with
 //! 16 MiB fetches and an 8 MiB queue.
 //!
 //! Two settings keep the pace up with such a small queue:
