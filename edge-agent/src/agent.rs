@@ -33,9 +33,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
 use crate::journal::{self, Journal, JournalError, JournalReader};
 use crate::pipeline::{NotStarted, Pipeline, StageFailed};
-use crate::remote_config::controller::{
-    self, ApplyRequest, ConfigReport, Controller, Decision, Startup, Verdict,
-};
+use crate::remote_config::controller::{self, ApplyRequest, ConfigReport, Controller, Startup};
 use crate::remote_config::mqtt;
 use crate::remote_config::state::{ReportedState, StateSource};
 use crate::remote_config::store::Store;
@@ -163,6 +161,7 @@ impl Agent {
         let (apply_tx, apply_rx) = mpsc::channel(1);
         let source = StateSource {
             device_id: local.device_id.clone(),
+            labels: local.labels.clone(),
             report: watch::channel(ConfigReport::default()).1,
             stats: setup.stats.clone(),
             journal: reader.clone(),
@@ -323,7 +322,7 @@ fn start_pipeline(
                 journal,
             }),
             Some(startup),
-        ) if startup.report.applied_version > 0 => {
+        ) if startup.report.remote_running() => {
             fall_back_to_local(startup, local, &e.to_string());
             start(local, journal).map_err(|n| n.error)
         }
@@ -390,16 +389,9 @@ async fn serve_local(
 /// (The journal's limit and policy come back with the local config: the
 /// writer takes them from it.)
 fn fall_back_to_local(startup: &mut Startup, local: &AgentConfig, error: &str) {
-    let version = startup.report.applied_version;
-    let reason = format!(
-        "the stored remote config version {version} cannot start ({error}); running the local config"
-    );
+    let reason =
+        format!("the stored remote config cannot start ({error}); running the local config");
     tracing::error!("{reason}");
     startup.config = local.clone();
-    startup.report.applied_version = 0;
-    startup.report.last = Some(Decision {
-        version: Some(version),
-        result: Verdict::Rejected,
-        reason: Some(reason),
-    });
+    startup.report.fall_back(&reason);
 }

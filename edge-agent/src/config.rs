@@ -17,6 +17,8 @@ pub use crate::forwarder::config::{
     Compression, ForwardConfig, ForwarderConfig, KafkaConfig, Order,
 };
 pub use crate::journal::config::{JournalConfig, default_state_dir};
+pub use crate::remote_config::layers::Labels;
+use crate::remote_config::layers::{RESERVED_DEVICE_IDS, label_problems};
 pub use crate::remote_config::settings::MqttConfig;
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -32,6 +34,11 @@ pub struct AgentConfig {
     /// reading. Default: the hostname.
     #[serde(default = "default_device_id")]
     pub device_id: String,
+    /// `labels = { site = "north-sea", hw = "pi5" }`: reported in the state;
+    /// each label subscribes the device to one group layer of remote config
+    /// (`buoy/group/<key>/<value>/config`). Local only.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     #[serde(default)]
     pub journal: JournalConfig,
     #[serde(default)]
@@ -178,7 +185,16 @@ impl AgentConfig {
                 "device_id",
                 format!("must not contain {c:?}: it is part of MQTT topic names"),
             ));
+        } else if RESERVED_DEVICE_IDS.contains(&self.device_id.as_str()) {
+            p.push(Problem::new(
+                "device_id",
+                format!(
+                    "{:?} is taken: buoy/{}/… are the fleet's config topics",
+                    self.device_id, self.device_id
+                ),
+            ));
         }
+        p.extend(label_problems(&self.labels));
         p.extend(self.journal.problems());
         p.extend(self.kafka.problems());
         p.extend(self.forward.problems());
@@ -260,6 +276,21 @@ interval = "1s"
         let err = load("[journal]\nmax_bytes = \"1MiB\"\n").unwrap_err();
         assert!(err.to_string().contains("at least 4MiB"), "{err}");
         assert_eq!(err.lines(), vec![2]);
+    }
+
+    #[test]
+    fn labels_are_local_words_and_fleet_topics_are_not_device_ids() {
+        let c = load("device_id = \"pi-7\"\nlabels = { site = \"north-sea\", hw = \"pi5\" }\n")
+            .unwrap();
+        assert_eq!(c.labels["site"], "north-sea");
+        assert_eq!(c.labels.len(), 2);
+        let err = load("labels = { site = \"north/sea\" }\n").unwrap_err();
+        assert!(err.to_string().contains("labels.site"), "{err}");
+        assert_eq!(err.lines(), vec![1]);
+        for taken in ["fleet", "group"] {
+            let err = load(&format!("device_id = \"{taken}\"\n")).unwrap_err();
+            assert!(err.to_string().contains("is taken"), "{err}");
+        }
     }
 
     #[test]

@@ -253,14 +253,26 @@ fn describe_journal(out: &mut String, journal: Option<&JournalReport>) {
 }
 
 fn describe_config(out: &mut String, c: &ConfigReport) {
-    let config = match c.applied_version {
-        0 => "local file only".to_owned(),
-        version => format!("remote version {version}"),
+    let running: Vec<String> = c
+        .layers
+        .iter()
+        .filter(|(_, l)| l.applied_version > 0)
+        .map(|(name, l)| format!("{name} v{}", l.applied_version))
+        .collect();
+    let config = match (running.is_empty(), c.applied_version) {
+        (true, 0) => "local file only".to_owned(),
+        (true, version) => format!("remote version {version}"),
+        (false, _) => format!("remote layers {}", running.join(", ")),
     };
     let last = match &c.last {
         Some(last) => format!(
-            "; last desired config {} {}{}",
-            last.version.map_or("?".into(), |v| v.to_string()),
+            "; last desired config {}{} {}{}",
+            if last.layer.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", last.layer)
+            },
+            last.version.map_or("?".into(), |v| format!("v{v}")),
             match last.result {
                 Verdict::Accepted => "accepted",
                 Verdict::Rejected => "rejected",

@@ -1,16 +1,21 @@
-//! What happens to a desired config: parse → check the signature → check
-//! the version → lay it over the local config and validate → persist →
-//! apply → report. Any failure reports `rejected` with the reason and
+//! What happens to a desired config arriving on one layer: parse → check
+//! the signature → check the version against that layer's → merge it with
+//! the other accepted layers, lay the result over the local config and
+//! validate it whole → persist every layer together → apply → report. Any failure reports `rejected` with the reason and
 //! changes nothing; a failure while applying puts the previous config back
 //! (in the pipeline and on disk).
 
+use std::collections::BTreeMap;
+
 use ed25519_dalek::VerifyingKey;
-use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::desired::{self, Desired, Rejected};
-use super::overlay::overlay;
+use super::layers::{Layer, decode_stored, encode_stored, merge};
+use super::overlay::{check_remote, overlay};
+pub use super::report::{ConfigReport, Decision, Verdict};
 use super::store::Store;
 use crate::config::AgentConfig;
 use crate::pipeline::{ApplyFailed, Changes};
@@ -35,6 +40,10 @@ pub enum Refusal {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The new layer is fine, but with it another accepted layer no longer
+    /// is.
+    #[error("with it, the {layer} layer is refused: {error}")]
+    OtherLayer { layer: String, error: Rejected },
     #[error("the agent is stopping")]
     Stopping,
     /// The agent tried it and went back to the config it ran; `restore` is
@@ -46,47 +55,6 @@ pub enum Refusal {
     },
 }
 
-/// `accepted` or `rejected`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Accepted,
-    Rejected,
-}
-
-/// The decision on one desired config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    /// The config's version, when it had a readable one.
-    pub version: Option<u64>,
-    pub result: Verdict,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// The config part of the reported state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConfigReport {
-    /// The version of the remote config running; 0: the local config only.
-    pub applied_version: u64,
-    /// The most recent decision (also after a restart, for the stored
-    /// config).
-    pub last: Option<Decision>,
-    /// Desired configs accepted and rejected since start.
-    pub accepted: u64,
-    pub rejected: u64,
-}
-
-/// The config to start with: the local one with the stored remote config
-/// laid over it, if there is one and it still passes every check.
-pub struct Startup {
-    pub config: AgentConfig,
-    pub report: ConfigReport,
-    /// The stored payload's version and canonical bytes, when it was read:
-    /// a newer one is needed to replace it even if it no longer applies.
-    stored: Option<(u64, Vec<u8>)>,
-}
-
 /// The public key from `mqtt.config_public_key` (checked at load).
 pub fn public_key(local: &AgentConfig) -> Option<VerifyingKey> {
     local
@@ -96,70 +64,163 @@ pub fn public_key(local: &AgentConfig) -> Option<VerifyingKey> {
         .map(|k| desired::parse_public_key(k).expect("checked when the config was loaded"))
 }
 
-/// The stored desired config, if there is one and it can be read.
-fn stored_payload(store: &Store) -> Option<Vec<u8>> {
-    match store.load() {
-        Ok(payload) => payload,
-        Err(e) => {
-            tracing::error!(path = %store.path().display(), error = %e, "cannot read the stored remote config; running the local config");
-            None
+/// One accepted layer: its payload as it arrived, and what was read from it.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    version: u64,
+    canonical: Vec<u8>,
+    settings: Map<String, Value>,
+    payload: Vec<u8>,
+}
+
+impl Accepted {
+    fn new(d: Desired, payload: &[u8]) -> Accepted {
+        Accepted {
+            version: d.version,
+            canonical: d.canonical,
+            settings: d.settings,
+            payload: payload.to_vec(),
         }
     }
 }
 
-/// Reads the stored config and lays it over `local`.
-pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
-    let Some(payload) = stored_payload(store) else {
-        return Startup {
-            config: local.clone(),
-            report: ConfigReport::default(),
-            stored: None,
-        };
-    };
-    let parsed = desired::parse(&payload);
-    let stored = parsed
-        .as_ref()
-        .ok()
-        .map(|d| (d.version, d.canonical.clone()));
-    let checked = parsed.and_then(|d| {
-        desired::check_signature(&d, public_key(local).as_ref())?;
-        let config = overlay(local, &d.settings)?;
-        Ok((d.version, config))
-    });
-    let (config, decision) = match checked {
-        Ok((version, config)) => {
-            tracing::info!(version, path = %store.path().display(), "running the stored remote config");
-            (
-                config,
-                Decision {
-                    version: Some(version),
-                    result: Verdict::Accepted,
-                    reason: None,
-                },
-            )
-        }
+/// The accepted layers, in merge order.
+pub type LayerSet = BTreeMap<Layer, Accepted>;
+
+/// The config `layers` make of `local`: each layer's keys checked, the
+/// layers merged in order, the result laid over `local` and validated
+/// whole. `Err` names the layer at fault when it is one layer's.
+pub fn compose(
+    local: &AgentConfig,
+    layers: &LayerSet,
+) -> Result<AgentConfig, (Option<Layer>, Rejected)> {
+    for (layer, accepted) in layers {
+        check_remote(&accepted.settings).map_err(|e| (Some(layer.clone()), e))?;
+    }
+    let merged =
+        merge(layers.iter().map(|(l, a)| (l, &a.settings))).map_err(|(l, e)| (Some(l), e))?;
+    overlay(local, &merged).map_err(|e| (None, e))
+}
+
+/// The file's bytes for `layers`.
+fn stored_bytes(layers: &LayerSet) -> Vec<u8> {
+    let payloads: BTreeMap<Layer, Vec<u8>> = layers
+        .iter()
+        .map(|(l, a)| (l.clone(), a.payload.clone()))
+        .collect();
+    encode_stored(&payloads)
+}
+
+/// The config to start with: the local one with the stored layers laid over
+/// it, if there are any and they still pass every check together.
+pub struct Startup {
+    pub config: AgentConfig,
+    pub report: ConfigReport,
+    /// The stored layers that could be read, whether they apply or not: a
+    /// newer version is needed to replace one.
+    stored: LayerSet,
+}
+
+/// The stored payloads of the layers this device takes. Layers it no longer
+/// takes (its labels changed) are left out.
+fn stored_payloads(store: &Store, taken: &[Layer]) -> BTreeMap<Layer, Vec<u8>> {
+    let bytes = match store.load() {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return BTreeMap::new(),
         Err(e) => {
+            tracing::error!(path = %store.path().display(), error = %e, "cannot read the stored remote config; running the local config");
+            return BTreeMap::new();
+        }
+    };
+    let mut payloads = match decode_stored(&bytes) {
+        Ok(payloads) => payloads,
+        Err(e) => {
+            tracing::error!(path = %store.path().display(), error = %e, "the stored remote config is damaged; running the local config");
+            return BTreeMap::new();
+        }
+    };
+    payloads.retain(|layer, _| {
+        let keep = taken.contains(layer);
+        if !keep {
+            tracing::info!(
+                layer = layer.name(),
+                "no longer taking this stored layer: the device's labels changed"
+            );
+        }
+        keep
+    });
+    payloads
+}
+
+/// The stored layers that still parse and pass the signature check, and the
+/// first failure of any that does not.
+fn read_stored(
+    local: &AgentConfig,
+    store: &Store,
+    taken: &[Layer],
+) -> (LayerSet, Option<(Option<Layer>, Rejected)>) {
+    let key = public_key(local);
+    let mut stored = LayerSet::new();
+    let mut failed = None;
+    for (layer, payload) in stored_payloads(store, taken) {
+        match desired::parse(&payload) {
+            Ok(d) => {
+                // A layer whose signature no longer passes (the key
+                // changed) is not kept: it must not run with the next one.
+                match desired::check_signature(&d, key.as_ref()) {
+                    Ok(()) => drop(stored.insert(layer, Accepted::new(d, &payload))),
+                    Err(e) => drop(failed.get_or_insert((Some(layer), e))),
+                }
+            }
+            Err(e) => {
+                failed.get_or_insert((Some(layer), e));
+            }
+        }
+    }
+    (stored, failed)
+}
+
+/// Reads the stored layers and lays them over `local`.
+pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
+    let taken = Layer::all_for(&local.labels);
+    let mut report = ConfigReport::for_layers(&taken);
+    let (stored, failed) = read_stored(local, store, &taken);
+    let composed = match failed {
+        Some(failure) => Err(failure),
+        None if stored.is_empty() => Ok(local.clone()),
+        None => compose(local, &stored),
+    };
+    let config = match composed {
+        Ok(config) => {
+            for (layer, accepted) in &stored {
+                tracing::info!(
+                    layer = layer.name(),
+                    version = accepted.version,
+                    "running the stored remote config"
+                );
+                report.record(
+                    layer,
+                    decision(layer, Some(accepted.version), None),
+                    Some(accepted.version),
+                );
+            }
+            config
+        }
+        Err((at, e)) => {
+            let at = at.map_or(String::new(), |l| format!("the {} layer: ", l.name()));
             let reason = format!(
-                "the stored remote config no longer applies ({e}); running the local config"
+                "the stored remote config no longer applies ({at}{e}); running the local config"
             );
             tracing::error!(path = %store.path().display(), "{reason}");
-            (
-                local.clone(),
-                Decision {
-                    version: stored.as_ref().map(|v| v.0),
-                    result: Verdict::Rejected,
-                    reason: Some(reason),
-                },
-            )
+            for (layer, accepted) in &stored {
+                report.record(
+                    layer,
+                    decision(layer, Some(accepted.version), Some(&reason)),
+                    None,
+                );
+            }
+            local.clone()
         }
-    };
-    let report = ConfigReport {
-        applied_version: match decision.result {
-            Verdict::Accepted => decision.version.unwrap_or(0),
-            Verdict::Rejected => 0,
-        },
-        last: Some(decision),
-        ..ConfigReport::default()
     };
     Startup {
         config,
@@ -168,14 +229,29 @@ pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
     }
 }
 
+/// `accepted`, or `rejected` for `reason`.
+fn decision(layer: &Layer, version: Option<u64>, reason: Option<&str>) -> Decision {
+    Decision {
+        layer: layer.name(),
+        version,
+        result: if reason.is_some() {
+            Verdict::Rejected
+        } else {
+            Verdict::Accepted
+        },
+        reason: reason.map(str::to_owned),
+    }
+}
+
 /// Decides on desired configs, one at a time.
 pub struct Controller {
     local: AgentConfig,
     key: Option<VerifyingKey>,
     store: Store,
-    /// The highest version accepted (applied or stored), and its canonical
-    /// bytes: the same config again is not news.
-    current: Option<(u64, Vec<u8>)>,
+    /// The layers accepted (running, or stored but not starting): a layer
+    /// delivered again unchanged is not news, and only a newer version
+    /// replaces one.
+    current: LayerSet,
     report: watch::Sender<ConfigReport>,
     apply: mpsc::Sender<ApplyRequest>,
     rejections_log: Throttle,
@@ -202,18 +278,25 @@ impl Controller {
     }
 
     /// Takes desired configs until the sender is dropped.
-    pub async fn run(mut self, mut payloads: mpsc::Receiver<Vec<u8>>) {
-        while let Some(payload) = payloads.recv().await {
-            self.handle(&payload).await;
+    pub async fn run(mut self, mut payloads: mpsc::Receiver<(Layer, Vec<u8>)>) {
+        while let Some((layer, payload)) = payloads.recv().await {
+            self.handle(&layer, &payload).await;
         }
     }
 
-    /// Decides on one payload and reports the decision.
-    pub async fn handle(&mut self, payload: &[u8]) {
+    /// Decides on one payload for `layer` and reports the decision.
+    pub async fn handle(&mut self, layer: &Layer, payload: &[u8]) {
+        if payload.is_empty() {
+            tracing::info!(
+                layer = layer.name(),
+                "the retained config of this layer was deleted; the device keeps what it runs (publish a newer version with no settings to withdraw a layer)"
+            );
+            return;
+        }
         let parsed = desired::parse(payload);
         let version = parsed.as_ref().ok().map(|d| d.version);
         let outcome = match parsed {
-            Ok(d) => self.consider(d, payload).await,
+            Ok(d) => self.consider(layer, d, payload).await,
             Err(e) => Err(Refusal::Rejected(e)),
         };
         match outcome {
@@ -221,6 +304,7 @@ impl Controller {
             Ok(Some(changes)) => {
                 let version = version.expect("accepted configs have one");
                 tracing::info!(
+                    layer = layer.name(),
                     version,
                     journal = changes.journal,
                     sensors_restarted = ?changes.sensors_restarted,
@@ -229,52 +313,55 @@ impl Controller {
                     status_reporter = changes.reporter,
                     "remote config applied"
                 );
-                self.report.send_modify(|r| {
-                    r.applied_version = version;
-                    r.accepted += 1;
-                    r.last = Some(Decision {
-                        version: Some(version),
-                        result: Verdict::Accepted,
-                        reason: None,
-                    });
-                });
+                self.report.send_modify(|r| r.accept(layer, version));
             }
             Err(reason) => {
                 if let Some(held_back) = self.rejections_log.allow(std::time::Instant::now()) {
                     tracing::warn!(
+                        layer = layer.name(),
                         version,
                         similar_not_logged = held_back,
                         "remote config rejected, nothing changed: {reason}"
                     );
                 }
-                self.report.send_modify(|r| {
-                    r.rejected += 1;
-                    r.last = Some(Decision {
-                        version,
-                        result: Verdict::Rejected,
-                        reason: Some(reason.to_string()),
-                    });
-                });
+                self.report
+                    .send_modify(|r| r.reject(layer, version, reason.to_string()));
             }
         }
     }
 
-    /// `Ok(None)`: the config already running, delivered again (a retained
+    /// `Ok(None)`: the layer already running, delivered again (a retained
     /// message after a reconnect).
-    async fn consider(&mut self, d: Desired, payload: &[u8]) -> Result<Option<Changes>, Refusal> {
+    async fn consider(
+        &mut self,
+        layer: &Layer,
+        d: Desired,
+        payload: &[u8],
+    ) -> Result<Option<Changes>, Refusal> {
         desired::check_signature(&d, self.key.as_ref())?;
-        if let Some((version, canonical)) = &self.current {
-            if d.version == *version && d.canonical == *canonical {
+        if let Some(current) = self.current.get(layer) {
+            if d.version == current.version && d.canonical == current.canonical {
                 return Ok(None);
             }
-            desired::check_version(&d, *version)?;
+            desired::check_version(&d, current.version)?;
         }
-        let config = overlay(&self.local, &d.settings)?;
-        let previous = self.store.load().map_err(Refusal::ReadStored)?;
-        self.store.save(payload).map_err(|source| Refusal::Store {
-            path: self.store.path().to_owned(),
-            source,
+        let version = d.version;
+        let mut candidate = self.current.clone();
+        candidate.insert(layer.clone(), Accepted::new(d, payload));
+        let config = compose(&self.local, &candidate).map_err(|(at, error)| match at {
+            Some(at) if at != *layer => Refusal::OtherLayer {
+                layer: at.name(),
+                error,
+            },
+            _ => Refusal::Rejected(error),
         })?;
+        let previous = self.store.load().map_err(Refusal::ReadStored)?;
+        self.store
+            .save(&stored_bytes(&candidate))
+            .map_err(|source| Refusal::Store {
+                path: self.store.path().to_owned(),
+                source,
+            })?;
         let (done, result) = oneshot::channel();
         let applied = match self.apply.send(ApplyRequest { config, done }).await {
             Ok(()) => result.await.map_err(|_| Refusal::Stopping)?,
@@ -282,7 +369,7 @@ impl Controller {
         };
         match applied {
             Ok(changes) => {
-                self.current = Some((d.version, d.canonical));
+                self.current = candidate;
                 Ok(Some(changes))
             }
             Err(error) => Err(Refusal::Apply {
@@ -291,7 +378,7 @@ impl Controller {
                     .store
                     .restore(previous.as_deref())
                     .err()
-                    .map(|e| (e, d.version)),
+                    .map(|e| (e, version)),
             }),
         }
     }

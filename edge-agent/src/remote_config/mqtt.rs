@@ -1,8 +1,10 @@
 //! The MQTT session: desired configs in, state and status out.
 //!
-//! - Subscribes to `buoy/<device_id>/config` (QoS 1) after every connect;
-//!   the broker then delivers the retained desired config again, which the
-//!   controller recognises as the one running.
+//! - Subscribes to the config topic of every layer the device takes (QoS 1)
+//!   after every connect: `buoy/fleet/config`, `buoy/group/<key>/<value>/config`
+//!   per label, `buoy/<device_id>/config`. The broker then delivers the
+//!   retained layers again, which the controller recognises as running.
+//!   Anything else the broker sends is ignored.
 //! - Publishes `online` retained on `buoy/<device_id>/status` after every
 //!   connect, with `offline` retained as the Last Will, and `offline` itself
 //!   on a clean stop.
@@ -24,7 +26,8 @@ use telemetry::throttle::Throttle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::controller::ConfigReport;
+use super::layers::{Labels, Layer};
+use super::report::ConfigReport;
 use super::settings::MqttConfig;
 use super::state::StateSource;
 
@@ -35,21 +38,36 @@ const MAX_INCOMING_PACKET: usize = 1 << 20;
 /// Least time between two states published because something changed.
 const NEWS_GAP: Duration = Duration::from_millis(250);
 
-/// The device's three topics.
+/// The device's topics: one per config layer it takes, its state and its
+/// status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
-    pub config: String,
+    pub configs: Vec<(Layer, String)>,
     pub state: String,
     pub status: String,
 }
 
 impl Topics {
-    pub fn new(device_id: &str) -> Topics {
+    pub fn new(device_id: &str, labels: &Labels) -> Topics {
         Topics {
-            config: format!("buoy/{device_id}/config"),
+            configs: Layer::all_for(labels)
+                .into_iter()
+                .map(|layer| {
+                    let topic = layer.topic(device_id);
+                    (layer, topic)
+                })
+                .collect(),
             state: format!("buoy/{device_id}/state"),
             status: format!("buoy/{device_id}/status"),
         }
+    }
+
+    /// The layer a config topic is; `None` for anything else.
+    pub fn layer_of(&self, topic: &str) -> Option<&Layer> {
+        self.configs
+            .iter()
+            .find(|(_, t)| t == topic)
+            .map(|(layer, _)| layer)
     }
 }
 
@@ -175,10 +193,10 @@ fn tls_config(settings: &MqttConfig) -> Result<rustls::ClientConfig, SetupError>
 pub async fn run(
     settings: MqttConfig,
     source: StateSource,
-    payloads: mpsc::Sender<Vec<u8>>,
+    payloads: mpsc::Sender<(Layer, Vec<u8>)>,
     shutdown: CancellationToken,
 ) {
-    let topics = Topics::new(&source.device_id);
+    let topics = Topics::new(&source.device_id, &source.labels);
     let mut backoff = Backoff::new(Duration::from_secs(1), settings.max_reconnect_delay);
     // The settings' files may appear later (provisioning): keep trying.
     let options = loop {
@@ -218,7 +236,7 @@ struct Session {
     client: AsyncClient,
     topics: Topics,
     source: StateSource,
-    payloads: mpsc::Sender<Vec<u8>>,
+    payloads: mpsc::Sender<(Layer, Vec<u8>)>,
     backoff: Backoff,
     url: String,
     state_interval: Duration,
@@ -249,15 +267,15 @@ impl Session {
                         connected = true;
                         self.backoff.reset();
                         self.failures.reset();
-                        tracing::info!(url = %self.url, "connected to MQTT; taking configs from {}", self.topics.config);
-                        let _ = self.client.try_subscribe(&self.topics.config, QoS::AtLeastOnce);
-                        let _ = self.client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, "online");
+                        self.on_connect();
                         last_news = None;
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topics.config => {
-                        // Back-pressure: while a config is being applied the
-                        // next waits here.
-                        if self.payloads.send(p.payload.to_vec()).await.is_err() {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        // Only the device's own layers; anything else the
+                        // broker sends is ignored. Back-pressure: while a
+                        // config is being applied the next waits here.
+                        let Some(layer) = self.topics.layer_of(&p.topic) else { continue };
+                        if self.payloads.send((layer.clone(), p.payload.to_vec())).await.is_err() {
                             return;
                         }
                     }
@@ -288,6 +306,26 @@ impl Session {
                 self.publish_state(&mut last_news, &mut last_published);
             }
         }
+    }
+
+    /// Subscribes to every config layer and says `online`.
+    fn on_connect(&self) {
+        let layers: Vec<&str> = self
+            .topics
+            .configs
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .collect();
+        tracing::info!(url = %self.url, "connected to MQTT; taking configs from {}", layers.join(", "));
+        let subscriptions = self
+            .topics
+            .configs
+            .iter()
+            .map(|(_, topic)| rumqttc::SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce));
+        let _ = self.client.try_subscribe_many(subscriptions);
+        let _ = self
+            .client
+            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, "online");
     }
 
     /// Publishes the state (retained) when it has news, or the state

@@ -3,7 +3,7 @@
 //! A desired config may set the sensors, the journal's policy and limits,
 //! the Kafka topic, format and compression, and the `forward` and `status`
 //! tables. Everything that could cut the device off or that names local
-//! files stays local: `device_id`, `journal.path`, `kafka.brokers`,
+//! files stays local: `device_id`, `labels`, `journal.path`, `kafka.brokers`,
 //! `kafka.security`, `kafka.properties` and `[mqtt]`.
 //!
 //! Tables are merged key by key; `sensor` (an array of tables) replaces the
@@ -38,27 +38,20 @@ const REMOTE: &[(&str, Option<&[&str]>)] = &[
     ("status", Some(&["log_interval"])),
 ];
 
-/// The config `settings` make of `local`.
+/// The config `settings` make of `local`: [`check_remote`], then laid over
+/// it and validated by the file's checks.
 pub fn overlay(
     local: &AgentConfig,
     settings: &Map<String, Value>,
 ) -> Result<AgentConfig, Rejected> {
+    check_remote(settings)?;
     let mut table = match toml::Value::try_from(local) {
         Ok(toml::Value::Table(t)) => t,
         _ => unreachable!("the config serialises to a table"),
     };
     for (section, value) in settings {
-        let Some((_, keys)) = REMOTE.iter().find(|(s, _)| s == section) else {
-            return Err(Rejected::NotRemote {
-                key: section.clone(),
-                why: not_remote_why(section),
-            });
-        };
-        match (keys, value) {
-            (None, _) if section == "sensor" => {
-                table.insert(section.clone(), to_toml(section, value)?);
-            }
-            (keys, Value::Object(fields)) => {
+        match value {
+            Value::Object(fields) if section != "sensor" => {
                 let target = table
                     .entry(section.clone())
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -66,21 +59,11 @@ pub fn overlay(
                     unreachable!("config sections are tables")
                 };
                 for (key, v) in fields {
-                    let path = format!("{section}.{key}");
-                    if keys.is_some_and(|allowed| !allowed.contains(&key.as_str())) {
-                        return Err(Rejected::NotRemote {
-                            key: path,
-                            why: not_remote_why(&format!("{section}.{key}")),
-                        });
-                    }
-                    target.insert(key.clone(), to_toml(&path, v)?);
+                    target.insert(key.clone(), to_toml(&format!("{section}.{key}"), v)?);
                 }
             }
-            (_, other) => {
-                return Err(Rejected::Invalid(format!(
-                    "{section} must be an object, not {}",
-                    kind_of(other)
-                )));
+            _ => {
+                table.insert(section.clone(), to_toml(section, value)?);
             }
         }
     }
@@ -97,9 +80,46 @@ pub fn overlay(
     Ok(config)
 }
 
+/// Whether `settings` hold only keys a desired config may set, each
+/// section shaped as one (a table; `sensor`: anything, the typed parse
+/// checks it).
+pub fn check_remote(settings: &Map<String, Value>) -> Result<(), Rejected> {
+    for (section, value) in settings {
+        let Some((_, keys)) = REMOTE.iter().find(|(s, _)| s == section) else {
+            return Err(Rejected::NotRemote {
+                key: section.clone(),
+                why: not_remote_why(section),
+            });
+        };
+        match (keys, value) {
+            (None, _) if section == "sensor" => {}
+            (keys, Value::Object(fields)) => {
+                let refused = fields
+                    .keys()
+                    .find(|key| keys.is_some_and(|allowed| !allowed.contains(&key.as_str())));
+                if let Some(key) = refused {
+                    let path = format!("{section}.{key}");
+                    return Err(Rejected::NotRemote {
+                        why: not_remote_why(&path),
+                        key: path,
+                    });
+                }
+            }
+            (_, other) => {
+                return Err(Rejected::Invalid(format!(
+                    "{section} must be an object, not {}",
+                    kind_of(other)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn not_remote_why(key: &str) -> &'static str {
     match key {
         "device_id" => "it names the device and its MQTT topics",
+        "labels" => "labels choose the layers a device takes; they are set on the device",
         "mqtt" | "kafka.brokers" => {
             "a wrong value would cut the device off; change it on the device"
         }
@@ -196,6 +216,10 @@ mod tests {
     fn local_only_keys_unknown_keys_and_bad_values_are_refused_whole() {
         for (json, says) in [
             (r#"{"device_id": "x"}"#, "device_id cannot be set remotely"),
+            (
+                r#"{"labels": {"site": "x"}}"#,
+                "labels cannot be set remotely: labels choose",
+            ),
             (
                 r#"{"mqtt": {"enabled": false}}"#,
                 "mqtt cannot be set remotely: a wrong value would cut",

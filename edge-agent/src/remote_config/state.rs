@@ -3,8 +3,9 @@
 //! metrics.
 //!
 //! ```json
-//! {"device_id":"pi-0001","agent_version":"0.1.0","uptime_s":3600,
-//!  "config":{"applied_version":4,"last":{"version":5,"result":"rejected","reason":"…"},"accepted":1,"rejected":1},
+//! {"device_id":"pi-0001","labels":{"site":"north-sea"},"agent_version":"0.1.0","uptime_s":3600,
+//!  "config":{"applied_version":4,"layers":{"fleet":{"applied_version":2},…},
+//!            "last":{"layer":"device","version":5,"result":"rejected","reason":"…"},"accepted":1,"rejected":1},
 //!  "link":{"state":"up"},
 //!  "journal":{"records":12,"file_bytes":1589248,"max_bytes":268435456,"oldest_unsent_age_s":1.2},
 //!  "dropped":{"queue_full":0,"unencodable":0,"dropped_oldest":0,"rejected_new":0,"aggregated":0},
@@ -21,7 +22,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::controller::ConfigReport;
+use super::layers::Labels;
+use super::report::ConfigReport;
 use crate::clock::Clock;
 use crate::journal::{JournalReader, JournalStats};
 use crate::stats::{Snapshot, Stats};
@@ -34,6 +36,7 @@ const FULL_SHARE: f64 = 0.95;
 #[derive(Clone)]
 pub struct StateSource {
     pub device_id: String,
+    pub labels: Labels,
     pub report: watch::Receiver<ConfigReport>,
     pub stats: Arc<Stats>,
     pub journal: JournalReader,
@@ -53,6 +56,7 @@ impl StateSource {
             now.wall_ns,
         );
         state.clock.synced = now.synced;
+        state.labels = self.labels.clone();
         state
     }
 }
@@ -60,6 +64,9 @@ impl StateSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportedState {
     pub device_id: String,
+    /// The device's `labels` (local config).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     pub agent_version: Cow<'static, str>,
     pub uptime_s: u64,
     pub config: ConfigReport,
@@ -140,6 +147,7 @@ impl ReportedState {
     ) -> ReportedState {
         ReportedState {
             device_id: device_id.to_owned(),
+            labels: Labels::new(),
             agent_version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
             uptime_s,
             config,

@@ -29,6 +29,9 @@
 //!   sysfs trees (Raspberry Pi 4 and 5, x86) and a simulated Vaisala PWD on a
 //!   pseudo-terminal: exact values, named failures, a silent sensor skipped,
 //!   counted and picked up again while the others carry on.
+//! - [`layers`]: remote config in layers (fleet, one per label, the
+//!   device's own) merged in order, a bad layer refused whole, the layers
+//!   back from disk after a restart with no broker.
 //! - [`remote_config`]: desired configs over MQTT (mosquitto with TLS and
 //!   passwords) applied in place, refused whole, signed, rolled back, stored
 //!   across restarts; broker restarts; 10,000 hostile payloads.
@@ -50,6 +53,7 @@ mod dialects;
 mod forwarding;
 mod group;
 mod journal;
+mod layers;
 mod offline;
 mod operations;
 mod pipeline;
