@@ -286,13 +286,6 @@ impl Controller {
 
     /// Decides on one payload for `layer` and reports the decision.
     pub async fn handle(&mut self, layer: &Layer, payload: &[u8]) {
-        if payload.is_empty() {
-            tracing::info!(
-                layer = layer.name(),
-                "the retained config of this layer was deleted; the device keeps what it runs (publish a newer version with no settings to withdraw a layer)"
-            );
-            return;
-        }
         let parsed = desired::parse(payload);
         let version = parsed.as_ref().ok().map(|d| d.version);
         let outcome = match parsed {

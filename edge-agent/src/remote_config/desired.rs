@@ -39,6 +39,10 @@ pub struct Desired {
 pub enum Rejected {
     #[error("{0} bytes is too large (at most {MAX_PAYLOAD})")]
     TooLarge(usize),
+    #[error(
+        "empty (the retained config was deleted): nothing changes; to withdraw a layer, publish a newer version with no settings"
+    )]
+    Empty,
     #[error("not a JSON object: {0}")]
     NotJson(String),
     #[error("\"version\" must be a whole number of at least 1")]
@@ -64,6 +68,9 @@ pub enum Rejected {
 pub fn parse(payload: &[u8]) -> Result<Desired, Rejected> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Rejected::TooLarge(payload.len()));
+    }
+    if payload.is_empty() {
+        return Err(Rejected::Empty);
     }
     let value: Value =
         serde_json::from_slice(payload).map_err(|e| Rejected::NotJson(e.to_string()))?;
@@ -294,7 +301,8 @@ MC4CAQAwBQYDK2VwBCIEIK0FrOHs8G4zyj1qD92rab2Drtau82TmVNU1IV0yt+tH
     #[test]
     fn malformed_payloads_say_what_is_wrong() {
         for (payload, says) in [
-            (&b"not json"[..], "not a JSON object"),
+            (&b""[..], "empty (the retained config was deleted)"),
+            (b"not json", "not a JSON object"),
             (b"[1,2]", "is an array, not an object"),
             (b"{}", "\"version\" must be"),
             (b"{\"version\": 0}", "\"version\" must be"),
