@@ -33,7 +33,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::AgentConfig;
 use crate::journal::{self, Journal, JournalError, JournalReader};
 use crate::pipeline::{NotStarted, Pipeline, StageFailed};
-use crate::remote_config::controller::{self, ApplyRequest, ConfigReport, Controller, Startup};
+use crate::remote_config::controller::{
+    self, ApplyRequest, ConfigReport, Confirmation, Controller, Startup,
+};
 use crate::remote_config::mqtt;
 use crate::remote_config::state::{ReportedState, StateSource};
 use crate::remote_config::store::Store;
@@ -344,14 +346,25 @@ fn start_remote(
     let Some(startup) = remote else {
         return (source, tasks);
     };
-    let (controller, report) = Controller::new(local.clone(), store, startup, apply_tx);
+    let (connected_tx, mqtt_connected) = watch::channel(false);
+    let confirmation = Confirmation {
+        mqtt_connected,
+        stats: source.stats.clone(),
+        clock: source.clock.clone(),
+    };
+    let (controller, report) =
+        Controller::new(local.clone(), store, startup, apply_tx, confirmation);
     source.report = report;
     let (payloads_tx, payloads) = mpsc::channel(16);
     tasks.spawn(controller.run(payloads));
+    let channels = mqtt::Channels {
+        payloads: payloads_tx,
+        connected: connected_tx,
+    };
     tasks.spawn(mqtt::run(
         local.mqtt.clone(),
         source.clone(),
-        payloads_tx,
+        channels,
         shutdown.clone(),
     ));
     (source, tasks)

@@ -276,6 +276,7 @@ fn describe_config(out: &mut String, c: &ConfigReport) {
             match last.result {
                 Verdict::Accepted => "accepted",
                 Verdict::Rejected => "rejected",
+                Verdict::Reverted => "reverted",
             },
             last.reason
                 .as_ref()
@@ -284,7 +285,10 @@ fn describe_config(out: &mut String, c: &ConfigReport) {
         ),
         None => String::new(),
     };
-    let _ = writeln!(out, "  config     {config}{last}");
+    let trial = c.trial.as_ref().map_or(String::new(), |t| {
+        format!("; on trial: {} v{} until confirmed", t.layer, t.version)
+    });
+    let _ = writeln!(out, "  config     {config}{last}{trial}");
 }
 
 fn seconds(s: f64) -> String {

@@ -211,6 +211,15 @@ where
     })
 }
 
+/// `problems` of the file `text` (named `source_name`), each at the line
+/// of its key path: for checks a caller runs on a file beyond [`load`]'s.
+pub fn problems_in_file(source_name: &str, text: &str, problems: Vec<Problem>) -> ConfigError {
+    ConfigError {
+        source_name: source_name.to_owned(),
+        problems: locate_problems(text, problems, &[]),
+    }
+}
+
 /// A syntax or type error of the file, at its line.
 fn file_error(text: &str, e: &toml::de::Error) -> Located {
     let origin = e

@@ -1,24 +1,40 @@
 //! What happens to a desired config arriving on one layer: parse → check
 //! the signature → check the version against that layer's → merge it with
 //! the other accepted layers, lay the result over the local config and
-//! validate it whole → persist every layer together → apply → report. Any failure reports `rejected` with the reason and
-//! changes nothing; a failure while applying puts the previous config back
-//! (in the pipeline and on disk).
+//! validate it whole → persist every layer together → apply → report. Any
+//! failure reports `rejected` with the reason and changes nothing; a
+//! failure while applying puts the previous config back (in the pipeline
+//! and on disk).
+//!
+//! A layer with `"trial"` is stored with the layers it replaces; the
+//! controller watches for its confirmation ([`super::trial`]) and puts the
+//! previous layers back if it does not come. Configs arriving meanwhile
+//! wait for the trial's end (the newest per layer).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use serde_json::{Map, Value};
 use telemetry::throttle::Throttle;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
+use super::accepted::payloads;
+pub use super::accepted::{Accepted, LayerSet, compose, public_key};
 use super::desired::{self, Desired, Rejected};
-use super::layers::{Layer, decode_stored, encode_stored, merge};
-use super::overlay::{check_remote, overlay};
+use super::layers::Layer;
 pub use super::report::{ConfigReport, Decision, Verdict};
-use super::store::Store;
+pub use super::startup::{Startup, startup};
+use super::store::{Store, StoredSet, StoredTrial};
+use super::trial::{self, Seen, Step};
+use crate::clock::Clock;
 use crate::config::AgentConfig;
 use crate::pipeline::{ApplyFailed, Changes};
+use crate::stats::Stats;
+
+/// How often a running trial looks for its confirmation.
+const TRIAL_POLL: Duration = Duration::from_millis(200);
 
 /// A config for the agent to run, and where to say how it went.
 pub struct ApplyRequest {
@@ -55,192 +71,22 @@ pub enum Refusal {
     },
 }
 
-/// The public key from `mqtt.config_public_key` (checked at load).
-pub fn public_key(local: &AgentConfig) -> Option<VerifyingKey> {
-    local
-        .mqtt
-        .config_public_key
-        .as_deref()
-        .map(|k| desired::parse_public_key(k).expect("checked when the config was loaded"))
+/// What confirms a trial: the MQTT session's connection, and the counter of
+/// readings Kafka acknowledged.
+#[derive(Clone)]
+pub struct Confirmation {
+    pub mqtt_connected: watch::Receiver<bool>,
+    pub stats: Arc<Stats>,
+    pub clock: Arc<dyn Clock>,
 }
 
-/// One accepted layer: its payload as it arrived, and what was read from it.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    version: u64,
-    canonical: Vec<u8>,
-    settings: Map<String, Value>,
-    payload: Vec<u8>,
-}
-
-impl Accepted {
-    fn new(d: Desired, payload: &[u8]) -> Accepted {
-        Accepted {
-            version: d.version,
-            canonical: d.canonical,
-            settings: d.settings,
-            payload: payload.to_vec(),
-        }
-    }
-}
-
-/// The accepted layers, in merge order.
-pub type LayerSet = BTreeMap<Layer, Accepted>;
-
-/// The config `layers` make of `local`: each layer's keys checked, the
-/// layers merged in order, the result laid over `local` and validated
-/// whole. `Err` names the layer at fault when it is one layer's.
-pub fn compose(
-    local: &AgentConfig,
-    layers: &LayerSet,
-) -> Result<AgentConfig, (Option<Layer>, Rejected)> {
-    for (layer, accepted) in layers {
-        check_remote(&accepted.settings).map_err(|e| (Some(layer.clone()), e))?;
-    }
-    let merged =
-        merge(layers.iter().map(|(l, a)| (l, &a.settings))).map_err(|(l, e)| (Some(l), e))?;
-    overlay(local, &merged).map_err(|e| (None, e))
-}
-
-/// The file's bytes for `layers`.
-fn stored_bytes(layers: &LayerSet) -> Vec<u8> {
-    let payloads: BTreeMap<Layer, Vec<u8>> = layers
-        .iter()
-        .map(|(l, a)| (l.clone(), a.payload.clone()))
-        .collect();
-    encode_stored(&payloads)
-}
-
-/// The config to start with: the local one with the stored layers laid over
-/// it, if there are any and they still pass every check together.
-pub struct Startup {
-    pub config: AgentConfig,
-    pub report: ConfigReport,
-    /// The stored layers that could be read, whether they apply or not: a
-    /// newer version is needed to replace one.
-    stored: LayerSet,
-}
-
-/// The stored payloads of the layers this device takes. Layers it no longer
-/// takes (its labels changed) are left out.
-fn stored_payloads(store: &Store, taken: &[Layer]) -> BTreeMap<Layer, Vec<u8>> {
-    let bytes = match store.load() {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return BTreeMap::new(),
-        Err(e) => {
-            tracing::error!(path = %store.path().display(), error = %e, "cannot read the stored remote config; running the local config");
-            return BTreeMap::new();
-        }
-    };
-    let mut payloads = match decode_stored(&bytes) {
-        Ok(payloads) => payloads,
-        Err(e) => {
-            tracing::error!(path = %store.path().display(), error = %e, "the stored remote config is damaged; running the local config");
-            return BTreeMap::new();
-        }
-    };
-    payloads.retain(|layer, _| {
-        let keep = taken.contains(layer);
-        if !keep {
-            tracing::info!(
-                layer = layer.name(),
-                "no longer taking this stored layer: the device's labels changed"
-            );
-        }
-        keep
-    });
-    payloads
-}
-
-/// The stored layers that still parse and pass the signature check, and the
-/// first failure of any that does not.
-fn read_stored(
-    local: &AgentConfig,
-    store: &Store,
-    taken: &[Layer],
-) -> (LayerSet, Option<(Option<Layer>, Rejected)>) {
-    let key = public_key(local);
-    let mut stored = LayerSet::new();
-    let mut failed = None;
-    for (layer, payload) in stored_payloads(store, taken) {
-        match desired::parse(&payload) {
-            Ok(d) => {
-                // A layer whose signature no longer passes (the key
-                // changed) is not kept: it must not run with the next one.
-                match desired::check_signature(&d, key.as_ref()) {
-                    Ok(()) => drop(stored.insert(layer, Accepted::new(d, &payload))),
-                    Err(e) => drop(failed.get_or_insert((Some(layer), e))),
-                }
-            }
-            Err(e) => {
-                failed.get_or_insert((Some(layer), e));
-            }
-        }
-    }
-    (stored, failed)
-}
-
-/// Reads the stored layers and lays them over `local`.
-pub fn startup(local: &AgentConfig, store: &Store) -> Startup {
-    let taken = Layer::all_for(&local.labels);
-    let mut report = ConfigReport::for_layers(&taken);
-    let (stored, failed) = read_stored(local, store, &taken);
-    let composed = match failed {
-        Some(failure) => Err(failure),
-        None if stored.is_empty() => Ok(local.clone()),
-        None => compose(local, &stored),
-    };
-    let config = match composed {
-        Ok(config) => {
-            for (layer, accepted) in &stored {
-                tracing::info!(
-                    layer = layer.name(),
-                    version = accepted.version,
-                    "running the stored remote config"
-                );
-                report.record(
-                    layer,
-                    decision(layer, Some(accepted.version), None),
-                    Some(accepted.version),
-                );
-            }
-            config
-        }
-        Err((at, e)) => {
-            let at = at.map_or(String::new(), |l| format!("the {} layer: ", l.name()));
-            let reason = format!(
-                "the stored remote config no longer applies ({at}{e}); running the local config"
-            );
-            tracing::error!(path = %store.path().display(), "{reason}");
-            for (layer, accepted) in &stored {
-                report.record(
-                    layer,
-                    decision(layer, Some(accepted.version), Some(&reason)),
-                    None,
-                );
-            }
-            local.clone()
-        }
-    };
-    Startup {
-        config,
-        report,
-        stored,
-    }
-}
-
-/// `accepted`, or `rejected` for `reason`.
-fn decision(layer: &Layer, version: Option<u64>, reason: Option<&str>) -> Decision {
-    Decision {
-        layer: layer.name(),
-        version,
-        result: if reason.is_some() {
-            Verdict::Rejected
-        } else {
-            Verdict::Accepted
-        },
-        reason: reason.map(str::to_owned),
-    }
+/// A trial being watched.
+struct Running {
+    stored: StoredTrial,
+    deadline: Instant,
+    /// Readings acknowledged before it began.
+    acked_before: u64,
+    seen: Seen,
 }
 
 /// Decides on desired configs, one at a time.
@@ -252,6 +98,12 @@ pub struct Controller {
     /// delivered again unchanged is not news, and only a newer version
     /// replaces one.
     current: LayerSet,
+    /// Per layer, the newest version reverted.
+    reverted: BTreeMap<Layer, u64>,
+    trial: Option<Running>,
+    /// Configs that arrived during a trial: the newest per layer.
+    waiting: BTreeMap<Layer, Vec<u8>>,
+    confirmation: Confirmation,
     report: watch::Sender<ConfigReport>,
     apply: mpsc::Sender<ApplyRequest>,
     rejections_log: Throttle,
@@ -263,24 +115,47 @@ impl Controller {
         store: Store,
         startup: Startup,
         apply: mpsc::Sender<ApplyRequest>,
+        confirmation: Confirmation,
     ) -> (Controller, watch::Receiver<ConfigReport>) {
         let (report, report_rx) = watch::channel(startup.report);
-        let controller = Controller {
+        let mut controller = Controller {
             key: public_key(&local),
             local,
             store,
             current: startup.stored,
+            reverted: startup.reverted,
+            trial: None,
+            waiting: BTreeMap::new(),
+            confirmation,
             report,
             apply,
-            rejections_log: Throttle::new(std::time::Duration::from_secs(60)),
+            rejections_log: Throttle::new(Duration::from_secs(60)),
         };
+        if let Some(stored) = startup.trial {
+            tracing::warn!(
+                layer = stored.layer.name(),
+                version = stored.version,
+                "a trial config was running when the agent stopped; it runs on until confirmed or its time is up"
+            );
+            controller.watch_trial(stored);
+        }
         (controller, report_rx)
     }
 
     /// Takes desired configs until the sender is dropped.
     pub async fn run(mut self, mut payloads: mpsc::Receiver<(Layer, Vec<u8>)>) {
-        while let Some((layer, payload)) = payloads.recv().await {
-            self.handle(&layer, &payload).await;
+        let mut poll = tokio::time::interval(TRIAL_POLL);
+        loop {
+            tokio::select! {
+                payload = payloads.recv() => match payload {
+                    None => return,
+                    Some((layer, payload)) if self.trial.is_some() => {
+                        self.waiting.insert(layer, payload);
+                    }
+                    Some((layer, payload)) => self.handle(&layer, &payload).await,
+                },
+                _ = poll.tick(), if self.trial.is_some() => self.check_trial().await,
+            }
         }
     }
 
@@ -304,6 +179,7 @@ impl Controller {
                     sensors_stopped = ?changes.sensors_stopped,
                     forwarder = changes.forwarder,
                     status_reporter = changes.reporter,
+                    trial = self.trial.is_some(),
                     "remote config applied"
                 );
                 self.report.send_modify(|r| r.accept(layer, version));
@@ -323,8 +199,8 @@ impl Controller {
         }
     }
 
-    /// `Ok(None)`: the layer already running, delivered again (a retained
-    /// message after a reconnect).
+    /// `Ok(None)`: not news (the layer already running, or a version
+    /// reverted before, delivered again).
     async fn consider(
         &mut self,
         layer: &Layer,
@@ -338,7 +214,13 @@ impl Controller {
             }
             desired::check_version(&d, current.version)?;
         }
-        let version = d.version;
+        if let Some(&reverted) = self.reverted.get(layer) {
+            if d.version == reverted {
+                return Ok(None);
+            }
+            desired::check_version(&d, reverted)?;
+        }
+        let (version, trial) = (d.version, d.trial);
         let mut candidate = self.current.clone();
         candidate.insert(layer.clone(), Accepted::new(d, payload));
         let config = compose(&self.local, &candidate).map_err(|(at, error)| match at {
@@ -348,21 +230,25 @@ impl Controller {
             },
             _ => Refusal::Rejected(error),
         })?;
+        let trial = trial.map(|length| StoredTrial {
+            layer: layer.clone(),
+            version,
+            ends_at_ms: self.confirmation.clock.now_ns() / 1_000_000 + length.as_millis() as i64,
+            duration_ms: length.as_millis() as u64,
+            previous: payloads(&self.current),
+        });
         let previous = self.store.load().map_err(Refusal::ReadStored)?;
-        self.store
-            .save(&stored_bytes(&candidate))
+        self.save(&candidate, trial.clone())
             .map_err(|source| Refusal::Store {
                 path: self.store.path().to_owned(),
                 source,
             })?;
-        let (done, result) = oneshot::channel();
-        let applied = match self.apply.send(ApplyRequest { config, done }).await {
-            Ok(()) => result.await.map_err(|_| Refusal::Stopping)?,
-            Err(_) => return Err(Refusal::Stopping),
-        };
-        match applied {
+        match self.run_config(config).await.ok_or(Refusal::Stopping)? {
             Ok(changes) => {
                 self.current = candidate;
+                if let Some(trial) = trial {
+                    self.watch_trial(trial);
+                }
                 Ok(Some(changes))
             }
             Err(error) => Err(Refusal::Apply {
@@ -374,5 +260,114 @@ impl Controller {
                     .map(|e| (e, version)),
             }),
         }
+    }
+
+    /// Stores `layers` (and the trial, if one starts) as the set to start
+    /// with.
+    fn save(&self, layers: &LayerSet, trial: Option<StoredTrial>) -> std::io::Result<()> {
+        let file = StoredSet {
+            layers: payloads(layers),
+            trial,
+            reverted: self.reverted.clone(),
+        };
+        self.store.save(&file.encode())
+    }
+
+    /// Has the pipeline run `config`; `None`: the agent is stopping.
+    async fn run_config(&self, config: AgentConfig) -> Option<Result<Changes, ApplyFailed>> {
+        let (done, result) = oneshot::channel();
+        self.apply.send(ApplyRequest { config, done }).await.ok()?;
+        result.await.ok()
+    }
+
+    /// Starts watching `stored` for its confirmation.
+    fn watch_trial(&mut self, stored: StoredTrial) {
+        let now_ms = self.confirmation.clock.now_ns() / 1_000_000;
+        let deadline = Instant::now() + trial::remaining(&stored, now_ms);
+        let (layer, version, ends_at_ms) =
+            (stored.layer.clone(), stored.version, stored.ends_at_ms);
+        self.report
+            .send_modify(|r| r.trial_started(&layer, version, ends_at_ms));
+        self.trial = Some(Running {
+            stored,
+            deadline,
+            acked_before: self.confirmation.stats.snapshot().forwarded,
+            seen: Seen::default(),
+        });
+    }
+
+    /// Confirms or reverts the trial when it is time; then takes the
+    /// configs that waited.
+    async fn check_trial(&mut self) {
+        let Some(running) = &mut self.trial else {
+            return;
+        };
+        running.seen.mqtt |= *self.confirmation.mqtt_connected.borrow();
+        running.seen.kafka_ack |=
+            self.confirmation.stats.snapshot().forwarded > running.acked_before;
+        match trial::step(
+            &running.stored,
+            running.seen,
+            Instant::now() >= running.deadline,
+        ) {
+            Step::Wait => return,
+            Step::Confirm => self.confirm_trial(),
+            Step::Revert(reason) => self.revert_trial(reason).await,
+        }
+        while self.trial.is_none() {
+            let Some((layer, payload)) = self.waiting.pop_first() else {
+                break;
+            };
+            self.handle(&layer, &payload).await;
+        }
+    }
+
+    fn confirm_trial(&mut self) {
+        let running = self.trial.take().expect("a trial runs");
+        tracing::info!(
+            layer = running.stored.layer.name(),
+            version = running.stored.version,
+            "trial config confirmed: MQTT reached and a reading acknowledged by Kafka"
+        );
+        if let Err(e) = self.save(&self.current, None) {
+            tracing::error!(
+                "cannot store the confirmed trial: {e}; it may run as a trial again after a restart"
+            );
+        }
+        self.report.send_modify(ConfigReport::trial_confirmed);
+    }
+
+    /// Puts back the layers the trial replaced, stores them and reports
+    /// `reverted`.
+    async fn revert_trial(&mut self, reason: String) {
+        let running = self.trial.take().expect("a trial runs");
+        let StoredTrial {
+            layer,
+            version,
+            previous,
+            ..
+        } = running.stored;
+        tracing::warn!(layer = layer.name(), version, "{reason}");
+        let (previous, failed) = super::startup::read_layers(&self.local, previous);
+        if let Some((at, e)) = failed {
+            tracing::error!(layer = ?at.map(|l| l.name()), "a previous layer cannot be read back ({e}); it is left out");
+        }
+        let config = compose(&self.local, &previous).unwrap_or_else(|(_, e)| {
+            tracing::error!("the previous layers no longer apply ({e}); running the local config");
+            self.local.clone()
+        });
+        self.reverted.insert(layer.clone(), version);
+        if let Err(e) = self.save(&previous, None) {
+            tracing::error!(
+                "cannot store the reverted config: {e}; the trial may run again after a restart"
+            );
+        }
+        if let Some(Err(e)) = self.run_config(config).await {
+            tracing::error!("putting the previous config back failed: {e}");
+        }
+        let restored = previous.get(&layer).map_or(0, |a| a.version);
+        self.current = previous;
+        self.report
+            .send_modify(|r| r.revert(&layer, version, restored, reason));
     }
 }

@@ -19,6 +19,12 @@ use serde_json::{Map, Value};
 
 pub const VERSION_KEY: &str = "version";
 pub const SIGNATURE_KEY: &str = "signature";
+/// `"trial": "10m"`: the layer reverts by itself unless the device confirms
+/// it in that time (see [`super::trial`]).
+pub const TRIAL_KEY: &str = "trial";
+/// The shortest and longest trial.
+pub const MIN_TRIAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const MAX_TRIAL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Larger payloads are refused before parsing.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
@@ -29,6 +35,8 @@ pub struct Desired {
     /// The config keys: everything but `version` and `signature`.
     pub settings: Map<String, Value>,
     pub signature: Option<Signature>,
+    /// `"trial"`: how long the device has to confirm this config.
+    pub trial: Option<std::time::Duration>,
     /// The canonical bytes (what a signature covers).
     pub canonical: Vec<u8>,
 }
@@ -61,6 +69,10 @@ pub enum Rejected {
     NotRemote { key: String, why: &'static str },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("\"trial\" must be a duration between 5s and 7days, like \"10m\": {0}")]
+    Trial(String),
+    #[error("version {got} was tried on this device and reverted; publish a newer version")]
+    Reverted { got: u64 },
 }
 
 /// Parses a payload. Checks only its shape; see [`check_signature`] and
@@ -95,12 +107,28 @@ pub fn parse(payload: &[u8]) -> Result<Desired, Rejected> {
         Some(Value::Number(n)) => n.as_u64().filter(|v| *v >= 1).ok_or(Rejected::Version)?,
         _ => return Err(Rejected::Version),
     };
+    let trial = match settings.remove(TRIAL_KEY) {
+        None => None,
+        Some(value) => Some(parse_trial(&value)?),
+    };
     Ok(Desired {
         version,
         settings,
         signature,
+        trial,
         canonical,
     })
+}
+
+fn parse_trial(value: &Value) -> Result<std::time::Duration, Rejected> {
+    let Value::String(text) = value else {
+        return Err(Rejected::Trial(format!("not {}", kind_of(value))));
+    };
+    let trial = humantime::parse_duration(text).map_err(|e| Rejected::Trial(e.to_string()))?;
+    if !(MIN_TRIAL..=MAX_TRIAL).contains(&trial) {
+        return Err(Rejected::Trial(format!("{text} is out of range")));
+    }
+    Ok(trial)
 }
 
 /// With a public key, the config must carry a valid signature by it; without
@@ -347,5 +375,23 @@ MC4CAQAwBQYDK2VwBCIEIK0FrOHs8G4zyj1qD92rab2Drtau82TmVNU1IV0yt+tH
                 .contains("32 bytes")
         );
         assert!(parse_private_key("nope").is_err());
+    }
+
+    #[test]
+    fn a_trial_is_a_signed_duration_within_bounds() {
+        let d = parse(br#"{"version": 2, "trial": "10m", "kafka": {"topic": "t"}}"#).unwrap();
+        assert_eq!(d.trial, Some(std::time::Duration::from_secs(600)));
+        assert!(!d.settings.contains_key(TRIAL_KEY), "not a config key");
+        assert!(
+            String::from_utf8(d.canonical)
+                .unwrap()
+                .contains(r#""trial":"10m""#),
+            "the signature covers it"
+        );
+        for bad in [r#""2s""#, r#""8days""#, "600", r#""soon""#] {
+            let payload = format!(r#"{{"version": 2, "trial": {bad}}}"#);
+            let e = parse(payload.as_bytes()).unwrap_err();
+            assert!(matches!(e, Rejected::Trial(_)), "{bad}: {e}");
+        }
     }
 }

@@ -16,7 +16,7 @@
 //! message must not be able to undo a signed config).
 //!
 //! The accepted layers are stored together in one file (see
-//! [`encode_stored`]), so that a power cut leaves either the old set or the
+//! [`super::store`]), so that a power cut leaves either the old set or the
 //! new one.
 
 use std::collections::BTreeMap;
@@ -159,61 +159,6 @@ pub fn merge<'a>(
     Ok(merged)
 }
 
-/// The stored layers as one JSON file: `{"layers": {"<name>": "<payload as
-/// accepted>", …}}`. The payloads are kept as they arrived, signature and
-/// all, so that they are checked again on start.
-pub fn encode_stored(layers: &BTreeMap<Layer, Vec<u8>>) -> Vec<u8> {
-    let payloads: Map<String, Value> = layers
-        .iter()
-        .map(|(layer, payload)| {
-            (
-                layer.name(),
-                Value::String(String::from_utf8_lossy(payload).into_owned()),
-            )
-        })
-        .collect();
-    let mut file = Map::new();
-    file.insert("layers".into(), Value::Object(payloads));
-    serde_json::to_vec_pretty(&Value::Object(file)).expect("JSON serialises")
-}
-
-/// Why the stored layers cannot be read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum StoredError {
-    #[error("not JSON: {0}")]
-    NotJson(String),
-    #[error("neither a layer set nor a single desired config")]
-    Shape,
-    #[error("unknown layer {0:?}")]
-    UnknownLayer(String),
-}
-
-/// The inverse of [`encode_stored`]. A file written before layers existed
-/// holds one desired config: the device's own layer.
-pub fn decode_stored(bytes: &[u8]) -> Result<BTreeMap<Layer, Vec<u8>>, StoredError> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| StoredError::NotJson(e.to_string()))?;
-    let Value::Object(mut file) = value else {
-        return Err(StoredError::Shape);
-    };
-    if file.contains_key(super::desired::VERSION_KEY) {
-        return Ok(BTreeMap::from([(Layer::Device, bytes.to_vec())]));
-    }
-    let Some(Value::Object(payloads)) = file.remove("layers") else {
-        return Err(StoredError::Shape);
-    };
-    payloads
-        .into_iter()
-        .map(|(name, payload)| {
-            let layer = Layer::from_name(&name).ok_or(StoredError::UnknownLayer(name))?;
-            match payload {
-                Value::String(text) => Ok((layer, text.into_bytes())),
-                _ => Err(StoredError::Shape),
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,27 +252,5 @@ mod tests {
             .map(|i| (format!("k{i}"), "v".into()))
             .collect();
         assert!(label_problems(&many)[0].message.contains("at most"));
-    }
-
-    #[test]
-    fn stored_layers_round_trip_and_a_single_old_config_is_the_device_layer() {
-        let set = BTreeMap::from([
-            (Layer::Fleet, br#"{"version":3}"#.to_vec()),
-            (
-                Layer::Group {
-                    key: "site".into(),
-                    value: "n".into(),
-                },
-                br#"{"version": 1, "signature": "x"}"#.to_vec(),
-            ),
-        ]);
-        assert_eq!(decode_stored(&encode_stored(&set)).unwrap(), set);
-        let old = br#"{"version": 4, "forward": {"order": "fifo"}}"#;
-        assert_eq!(
-            decode_stored(old).unwrap(),
-            BTreeMap::from([(Layer::Device, old.to_vec())])
-        );
-        assert!(decode_stored(b"[]").is_err());
-        assert!(decode_stored(br#"{"layers": {"nope": "{}"}}"#).is_err());
     }
 }

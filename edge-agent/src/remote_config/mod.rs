@@ -11,10 +11,16 @@
 //! - [`settings`]: `[mqtt]`, local only.
 //! - [`desired`]: a desired config payload: parsing, canonical bytes,
 //!   ed25519 signatures, versions. Pure.
+//! - [`layer_file`]: a layer written as TOML (`buoy-fleet push`), checked
+//!   by the agent's own checks with lines.
 //! - [`layers`]: the layers, their topics, labels, the merge. Pure.
 //! - [`overlay`]: the remotely settable keys laid over the local config and
 //!   validated by the same checks as the file. Pure.
-//! - [`store`]: the last accepted payload, replaced atomically on disk.
+//! - [`store`]: the accepted layers (and a trial's previous ones), replaced
+//!   atomically on disk.
+//! - [`startup`]: the stored layers read and checked again at start.
+//! - [`trial`]: when a trial config is confirmed or reverted. Pure.
+//! - [`accepted`]: an accepted layer; the config a set of layers makes.
 //! - [`controller`]: the decision on each payload, in order: parse,
 //!   signature, version, validate, persist, apply (rolled back on failure),
 //!   report.
@@ -22,12 +28,16 @@
 //! - [`report`]: the config part of the reported state, per layer. Pure.
 //! - [`state`]: the reported state.
 
+pub mod accepted;
 pub mod controller;
 pub mod desired;
+pub mod layer_file;
 pub mod layers;
 pub mod mqtt;
 pub mod overlay;
 pub mod report;
 pub mod settings;
+pub mod startup;
 pub mod state;
 pub mod store;
+pub mod trial;

@@ -23,7 +23,7 @@ use rumqttc::{
 };
 use telemetry::backoff::Backoff;
 use telemetry::throttle::Throttle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::layers::{Labels, Layer};
@@ -188,12 +188,19 @@ fn tls_config(settings: &MqttConfig) -> Result<rustls::ClientConfig, SetupError>
     })
 }
 
+/// What the session tells the rest of the agent: the desired config
+/// payloads, by layer, and whether it is connected (a trial needs it).
+pub struct Channels {
+    pub payloads: mpsc::Sender<(Layer, Vec<u8>)>,
+    pub connected: watch::Sender<bool>,
+}
+
 /// Runs the session until `shutdown`, then publishes `offline` and
-/// disconnects. Desired config payloads go to `payloads`.
+/// disconnects.
 pub async fn run(
     settings: MqttConfig,
     source: StateSource,
-    payloads: mpsc::Sender<(Layer, Vec<u8>)>,
+    channels: Channels,
     shutdown: CancellationToken,
 ) {
     let topics = Topics::new(&source.device_id, &source.labels);
@@ -223,7 +230,8 @@ pub async fn run(
         client,
         topics,
         source,
-        payloads,
+        payloads: channels.payloads,
+        connected: channels.connected,
         backoff,
         url: settings.url.clone(),
         state_interval: settings.state_interval,
@@ -237,6 +245,7 @@ struct Session {
     topics: Topics,
     source: StateSource,
     payloads: mpsc::Sender<(Layer, Vec<u8>)>,
+    connected: watch::Sender<bool>,
     backoff: Backoff,
     url: String,
     state_interval: Duration,
@@ -265,6 +274,7 @@ impl Session {
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
+                        self.connected.send_replace(true);
                         self.backoff.reset();
                         self.failures.reset();
                         self.on_connect();
@@ -282,6 +292,7 @@ impl Session {
                     Ok(_) => {}
                     Err(e) => {
                         connected = false;
+                        self.connected.send_replace(false);
                         let delay = self.backoff.next_delay(rand::random());
                         self.log_failure(&e, delay);
                         tokio::select! {

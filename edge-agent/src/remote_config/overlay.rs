@@ -4,7 +4,9 @@
 //! the Kafka topic, format and compression, and the `forward` and `status`
 //! tables. Everything that could cut the device off or that names local
 //! files stays local: `device_id`, `labels`, `journal.path`, `kafka.brokers`,
-//! `kafka.security`, `kafka.properties` and `[mqtt]`.
+//! `kafka.security`, `kafka.properties` and `[mqtt]`. The exception: a layer
+//! with `"trial"` may set `kafka.brokers` and `kafka.security`, because it
+//! reverts by itself unless Kafka acknowledges a reading under it.
 //!
 //! Tables are merged key by key; `sensor` (an array of tables) replaces the
 //! local list whole. The result goes through the same typed parse and the
@@ -38,13 +40,24 @@ const REMOTE: &[(&str, Option<&[&str]>)] = &[
     ("status", Some(&["log_interval"])),
 ];
 
+/// Keys a layer may set only under a trial.
+const TRIAL_ONLY: &[&str] = &["kafka.brokers", "kafka.security"];
+
+/// Whether a layer is a trial (and may set [`TRIAL_ONLY`] keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Plain,
+    Trial,
+}
+
 /// The config `settings` make of `local`: [`check_remote`], then laid over
 /// it and validated by the file's checks.
 pub fn overlay(
     local: &AgentConfig,
     settings: &Map<String, Value>,
+    reach: Reach,
 ) -> Result<AgentConfig, Rejected> {
-    check_remote(settings)?;
+    check_remote(settings, reach)?;
     let mut table = match toml::Value::try_from(local) {
         Ok(toml::Value::Table(t)) => t,
         _ => unreachable!("the config serialises to a table"),
@@ -83,7 +96,7 @@ pub fn overlay(
 /// Whether `settings` hold only keys a desired config may set, each
 /// section shaped as one (a table; `sensor`: anything, the typed parse
 /// checks it).
-pub fn check_remote(settings: &Map<String, Value>) -> Result<(), Rejected> {
+pub fn check_remote(settings: &Map<String, Value>, reach: Reach) -> Result<(), Rejected> {
     for (section, value) in settings {
         let Some((_, keys)) = REMOTE.iter().find(|(s, _)| s == section) else {
             return Err(Rejected::NotRemote {
@@ -94,9 +107,12 @@ pub fn check_remote(settings: &Map<String, Value>) -> Result<(), Rejected> {
         match (keys, value) {
             (None, _) if section == "sensor" => {}
             (keys, Value::Object(fields)) => {
-                let refused = fields
-                    .keys()
-                    .find(|key| keys.is_some_and(|allowed| !allowed.contains(&key.as_str())));
+                let allowed = |key: &str| {
+                    keys.is_none_or(|allowed| allowed.contains(&key))
+                        || (reach == Reach::Trial
+                            && TRIAL_ONLY.contains(&format!("{section}.{key}").as_str()))
+                };
+                let refused = fields.keys().find(|key| !allowed(key));
                 if let Some(key) = refused {
                     let path = format!("{section}.{key}");
                     return Err(Rejected::NotRemote {
@@ -120,13 +136,12 @@ fn not_remote_why(key: &str) -> &'static str {
     match key {
         "device_id" => "it names the device and its MQTT topics",
         "labels" => "labels choose the layers a device takes; they are set on the device",
-        "mqtt" | "kafka.brokers" => {
-            "a wrong value would cut the device off; change it on the device"
+        "mqtt" => "a wrong value would cut the device off; change it on the device",
+        "kafka.brokers" | "kafka.security" => {
+            "a wrong value would cut the device off; set it in a layer with \"trial\" (it reverts unless Kafka acknowledges a reading), or on the device"
         }
-        "journal.path" | "kafka.security" | "kafka.properties" | "journal.cache_size"
-        | "status.socket" | "metrics" => {
-            "it is local to the device (files, secrets, memory, ports)"
-        }
+        "journal.path" | "kafka.properties" | "journal.cache_size" | "status.socket"
+        | "metrics" => "it is local to the device (files, secrets, memory, ports)",
         _ => "not a setting a desired config may carry",
     }
 }
@@ -182,7 +197,10 @@ mod tests {
 
     #[test]
     fn nothing_remote_leaves_the_local_config() {
-        assert_eq!(overlay(&local(), &Map::new()).unwrap(), local());
+        assert_eq!(
+            overlay(&local(), &Map::new(), Reach::Plain).unwrap(),
+            local()
+        );
     }
 
     #[test]
@@ -196,6 +214,7 @@ mod tests {
                     "sensor": [{"name": "cpu", "kind": "simulated_cpu_temperature", "interval": "10s",
                                 "limits": {"cpu_temperature_c": [0, 90]}}]}"#,
             ),
+            Reach::Plain,
         )
         .unwrap();
         assert_eq!(c.kafka.topic, "weather");
@@ -255,9 +274,37 @@ mod tests {
                 "needs the serial port",
             ),
             (r#"{"status": {"log_interval": 5}}"#, "invalid"),
+            (
+                r#"{"kafka": {"security": {"protocol": "ssl"}}}"#,
+                "kafka.security cannot be set remotely: a wrong value would cut the device off; set it in a layer with \"trial\"",
+            ),
         ] {
-            let e = overlay(&local(), &settings(json)).unwrap_err().to_string();
+            let e = overlay(&local(), &settings(json), Reach::Plain)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn a_trial_may_set_the_brokers_and_security_but_nothing_else_local() {
+        let brokers = settings(
+            r#"{"kafka": {"brokers": ["k2:9092"], "security": {"protocol": "plaintext"}}}"#,
+        );
+        let c = overlay(&local(), &brokers, Reach::Trial).unwrap();
+        assert_eq!(c.kafka.brokers, ["k2:9092"]);
+        let path = settings(r#"{"journal": {"path": "/tmp/j"}}"#);
+        let e = overlay(&local(), &path, Reach::Trial).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("journal.path cannot be set remotely"),
+            "{e}"
+        );
+        let e = overlay(&local(), &brokers, Reach::Plain).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("kafka.brokers cannot be set remotely"),
+            "{e}"
+        );
     }
 }

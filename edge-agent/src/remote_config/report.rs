@@ -8,7 +8,8 @@
 //!                           "last": {"layer": "group/site/north-sea", "version": 2, "result": "rejected", "reason": "…"}},
 //!                       "device": {"applied_version": 4, "last": {"layer": "device", "version": 4, "result": "accepted"}}},
 //!            "last": {"layer": "group/site/north-sea", "version": 2, "result": "rejected", "reason": "…"},
-//!            "accepted": 1, "rejected": 1}
+//!            "trial": {"layer": "device", "version": 5, "ends_at_ms": 1764950000000},
+//!            "accepted": 1, "rejected": 1, "reverted": 0}
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,6 +26,18 @@ pub enum Verdict {
     Accepted,
     /// Refused; nothing changed.
     Rejected,
+    /// Run on trial, not confirmed in time, and replaced by the config
+    /// that ran before it.
+    Reverted,
+}
+
+/// A trial running: the layer and version on trial, and when it reverts
+/// unless confirmed (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialReport {
+    pub layer: String,
+    pub version: u64,
+    pub ends_at_ms: i64,
 }
 
 /// The decision on one desired config.
@@ -62,9 +75,14 @@ pub struct ConfigReport {
     /// The most recent decision on any layer (also after a restart, for the
     /// stored layers).
     pub last: Option<Decision>,
-    /// Desired configs accepted and rejected since start.
+    /// The trial running, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<TrialReport>,
+    /// Desired configs accepted, rejected and reverted since start.
     pub accepted: u64,
     pub rejected: u64,
+    #[serde(default)]
+    pub reverted: u64,
 }
 
 impl ConfigReport {
@@ -122,6 +140,34 @@ impl ConfigReport {
         self.record(layer, decision, None);
     }
 
+    /// A trial began (or runs on after a restart).
+    pub fn trial_started(&mut self, layer: &Layer, version: u64, ends_at_ms: i64) {
+        self.trial = Some(TrialReport {
+            layer: layer.name(),
+            version,
+            ends_at_ms,
+        });
+    }
+
+    /// The trial was confirmed: the layer stays as it is.
+    pub fn trial_confirmed(&mut self) {
+        self.trial = None;
+    }
+
+    /// The trial of `version` on `layer` was not confirmed: the layer's
+    /// `restored` version runs again (0: none).
+    pub fn revert(&mut self, layer: &Layer, version: u64, restored: u64, reason: String) {
+        self.trial = None;
+        self.reverted += 1;
+        let decision = Decision {
+            layer: layer.name(),
+            version: Some(version),
+            result: Verdict::Reverted,
+            reason: Some(reason),
+        };
+        self.record(layer, decision, Some(restored));
+    }
+
     /// Nothing remote runs any more (the stored layers could not start):
     /// every layer at 0, the reason on each layer that had been running.
     pub fn fall_back(&mut self, reason: &str) {
@@ -169,6 +215,14 @@ mod tests {
             (last.layer.as_str(), last.result),
             ("group/site/n", Verdict::Rejected)
         );
+        r.trial_started(&Layer::Device, 6, 1000);
+        r.revert(&Layer::Device, 6, 5, "no ack".into());
+        assert_eq!(
+            (r.applied_version, r.reverted, r.trial.clone()),
+            (5, 1, None)
+        );
+        let last = r.layers["device"].last.clone().unwrap();
+        assert_eq!((last.version, last.result), (Some(6), Verdict::Reverted));
         r.fall_back("cannot start");
         assert!(!r.remote_running());
         let fleet = r.layers["fleet"].last.clone().unwrap();

@@ -32,6 +32,9 @@
 //! - [`layers`]: remote config in layers (fleet, one per label, the
 //!   device's own) merged in order, a bad layer refused whole, the layers
 //!   back from disk after a restart with no broker.
+//! - [`trials`]: a trial config pointing `kafka.brokers` at a dead address
+//!   reverts by itself, across a SIGKILL in the middle, with no reading
+//!   lost; a working trial is confirmed and stays.
 //! - [`remote_config`]: desired configs over MQTT (mosquitto with TLS and
 //!   passwords) applied in place, refused whole, signed, rolled back, stored
 //!   across restarts; broker restarts; 10,000 hostile payloads.
@@ -60,4 +63,5 @@ mod pipeline;
 mod remote_config;
 mod sensors;
 mod tls;
+mod trials;
 mod uplink;

@@ -10,7 +10,7 @@ use buoy_tests::kafka::{Kafka, Storage, read_topic};
 use buoy_tests::mqtt::{Access, Message, Mosquitto, Watcher};
 use buoy_tests::process::{free_port, wait_for};
 use buoy_tests::{binaries, certs};
-use edge_agent::remote_config::{desired, layers};
+use edge_agent::remote_config::{desired, layers, store};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -245,9 +245,9 @@ interval = "200ms"
     );
     assert_eq!(state["config"]["applied_version"], 1);
     let stored = std::fs::read(dir.path().join("remote-config.json")).unwrap();
-    let stored = layers::decode_stored(&stored).unwrap();
+    let stored = store::StoredSet::decode(&stored).unwrap();
     assert_eq!(
-        desired::parse(&stored[&layers::Layer::Device])
+        desired::parse(&stored.layers[&layers::Layer::Device])
             .unwrap()
             .version,
         1,
