@@ -1,4 +1,5 @@
-//! Building and running the real `edge-agent` and `uplink` binaries.
+//! Building and running the real `edge-agent`, `uplink` and `buoy-fleet`
+//! binaries.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +32,15 @@ fn bin_dir() -> &'static Path {
             "edge-agent",
             "-p",
             "uplink",
+            "-p",
+            "buoy-fleet",
             "--bins",
         ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
         let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building edge-agent and uplink failed");
+        assert!(status.success(), "building the binaries failed");
         dir
     })
 }

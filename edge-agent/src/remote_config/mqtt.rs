@@ -102,18 +102,14 @@ fn read_file(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Setup
     })
 }
 
-/// The client options `settings` give: address, credentials (read from
-/// their files now), TLS, the Last Will.
+/// The agent's client options: [`client_options`] and the Last Will.
 pub fn options(
     settings: &MqttConfig,
     device_id: &str,
     topics: &Topics,
 ) -> Result<MqttOptions, SetupError> {
-    let broker = settings.broker()?;
-    let mut options = MqttOptions::new(settings.client_id(device_id), &broker.host, broker.port);
+    let mut options = client_options(settings, &settings.client_id(device_id))?;
     options
-        .set_keep_alive(settings.keep_alive)
-        .set_clean_session(true)
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET)
         .set_last_will(LastWill::new(
             &topics.status,
@@ -121,6 +117,17 @@ pub fn options(
             QoS::AtLeastOnce,
             true,
         ));
+    Ok(options)
+}
+
+/// The client options `settings` give: address, keep-alive, credentials
+/// (read from their files now), TLS. Shared with `buoy-fleet`.
+pub fn client_options(settings: &MqttConfig, client_id: &str) -> Result<MqttOptions, SetupError> {
+    let broker = settings.broker()?;
+    let mut options = MqttOptions::new(client_id, &broker.host, broker.port);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_clean_session(true);
     if let Some(user) = &settings.username {
         let password = match &settings.password_file {
             Some(file) => telemetry::secret::read(file)

@@ -32,6 +32,9 @@
 //! - [`layers`]: remote config in layers (fleet, one per label, the
 //!   device's own) merged in order, a bad layer refused whole, the layers
 //!   back from disk after a restart with no broker.
+//! - [`fleet`]: `buoy-fleet` against twelve agents: status, a canary
+//!   rollout stopped by a rejection and by bad health, then completed, and
+//!   a rollback.
 //! - [`trials`]: a trial config pointing `kafka.brokers` at a dead address
 //!   reverts by itself, across a SIGKILL in the middle, with no reading
 //!   lost; a working trial is confirmed and stays.
@@ -53,6 +56,7 @@ mod common;
 mod dead_letters;
 mod deployment;
 mod dialects;
+mod fleet;
 mod forwarding;
 mod group;
 mod journal;
