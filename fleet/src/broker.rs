@@ -135,10 +135,15 @@ impl Session {
         })
     }
 
-    /// The retained messages of the subscriptions, all of them.
-    pub async fn retained(&mut self, timeout: Duration) -> Result<Vec<Message>, BrokerError> {
+    /// Hands `take` every retained message of the subscriptions, as each
+    /// arrives (5,000 devices' states are not held twice), and returns
+    /// after the last.
+    pub async fn retained(
+        &mut self,
+        timeout: Duration,
+        mut take: impl FnMut(Message),
+    ) -> Result<(), BrokerError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut messages = Vec::new();
         loop {
             let next = tokio::time::timeout_at(deadline, self.incoming.recv()).await;
             match next {
@@ -159,8 +164,8 @@ impl Session {
                         reason,
                     });
                 }
-                Ok(Some(Incoming::Message(m))) if m.topic == self.probe => return Ok(messages),
-                Ok(Some(Incoming::Message(m))) => messages.push(m),
+                Ok(Some(Incoming::Message(m))) if m.topic == self.probe => return Ok(()),
+                Ok(Some(Incoming::Message(m))) => take(m),
             }
         }
     }

@@ -128,10 +128,15 @@ pub struct RolloutArgs {
     pub timeout: Duration,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+/// A `--label` that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: a label is KEY=VALUE")]
+pub struct BadLabel(String);
+
+fn parse_label(s: &str) -> Result<(String, String), BadLabel> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?}: a label is KEY=VALUE")),
+        _ => Err(BadLabel(s.to_owned())),
     }
 }
 

@@ -47,9 +47,9 @@ pub async fn snapshot(
 ) -> Result<(Session, Fleet), BrokerError> {
     let mut session = Session::connect(mqtt, DEVICE_TOPICS).await?;
     let mut fleet = Fleet::default();
-    for m in session.retained(timeout).await? {
-        fleet.take(classify(&m.topic, &m.payload));
-    }
+    session
+        .retained(timeout, |m| fleet.take(classify(&m.topic, &m.payload)))
+        .await?;
     Ok((session, fleet))
 }
 
@@ -119,14 +119,17 @@ fn signing_key(
 /// Connects for a rollout: the devices and every retained config.
 async fn live(mqtt: &FleetMqtt) -> Result<Live, CommandError> {
     let topics: Vec<&str> = DEVICE_TOPICS.iter().chain(CONFIG_TOPICS).copied().collect();
-    let mut session = Session::connect(mqtt, &topics).await?;
-    let retained_messages = session.retained(Duration::from_secs(10)).await?;
+    let session = Session::connect(mqtt, &topics).await?;
     let mut live = Live {
         session,
         fleet: Fleet::default(),
         retained: BTreeMap::new(),
     };
-    for m in retained_messages {
+    let mut messages = Vec::new();
+    live.session
+        .retained(Duration::from_secs(10), |m| messages.push(m))
+        .await?;
+    for m in messages {
         live.take(m);
     }
     Ok(live)

@@ -4,9 +4,8 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-use crate::serve::Heard;
 use crate::status::{Row, layers_text, presence};
-use crate::view::{Device, Filter, age_text};
+use crate::view::{Device, Filter, Heard, age_text};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
 th,td{padding:.3em .6em;border-bottom:1px solid #ccc;text-align:left;vertical-align:top}\
@@ -179,6 +178,27 @@ fn fleet_row(h: &mut String, r: &Row, now_ms: i64) {
     );
 }
 
+/// The config decisions seen, newest first.
+fn history_table(h: &mut String, history: &VecDeque<Heard>, now_ms: i64) {
+    let _ = write!(
+        h,
+        "<h2>Config history</h2><table id=\"history\"><tr><th>Seen</th><th>Layer</th><th>Version</th><th>Result</th><th>Reason</th></tr>"
+    );
+    for e in history.iter().rev() {
+        let d = &e.decision;
+        let _ = write!(
+            h,
+            "<tr><td>{} ago</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            age_text((now_ms - e.at_ms) as f64 / 1000.0),
+            escape(&d.layer),
+            d.version.map_or(String::new(), |v| v.to_string()),
+            crate::view::verdict_text(d.result),
+            escape(d.reason.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>");
+}
+
 /// A device's page: its row, layers, config history and state.
 pub fn device(d: &Device, history: &VecDeque<Heard>, now_ms: i64) -> String {
     let r = Row::of(d);
@@ -216,28 +236,14 @@ pub fn device(d: &Device, history: &VecDeque<Heard>, now_ms: i64) -> String {
             l.last_result.unwrap_or("")
         );
     }
-    let _ = write!(
-        h,
-        "</table><h2>Config history</h2><table id=\"history\"><tr><th>Seen</th><th>Layer</th><th>Version</th><th>Result</th><th>Reason</th></tr>"
-    );
-    for e in history.iter().rev() {
-        let d = &e.decision;
-        let _ = write!(
-            h,
-            "<tr><td>{} ago</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            age_text((now_ms - e.at_ms) as f64 / 1000.0),
-            escape(&d.layer),
-            d.version.map_or(String::new(), |v| v.to_string()),
-            crate::view::verdict_text(d.result),
-            escape(d.reason.as_deref().unwrap_or(""))
-        );
-    }
+    h.push_str("</table>");
+    history_table(&mut h, history, now_ms);
     let state = d.state.as_ref().map_or("no state reported".into(), |s| {
         serde_json::to_string_pretty(s).expect("serialises")
     });
     let _ = write!(
         h,
-        "</table><h2>State</h2><pre>{}</pre></body></html>",
+        "<h2>State</h2><pre>{}</pre></body></html>",
         escape(&state)
     );
     h

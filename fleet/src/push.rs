@@ -90,6 +90,25 @@ impl Live {
         true
     }
 
+    /// Publishes `settings` as device `id`'s own layer, at its next
+    /// version, which it returns.
+    async fn publish_device_layer(
+        &mut self,
+        plan: &Plan,
+        id: &str,
+        settings: &Map<String, Value>,
+        trial: Option<&str>,
+    ) -> Result<u64, PushError> {
+        let topic = Target::Device(id.to_owned()).topic();
+        let devices = [&self.fleet.devices[id]];
+        let retained = self.retained.get(&topic).map(Vec::as_slice);
+        let version = rollout::next_version(retained, "device", &devices);
+        let payload = self.sign(plan, rollout::payload(settings, version, trial))?;
+        self.session.publish(&topic, payload.clone(), true).await;
+        self.retained.insert(topic, payload);
+        Ok(version)
+    }
+
     fn sign(&self, plan: &Plan, payload: Vec<u8>) -> Result<Vec<u8>, PushError> {
         Ok(match &plan.key {
             Some(key) => desired::sign(&payload, key)?.into_bytes(),
@@ -171,20 +190,10 @@ async fn canary_phase(
     println!("canaries: {}", canaries.join(", "));
     let mut versions = BTreeMap::new();
     for (id, own) in originals {
-        let topic = Target::Device(id.clone()).topic();
-        let devices = [&live.fleet.devices[id]];
-        let version = rollout::next_version(
-            live.retained.get(&topic).map(Vec::as_slice),
-            "device",
-            &devices,
-        );
         let settings = rollout::canary_settings(&plan.settings, own);
-        let payload = live.sign(
-            plan,
-            rollout::payload(&settings, version, plan.trial.as_deref()),
-        )?;
-        live.session.publish(&topic, payload.clone(), true).await;
-        live.retained.insert(topic, payload);
+        let version = live
+            .publish_device_layer(plan, id, &settings, plan.trial.as_deref())
+            .await?;
         versions.insert(id.clone(), version);
     }
     let deadline = Instant::now() + plan.timeout;
@@ -256,16 +265,7 @@ async fn restore_canaries(
     originals: &Originals,
 ) -> Result<(), PushError> {
     for (id, own) in originals {
-        let topic = Target::Device(id.clone()).topic();
-        let devices = [&live.fleet.devices[id]];
-        let version = rollout::next_version(
-            live.retained.get(&topic).map(Vec::as_slice),
-            "device",
-            &devices,
-        );
-        let payload = live.sign(plan, rollout::payload(own, version, None))?;
-        live.session.publish(&topic, payload.clone(), true).await;
-        live.retained.insert(topic, payload);
+        live.publish_device_layer(plan, id, own, None).await?;
     }
     Ok(())
 }

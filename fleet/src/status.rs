@@ -130,6 +130,38 @@ pub fn layers_text(row: &Row) -> String {
     out.join(" ")
 }
 
+/// One row of the table.
+fn cells_of(r: &Row, now_ms: i64) -> Vec<String> {
+    let backlog = match (r.backlog, r.oldest_unsent_age_s) {
+        (Some(n), Some(age)) if n > 0 => format!("{n} ({} old)", age_text(age)),
+        (Some(n), _) => n.to_string(),
+        (None, _) => "-".into(),
+    };
+    let sensors = if r.failing_sensors.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!("failing: {}", r.failing_sensors.join(","))
+    };
+    let clock = match r.clock_synced {
+        Some(true) => "synced",
+        Some(false) => "NOT synced",
+        None => "-",
+    };
+    let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    vec![
+        r.device.clone(),
+        presence(r, now_ms),
+        r.agent_version.clone().unwrap_or_else(|| "-".into()),
+        layers_text(r),
+        r.link.clone().unwrap_or_else(|| "-".into()),
+        backlog,
+        r.dropped.to_string(),
+        sensors,
+        clock.to_owned(),
+        labels.join(","),
+    ]
+}
+
 /// The table `buoy-fleet status` prints.
 pub fn table(rows: &[Row], now_ms: i64) -> String {
     let header = [
@@ -137,36 +169,7 @@ pub fn table(rows: &[Row], now_ms: i64) -> String {
         "LABELS",
     ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
-    for r in rows {
-        let backlog = match (r.backlog, r.oldest_unsent_age_s) {
-            (Some(n), Some(age)) if n > 0 => format!("{n} ({} old)", age_text(age)),
-            (Some(n), _) => n.to_string(),
-            (None, _) => "-".into(),
-        };
-        let sensors = if r.failing_sensors.is_empty() {
-            "ok".to_owned()
-        } else {
-            format!("failing: {}", r.failing_sensors.join(","))
-        };
-        let clock = match r.clock_synced {
-            Some(true) => "synced",
-            Some(false) => "NOT synced",
-            None => "-",
-        };
-        let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        cells.push(vec![
-            r.device.clone(),
-            presence(r, now_ms),
-            r.agent_version.clone().unwrap_or_else(|| "-".into()),
-            layers_text(r),
-            r.link.clone().unwrap_or_else(|| "-".into()),
-            backlog,
-            r.dropped.to_string(),
-            sensors,
-            clock.to_owned(),
-            labels.join(","),
-        ]);
-    }
+    cells.extend(rows.iter().map(|r| cells_of(r, now_ms)));
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             cells

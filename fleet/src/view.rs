@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use edge_agent::remote_config::report::Verdict;
+use edge_agent::remote_config::report::{Decision, Verdict};
 use edge_agent::remote_config::state::ReportedState;
 use serde::Serialize;
 
@@ -44,6 +44,13 @@ pub fn classify(topic: &str, payload: &[u8]) -> Seen {
         },
         _ => Seen::Other,
     }
+}
+
+/// A config decision as the fleet saw it arrive.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Heard {
+    pub at_ms: i64,
+    pub decision: Decision,
 }
 
 /// Every device, by id.

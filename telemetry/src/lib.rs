@@ -32,6 +32,8 @@
 //! - Encoders refuse readings they cannot write faithfully (NaN, names ending
 //!   in a backslash, control characters) instead of writing something else.
 
+#[cfg(feature = "allocator")]
+pub mod allocator;
 pub mod backoff;
 pub mod config_file;
 #[cfg(feature = "kafka")]

@@ -23,6 +23,7 @@
 
 pub mod binaries;
 pub mod certs;
+pub mod chromium;
 pub mod fs;
 pub mod http_fake;
 pub mod influx;

@@ -22,6 +22,8 @@ pub struct Access {
     /// this directory, see [`crate::certs::ca_and_server`]); client
     /// certificates signed by the CA are asked for but not required.
     pub tls_certs: Option<PathBuf>,
+    /// mosquitto's `acl_file`: who may read and write which topics.
+    pub acl_file: Option<PathBuf>,
 }
 
 pub struct Mosquitto {
@@ -78,6 +80,9 @@ impl Mosquitto {
                 "allow_anonymous false\npassword_file {}\n",
                 passwd.display()
             ));
+        }
+        if let Some(acl) = &access.acl_file {
+            conf.push_str(&format!("acl_file {}\n", acl.display()));
         }
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();

@@ -20,25 +20,8 @@ use uplink::metrics::Metrics;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (mimalloc.h of the v3 the crate
-/// builds: the option just before `mi_option_use_numa_nodes`; the Rust
-/// bindings have no name for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
-    libmimalloc_sys::mi_option_use_numa_nodes - 1;
-
-/// Gives freed memory back to the system at once rather than a second later
-/// (mimalloc v3's default).
-/// A batch is freed on a writer's thread while the next is built on the
-/// loop's; with the delay, both stay resident and the peak RSS is about
-/// 5 MiB higher (docs/performance.md, the uplink's table).
-fn purge_freed_memory_at_once() {
-    // SAFETY: sets a process-wide allocator option; mimalloc reads it at
-    // each purge, and any value is valid.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
-
 fn main() -> ExitCode {
-    purge_freed_memory_at_once();
+    telemetry::allocator::purge_freed_memory_at_once();
     let cli = Cli::parse();
     process::init_logging();
     let loaded = match process::load_config(
@@ -135,24 +118,4 @@ async fn check_config(loaded: &Loaded<UplinkConfig>, print: bool) -> ExitCode {
     }
     process::print_overrides(loaded, print);
     ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_purge_delay_is_the_option_set() {
-        // The option's default in mimalloc v3 is 1,000 ms (options.c): a
-        // check that the index names the option meant.
-        assert_eq!(
-            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
-            1000
-        );
-        purge_freed_memory_at_once();
-        assert_eq!(
-            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
-            0
-        );
-    }
 }

@@ -7,9 +7,12 @@ use std::time::Duration;
 use buoy_tests::binaries;
 use buoy_tests::influx::Influx;
 use buoy_tests::kafka::{Kafka, KafkaRecord, read_topic};
+use buoy_tests::mqtt::Watcher;
 use buoy_tests::points::{self, Point, PointKey, differences};
 use buoy_tests::process::{Service, try_wait_while_progressing, wait_while_progressing};
 use buoy_tests::victoria::Victoria;
+use ed25519_dalek::SigningKey;
+use edge_agent::remote_config::desired;
 use serde_json::Value;
 use telemetry::Reading;
 use telemetry::record::Format;
@@ -466,4 +469,25 @@ pub fn agent_stage(
             Err(_) => {}
         }
     }
+}
+
+/// A signed layer, as `buoy-fleet push` and `edge-agent sign-config` make it.
+pub fn signed(key: &SigningKey, layer: Value) -> String {
+    desired::sign(layer.to_string().as_bytes(), key).unwrap()
+}
+
+/// The latest state of the e2e device (seen or to come) whose `config`
+/// satisfies `matches`.
+pub async fn config_state_where(
+    watcher: &Watcher,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let topic = format!("buoy/{DEVICE}/state");
+    watcher
+        .wait_for(what, Duration::from_secs(90), |m| {
+            m.topic == topic && matches(&m.json()["config"])
+        })
+        .await
+        .json()
 }

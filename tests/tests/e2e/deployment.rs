@@ -38,7 +38,11 @@ fn stdout(c: &mut Command) -> String {
 #[test]
 fn both_units_have_an_exposure_level_of_2_5_or_better() {
     let analyze = require("systemd-analyze", "sudo apt-get install systemd");
-    for unit in ["buoy-edge-agent.service", "buoy-uplink.service"] {
+    for unit in [
+        "buoy-edge-agent.service",
+        "buoy-uplink.service",
+        "buoy-fleet.service",
+    ] {
         let path = workspace().join("systemd").join(unit);
         let out = stdout(
             Command::new(&analyze)
@@ -59,11 +63,24 @@ fn both_units_have_an_exposure_level_of_2_5_or_better() {
 }
 
 /// `scripts/package --profile dev` (a no-op rebuild when `scripts/test`
-/// already ran it); the four packages it made.
+/// already ran it, and run once for all the tests here); the agent's and
+/// the uplink's packages, amd64 then arm64.
 fn packages() -> [PathBuf; 4] {
-    run(Command::new(workspace().join("scripts/package"))
-        .args(["--profile", "dev"])
-        .current_dir(workspace()));
+    let [agent, uplink, agent_arm, uplink_arm, _, _] = all_packages();
+    [agent, uplink, agent_arm, uplink_arm]
+}
+
+/// Every package: the agent's, the uplink's, amd64 and arm64, then the
+/// fleet's, amd64 and arm64.
+fn all_packages() -> [PathBuf; 6] {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
+        run(Command::new(workspace().join("scripts/package"))
+            .args(["--profile", "dev"])
+            .current_dir(workspace()));
+        *built = true;
+    }
     let dir = workspace().join("target/debian");
     let find = |name: &str, arch: &str| {
         std::fs::read_dir(&dir)
@@ -80,6 +97,8 @@ fn packages() -> [PathBuf; 4] {
         find("buoy-uplink", "amd64"),
         find("buoy-edge-agent", "arm64"),
         find("buoy-uplink", "arm64"),
+        find("buoy-fleet", "amd64"),
+        find("buoy-fleet", "arm64"),
     ]
 }
 
@@ -414,5 +433,86 @@ fn the_packages_install_upgrade_over_a_live_journal_and_run_on_arm64() {
         records >= 100,
         "10 s of 4 simulated sensors every 100 ms journaled under qemu: {records}\n{}",
         arm_run.log()
+    );
+}
+
+#[test]
+fn the_fleet_package_installs_its_unit_disabled_and_runs_on_arm64() {
+    let [.., fleet_amd64, fleet_arm64] = all_packages();
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path();
+    for (deb, arch) in [(&fleet_amd64, "amd64"), (&fleet_arm64, "arm64")] {
+        let fields = dpkg_deb(&["-f"], deb);
+        assert!(
+            fields.contains(&format!("Architecture: {arch}")),
+            "{fields}"
+        );
+        assert!(
+            !fields.contains("libssl") && fields.contains("libc6"),
+            "{fields}"
+        );
+        let files = dpkg_deb(&["-c"], deb);
+        for f in [
+            "./usr/bin/buoy-fleet",
+            "./etc/buoy/fleet.toml",
+            "/systemd/system/buoy-fleet.service",
+            "./usr/share/doc/buoy-fleet/mosquitto-acl.conf",
+        ] {
+            assert!(
+                files.contains(f),
+                "{f} missing from {}:\n{files}",
+                deb.display()
+            );
+        }
+        assert_eq!(
+            control_file(deb, "conffiles", scratch).trim(),
+            "/etc/buoy/fleet.toml"
+        );
+    }
+    let root = scratch_root(scratch);
+    dpkg_install(&root, &[&fleet_amd64]);
+    assert!(
+        !root
+            .join("etc/systemd/system/multi-user.target.wants/buoy-fleet.service")
+            .exists(),
+        "disabled until its broker is configured"
+    );
+    let fleet = root.join("usr/bin/buoy-fleet");
+    let version = stdout(Command::new(&fleet).arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("buoy-fleet {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The shipped config loads: with no broker there, the error is about
+    // reaching it (exit 2), not about the file.
+    let out = Command::new(&fleet)
+        .arg("--config")
+        .arg(root.join("etc/buoy/fleet.toml"))
+        .args([
+            "--mqtt",
+            &format!("mqtt://127.0.0.1:{}", free_port()),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach the MQTT broker"), "{err}");
+
+    let qemu = require("qemu-aarch64", "sudo apt-get install qemu-user");
+    let arm = scratch.join("arm64");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&fleet_arm64)
+        .arg(&arm));
+    let version = stdout(
+        Command::new(&qemu)
+            .args(["-L", "/usr/aarch64-linux-gnu"])
+            .arg(arm.join("usr/bin/buoy-fleet"))
+            .arg("--version"),
+    );
+    assert_eq!(
+        version.trim(),
+        format!("buoy-fleet {}", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -19,14 +19,16 @@ use serde_json::Value;
 
 use crate::common::wait_for_async;
 
-/// The agent's config for device `id` with `labels`, trusting `public`.
-fn device_config(
+/// The agent's config for device `id` with `labels`, trusting `public`
+/// `mqtt_extra`: more `[mqtt]` keys (a login, a shorter keep-alive).
+pub fn device_config(
     dir: &Path,
     id: &str,
     labels: &str,
     bootstrap: &str,
     url: &str,
     public: &str,
+    mqtt_extra: &str,
 ) -> String {
     format!(
         r#"device_id = "{id}"
@@ -48,6 +50,7 @@ url = "{url}"
 config_public_key = "{public}"
 state_interval = "1s"
 max_reconnect_delay = "1s"
+{mqtt_extra}
 [[sensor]]
 name = "cpu"
 kind = "simulated_cpu_temperature"
@@ -57,7 +60,24 @@ interval = "1s"
     )
 }
 
-fn public_of(key: &SigningKey) -> String {
+/// `buoy-fleet serve` on a free port, following the broker at `url`; its
+/// base URL (`http://127.0.0.1:<port>`).
+pub fn start_serve(url: &str, dir: &Path) -> (Service, String) {
+    let port = buoy_tests::process::free_port();
+    let mut command = binaries::command("buoy-fleet");
+    command.args([
+        "--mqtt",
+        url,
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let serve = Service::spawn("buoy-fleet", command, &dir.join("buoy-fleet-serve.log"));
+    buoy_tests::process::wait_for_port(port, Duration::from_secs(60), &serve);
+    (serve, format!("http://127.0.0.1:{port}"))
+}
+
+pub fn public_of(key: &SigningKey) -> String {
     base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
 }
 
@@ -164,6 +184,7 @@ async fn a_canary_rollout_to_twelve_agents_stops_on_a_rejection_or_bad_health_an
             &bootstrap,
             &url,
             &public_of(trusted),
+            "",
         );
         agents.push(binaries::start("edge-agent", &agent_dir, &config));
     }

@@ -10,33 +10,16 @@ use buoy_tests::binaries;
 use buoy_tests::kafka::{Kafka, Storage, read_topic};
 use buoy_tests::mqtt::{Access, Mosquitto, Watcher};
 use ed25519_dalek::SigningKey;
-use edge_agent::remote_config::desired;
 use serde_json::{Value, json};
 use telemetry::record::Format;
 
 use crate::common::*;
 
-const STATE: &str = "buoy/e2e-device/state";
 const FLEET: &str = "buoy/fleet/config";
 const SITE: &str = "buoy/group/site/north-sea/config";
 const HW: &str = "buoy/group/hw/pi5/config";
 const OTHER_SITE: &str = "buoy/group/site/south/config";
 const DEVICE: &str = "buoy/e2e-device/config";
-
-/// A signed layer, as `buoy-fleet push` and `edge-agent sign-config` make it.
-fn signed(key: &SigningKey, layer: Value) -> String {
-    desired::sign(layer.to_string().as_bytes(), key).unwrap()
-}
-
-/// The latest state whose `config` satisfies `matches`.
-async fn state_where(watcher: &Watcher, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-    watcher
-        .wait_for(what, Duration::from_secs(60), |m| {
-            m.topic == STATE && matches(&m.json()["config"])
-        })
-        .await
-        .json()
-}
 
 /// The layer's applied version in a state's config part.
 fn applied(config: &Value, layer: &str) -> Value {
@@ -95,7 +78,7 @@ interval = "2s"
     let mut agent = binaries::start("edge-agent", dir.path(), &config);
 
     // All three layers it takes run; the fourth is not its business.
-    let state = state_where(&watcher, "fleet, site and device layers applied", |c| {
+    let state = config_state_where(&watcher, "fleet, site and device layers applied", |c| {
         applied(c, "fleet") == 1
             && applied(c, "group/site/north-sea") == 1
             && applied(c, "device") == 1
@@ -136,7 +119,7 @@ interval = "2s"
     // layers untouched.
     let hw = json!({"version": 1, "kafka": {"topic": "hw"}, "forward": {"order": "random"}});
     watcher.publish(HW, signed(&key, hw), true).await;
-    let state = state_where(&watcher, "the hw layer rejected", |c| {
+    let state = config_state_where(&watcher, "the hw layer rejected", |c| {
         c["layers"]["group/hw/pi5"]["last"]["result"] == "rejected"
     })
     .await;
@@ -150,7 +133,7 @@ interval = "2s"
     // A layer may not reach local-only keys either.
     let brokers = json!({"version": 2, "kafka": {"brokers": ["evil:9092"]}});
     watcher.publish(HW, signed(&key, brokers), true).await;
-    let state = state_where(&watcher, "brokers refused", |c| c["rejected"] == 2).await;
+    let state = config_state_where(&watcher, "brokers refused", |c| c["rejected"] == 2).await;
     let reason = state["config"]["last"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("kafka.brokers cannot be set remotely"),
@@ -164,7 +147,7 @@ interval = "2s"
             true,
         )
         .await;
-    let state = state_where(&watcher, "unsigned refused", |c| c["rejected"] == 3).await;
+    let state = config_state_where(&watcher, "unsigned refused", |c| c["rejected"] == 3).await;
     assert!(
         state["config"]["last"]["reason"]
             .as_str()
@@ -180,7 +163,7 @@ interval = "2s"
     // its topic loses to the site's but its order wins over the fleet's.
     let hw = json!({"version": 4, "kafka": {"topic": "hw"}, "forward": {"order": "live_first"}});
     watcher.publish(HW, signed(&key, hw), true).await;
-    state_where(&watcher, "the hw layer applied", |c| {
+    config_state_where(&watcher, "the hw layer applied", |c| {
         applied(c, "group/hw/pi5") == 4
     })
     .await;
@@ -191,7 +174,7 @@ interval = "2s"
     // The fleet withdraws its topic: a newer version without it.
     let fleet = json!({"version": 2, "journal": {"max_bytes": "64MiB"}});
     watcher.publish(FLEET, signed(&key, fleet), true).await;
-    state_where(&watcher, "fleet v2 applied", |c| applied(c, "fleet") == 2).await;
+    config_state_where(&watcher, "fleet v2 applied", |c| applied(c, "fleet") == 2).await;
 
     // Restart with the broker gone: the layers come back from disk.
     agent.stop(Duration::from_secs(20));

@@ -35,6 +35,12 @@
 //! - [`fleet`]: `buoy-fleet` against twelve agents: status, a canary
 //!   rollout stopped by a rejection and by bad health, then completed, and
 //!   a rollback.
+//! - [`acl`]: the shipped mosquitto ACL: a device cannot publish another
+//!   device's config (or read its topics).
+//! - [`fleet_page`]: `buoy-fleet serve` in headless Chromium while agents
+//!   go offline and come back; its metrics and JSON.
+//! - [`fleet_scale`]: 5,000 devices' retained states: `status --json` lists
+//!   them all, `serve` holds them in at most 64 MiB.
 //! - [`trials`]: a trial config pointing `kafka.brokers` at a dead address
 //!   reverts by itself, across a SIGKILL in the middle, with no reading
 //!   lost; a working trial is confirmed and stays.
@@ -50,6 +56,7 @@
 //!   installed into a scratch root and upgraded, the arm64 binary under
 //!   qemu.
 
+mod acl;
 mod cli;
 mod clock;
 mod common;
@@ -57,6 +64,8 @@ mod dead_letters;
 mod deployment;
 mod dialects;
 mod fleet;
+mod fleet_page;
+mod fleet_scale;
 mod forwarding;
 mod group;
 mod journal;

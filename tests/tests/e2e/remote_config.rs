@@ -105,6 +105,7 @@ async fn desired_configs_are_applied_in_place_or_refused_whole_and_must_be_signe
                 ("operator".into(), "operator secret".into()),
             ],
             tls_certs: Some(certs_dir.clone()),
+            acl_file: None,
         },
     );
     let kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);

@@ -11,28 +11,12 @@ use buoy_tests::kafka::{Kafka, Storage, read_topic};
 use buoy_tests::mqtt::{Access, Mosquitto, Watcher};
 use buoy_tests::process::free_port;
 use ed25519_dalek::SigningKey;
-use edge_agent::remote_config::desired;
 use serde_json::{Value, json};
 use telemetry::record::Format;
 
 use crate::common::*;
 
-const STATE: &str = "buoy/e2e-device/state";
 const DEVICE: &str = "buoy/e2e-device/config";
-
-fn signed(key: &SigningKey, layer: Value) -> String {
-    desired::sign(layer.to_string().as_bytes(), key).unwrap()
-}
-
-/// The latest state whose `config` satisfies `matches`.
-async fn state_where(watcher: &Watcher, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-    watcher
-        .wait_for(what, Duration::from_secs(90), |m| {
-            m.topic == STATE && matches(&m.json()["config"])
-        })
-        .await
-        .json()
-}
 
 fn stored_file(dir: &std::path::Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("remote-config.json")).unwrap()).unwrap()
@@ -71,7 +55,7 @@ interval = "500ms"
     let dead = format!("127.0.0.1:{}", free_port());
     let plain = json!({"version": 1, "kafka": {"brokers": [dead]}});
     watcher.publish(DEVICE, signed(&key, plain), true).await;
-    let state = state_where(&watcher, "plain brokers refused", |c| c["rejected"] == 1).await;
+    let state = config_state_where(&watcher, "plain brokers refused", |c| c["rejected"] == 1).await;
     let reason = state["config"]["last"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("set it in a layer with \"trial\""),
@@ -81,7 +65,7 @@ interval = "500ms"
     // On trial, they are taken, and the trial is reported with its end.
     let trial = json!({"version": 2, "trial": "15s", "kafka": {"brokers": [dead]}});
     watcher.publish(DEVICE, signed(&key, trial), true).await;
-    let state = state_where(&watcher, "the trial running", |c| {
+    let state = config_state_where(&watcher, "the trial running", |c| {
         c["trial"]["version"] == 2 && c["layers"]["device"]["applied_version"] == 2
     })
     .await;
@@ -95,7 +79,7 @@ interval = "500ms"
     let now = binaries::state_now(&agent);
     assert_eq!(now["config"]["trial"]["version"], 2, "{now}");
     assert_eq!(now["config"]["trial"]["ends_at_ms"], ends_at, "{now}");
-    let state = state_where(&watcher, "the trial reverted", |c| {
+    let state = config_state_where(&watcher, "the trial reverted", |c| {
         c["layers"]["device"]["last"]["result"] == "reverted"
     })
     .await;
@@ -144,7 +128,7 @@ interval = "500ms"
     let good = json!({"version": 3, "trial": "1h",
                       "kafka": {"brokers": [bootstrap], "topic": "good"}});
     watcher.publish(DEVICE, signed(&key, good), true).await;
-    let state = state_where(&watcher, "the good trial confirmed", |c| {
+    let state = config_state_where(&watcher, "the good trial confirmed", |c| {
         c["layers"]["device"]["applied_version"] == 3 && c.get("trial").is_none()
     })
     .await;
