@@ -371,3 +371,55 @@ async fn a_canary_rollout_to_twelve_agents_stops_on_a_rejection_or_bad_health_an
         agent.stop(Duration::from_secs(20));
     }
 }
+
+#[test]
+fn every_command_explains_itself_in_help() {
+    let help = |args: &[&str]| {
+        let out = binaries::command("buoy-fleet").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        stdout(&out)
+    };
+    let top = help(&["--help"]);
+    for part in [
+        "status",
+        "push",
+        "rollback",
+        "serve",
+        "--mqtt",
+        "Exit status",
+        "mosquitto-acl.conf",
+    ] {
+        assert!(top.contains(part), "--help lacks {part}:\n{top}");
+    }
+    for (command, parts) in [
+        (
+            "status",
+            &["--json", "--watch", "--label", "--state", "Exit 0"][..],
+        ),
+        (
+            "push",
+            &[
+                "--to",
+                "--key",
+                "--canary",
+                "--soak",
+                "--timeout",
+                "--trial",
+                "line",
+            ][..],
+        ),
+        ("rollback", &["--to", "previous content"][..]),
+        (
+            "serve",
+            &["/api/devices", "/metrics", "buoy_device_online"][..],
+        ),
+    ] {
+        let text = help(&[command, "--help"]);
+        for part in parts {
+            assert!(
+                text.contains(part),
+                "{command} --help lacks {part}:\n{text}"
+            );
+        }
+    }
+}
