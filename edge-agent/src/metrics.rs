@@ -7,6 +7,7 @@
 //! | metric | what |
 //! |---|---|
 //! | `edge_agent_sampled_total`, `_journaled_total`, `_forwarded_total` | readings since start |
+//! | `edge_agent_journal_commits_total` | journal commits since start (each one an fsync) |
 //! | `edge_agent_dropped_total{cause}` | readings dropped since start, by cause |
 //! | `edge_agent_backlog_readings` | readings in the journal not yet acknowledged by Kafka |
 //! | `edge_agent_oldest_unsent_age_seconds` | how old the oldest of them is |
@@ -87,6 +88,12 @@ fn readings(r: &mut Registry, s: &ReportedState) {
         "forwarded",
         "Readings acknowledged by Kafka since start",
         s.forwarded,
+    );
+    counter(
+        r,
+        "journal_commits",
+        "Journal commits since start (each one an fsync)",
+        s.commits,
     );
     let dropped = Family::<Labels, Counter>::default();
     let d = &s.dropped;

@@ -30,6 +30,17 @@ impl Victoria {
 
     /// Starts VictoriaMetrics on `port`, with its data in `dir`.
     pub fn start_on(dir: &Path, port: u16) -> Victoria {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// Starts VictoriaMetrics scraping the Prometheus targets of
+    /// `scrape_config` (a `-promscrape.config` file) as well.
+    pub fn start_scraping(dir: &Path, scrape_config: &Path) -> Victoria {
+        let config = format!("-promscrape.config={}", scrape_config.display());
+        Self::start_with(dir, free_port(), &[&config])
+    }
+
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Victoria {
         let vm = require("victoria-metrics", "sudo apt-get install victoria-metrics");
         let data = dir.join("victoria-data");
         let mut c = Command::new(vm);
@@ -38,7 +49,8 @@ impl Victoria {
             .arg("-dedup.minScrapeInterval=1ms")
             .arg("-search.latencyOffset=1s")
             .arg("-retentionPeriod=100y")
-            .arg("-loggerLevel=WARN");
+            .arg("-loggerLevel=WARN")
+            .args(extra);
         let log = (0..)
             .map(|i| dir.join(format!("victoria-metrics.{i}.log")))
             .find(|p| !p.exists())

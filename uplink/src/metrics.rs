@@ -187,6 +187,22 @@ impl Metrics {
         out
     }
 
+    /// Makes every per-sink and per-reason series exist, at 0, before
+    /// anything happened: a dashboard or an alert on retries or dead
+    /// letters then has data from the start (a series that appears only
+    /// at the first failure looks, until then, like a renamed metric).
+    pub fn announce<'a>(&self, sinks: impl IntoIterator<Item = &'a str>) {
+        for name in sinks {
+            let labels = sink(name);
+            drop(self.lines_written.get_or_create(&labels));
+            drop(self.write_retries.get_or_create(&labels));
+            drop(self.misconfigured.get_or_create(&labels));
+        }
+        for r in DeadLetterReason::ALL {
+            drop(self.dead_lettered.get_or_create(&reason(r)));
+        }
+    }
+
     /// Notes that everything below `offset` in a partition is written.
     pub fn written(&self, topic: &str, partition: i32, offset: i64) {
         self.update(topic, partition, |p| p.written = Some(offset));
@@ -318,6 +334,22 @@ mod tests {
             "uplink_lines_written_total{sink=\"victoriametrics x\"} 5",
             "uplink_consumer_lag{topic=\"t\",partition=\"2\"} 17",
             "uplink_batch_seconds_count 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_sink_and_reason_has_a_series_at_zero_from_the_start() {
+        let m = Metrics::default();
+        m.announce(["victoriametrics[0]"]);
+        let text = m.render();
+        for expected in [
+            "uplink_write_retries_total{sink=\"victoriametrics[0]\"} 0",
+            "uplink_lines_written_total{sink=\"victoriametrics[0]\"} 0",
+            "uplink_sink_misconfigured{sink=\"victoriametrics[0]\"} 0",
+            "uplink_dead_lettered_total{reason=\"malformed\"} 0",
+            "uplink_dead_lettered_total{reason=\"rejected\"} 0",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

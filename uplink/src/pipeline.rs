@@ -175,6 +175,7 @@ impl Pipeline {
                 })?;
             slots.push(SinkSlot::new(built, sink.max_concurrent_writes));
         }
+        metrics.announce(slots.iter().map(|s| s.sink.name()));
         let writer = Writer {
             sinks: slots.into(),
             dead_letters: DeadLetters::new(config)?,

@@ -11,7 +11,7 @@
 //!  "dropped":{"queue_full":0,"unencodable":0,"dropped_oldest":0,"rejected_new":0,"aggregated":0},
 //!  "sensors":[{"name":"env","kind":"bme280","state":"ok","readings":3600,"errors":0,…}],
 //!  "clock":{"synced":true},
-//!  "sampled":3600,"journaled":3600,"forwarded":3588,"time_ns":1700000000000000000}
+//!  "sampled":3600,"journaled":3600,"commits":3600,"forwarded":3588,"time_ns":1700000000000000000}
 //! ```
 
 use std::sync::Arc;
@@ -77,6 +77,9 @@ pub struct ReportedState {
     pub sensors: Vec<SensorHealth>,
     pub sampled: u64,
     pub journaled: u64,
+    /// Journal commits since start (each one an fsync).
+    #[serde(default)]
+    pub commits: u64,
     pub forwarded: u64,
     pub clock: ClockReport,
     /// When this state was made (ns since the epoch).
@@ -177,6 +180,7 @@ impl ReportedState {
             sensors: stats.sensors,
             sampled: stats.sampled,
             journaled: stats.journaled,
+            commits: stats.commits,
             forwarded: stats.forwarded,
             clock: ClockReport { synced: true },
             time_ns: now_ns,

@@ -190,6 +190,18 @@ pub fn stop_uplink(mut uplink: Service, dead_lettered: u64) {
 }
 
 pub fn uplink_config(bootstrap: &str, topic: &str, dead_letters: &str, sink: &str) -> String {
+    let metrics = buoy_tests::process::free_port();
+    uplink_config_with_metrics(bootstrap, topic, dead_letters, sink, metrics)
+}
+
+/// [`uplink_config`] serving its metrics on `metrics` (a port).
+pub fn uplink_config_with_metrics(
+    bootstrap: &str,
+    topic: &str,
+    dead_letters: &str,
+    sink: &str,
+    metrics: u16,
+) -> String {
     format!(
         r#"[kafka]
 brokers = ["{bootstrap}"]
@@ -205,8 +217,7 @@ log_interval = "1s"
 [metrics]
 listen = "127.0.0.1:{metrics}"
 {sink}
-"#,
-        metrics = buoy_tests::process::free_port()
+"#
     )
 }
 

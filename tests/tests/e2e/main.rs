@@ -35,6 +35,8 @@
 //! - [`fleet`]: `buoy-fleet` against twelve agents: status, a canary
 //!   rollout stopped by a rejection and by bad health, then completed, and
 //!   a rollback.
+//! - [`dashboards`]: every Grafana dashboard query run against a real
+//!   pipeline (readings and both binaries' scraped metrics) returns data.
 //! - [`acl`]: the shipped mosquitto ACL: a device cannot publish another
 //!   device's config (or read its topics).
 //! - [`fleet_page`]: `buoy-fleet serve` in headless Chromium while agents
@@ -60,6 +62,7 @@ mod acl;
 mod cli;
 mod clock;
 mod common;
+mod dashboards;
 mod dead_letters;
 mod deployment;
 mod dialects;
