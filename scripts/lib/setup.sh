@@ -6,6 +6,26 @@ TANSU_VERSION=0.6.0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# step TEXT [ESTIMATE]: says what the next long step does and roughly how
+# long it takes on a 2-core machine, with the time of day, and how long the
+# step before it took; so nobody stares at a silent terminal.
+STEP_STARTED=
+STEP_TEXT=
+step() {
+    step_done
+    STEP_STARTED=$SECONDS
+    STEP_TEXT=$1
+    printf '\033[1m==> %s %s%s\033[0m\n' "$(date +%H:%M:%S)" "$1" "${2:+ ($2)}" >&2
+}
+# step_done: says how long the current step took.
+step_done() {
+    if [ -n "$STEP_STARTED" ]; then
+        local took=$((SECONDS - STEP_STARTED))
+        printf '    %s took %dm%02ds\n' "$STEP_TEXT" $((took / 60)) $((took % 60)) >&2
+        STEP_STARTED=
+    fi
+}
+
 # warn_if_disk_is_short GB: says, before a long build, that the disk holding
 # target/ has less than GB gigabytes free; a build that runs out fails at link
 # time with errors that do not say why.
@@ -37,9 +57,10 @@ need_debian_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
-        say "installing Debian packages: ${missing[*]}"
+        step "installing Debian packages: ${missing[*]}" "about a minute, more for chromium or qemu"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        step_done
     fi
 }
 
@@ -65,12 +86,12 @@ need_kafka_python() {
         return
     fi
     need_debian_packages python3 python3-pip
-    say "installing kafka-python and zstandard with pip"
+    step "installing kafka-python and zstandard with pip" "seconds"
     python3 -m pip install --quiet kafka-python zstandard 2>/dev/null ||
         python3 -m pip install --quiet --break-system-packages kafka-python zstandard
+    step_done
 }
 
-# The Tansu broker, built once into ~/.cargo/bin (about 12 minutes).
 CARGO_DEB_VERSION=3.8.0
 
 # What scripts/package needs: cargo-deb, the arm64 cross toolchain and Rust
@@ -84,19 +105,23 @@ need_packaging() {
         rustup target add aarch64-unknown-linux-gnu
     export PATH="$PATH:$HOME/.cargo/bin"
     if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
-        say "installing cargo-deb $CARGO_DEB_VERSION"
+        step "installing cargo-deb $CARGO_DEB_VERSION" "about 3 minutes"
         cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+        step_done
     fi
 }
 
+# The Tansu broker, built once into ~/.cargo/bin: about 19 minutes on 2
+# cores, most of a first run of scripts/test (scripts/demo does without it).
 need_tansu() {
     export PATH="$PATH:$HOME/.cargo/bin"
     if command -v tansu >/dev/null 2>&1; then
         return
     fi
     need_build_dependencies
-    say "installing the Tansu broker $TANSU_VERSION (cargo install, about 12 minutes the first time)"
+    step "building the Tansu broker $TANSU_VERSION into ~/.cargo/bin (once; about 19 minutes on 2 cores)"
     cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql
+    step_done
 }
 
 # A TCP port nothing listens on.
