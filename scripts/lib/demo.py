@@ -132,6 +132,14 @@ def run(a, work, say):
     return 0 if result.ok else 1
 
 
+def drained(watch, seen, elapsed):
+    """Whether the agent has forwarded every reading journaled before the link
+    came back (noted once, when it first has)."""
+    if "forwarded" not in watch.marks and seen.forwarded >= watch.at("link_up")[1].journaled:
+        watch.mark("forwarded", elapsed)
+    return "forwarded" in watch.marks
+
+
 def tell(a, svc, watch, story, say):
     """Phases 1 to 5, once a second; False if the story got stuck."""
     start = time.monotonic()
@@ -142,7 +150,7 @@ def tell(a, svc, watch, story, say):
         seen = watch.sample(elapsed)
         if seen.points and "first" not in story.facts:
             story.facts["first"] = elapsed
-            say.more(f"the first reading reached VictoriaMetrics {elapsed:.0f} s after the agent started")
+            say.phase(1, f"the first reading reached VictoriaMetrics {elapsed:.0f} s after the agent started")
         if phase == 1 and elapsed >= story.cut_at:
             say.phase(1, watch.flowing_line(elapsed))
             svc.stop_broker()
@@ -157,9 +165,11 @@ def tell(a, svc, watch, story, say):
             watch.mark("restore", elapsed)
             phase = 4
         elif phase == 4 and seen.link_up:
+            watch.mark("link_up", elapsed)
             say.phase(4, watch.restored_line(elapsed))
             phase = 5
-        elif phase == 5 and seen.forwarded >= watch.at("link_up")[1].journaled:
+        elif phase == 5 and drained(watch, seen, elapsed) and (seen.points >= watch.at("link_up")[1].journaled
+                                                               or elapsed >= a.seconds):
             say.phase(5, watch.drained_line(elapsed))
             phase = 6
         if phase == 6 and elapsed >= a.seconds:

@@ -116,6 +116,17 @@ def live_first(records, facts):
     return None
 
 
+def tally(journaled, in_journal, sent, points):
+    """(lost, duplicated, ok): `sent` are the keys of the readings on the topic,
+    `points` those in the database. A reading journaled is lost unless it is
+    still in the journal or its point is in the database; a point that is no
+    sent reading's is a duplicate (a reading written twice as two points)."""
+    delivered = len(sent & points)
+    lost = journaled - in_journal - delivered
+    duplicated = len(points) - delivered
+    return lost, duplicated, lost == 0 and duplicated == 0
+
+
 def check(final, broker, bootstrap, topic, facts, vm_port, device):
     journaled, in_journal = final["journaled"], (final.get("journal") or {}).get("records", 0)
     records = read_topic(bootstrap, topic, broker)
@@ -124,10 +135,7 @@ def check(final, broker, bootstrap, topic, facts, vm_port, device):
         by_seq.setdefault(seq, reading_key(line))
     expected = set(by_seq.values())
     points = wait_for_points(vm_port, device, expected)
-    delivered = len(expected & points)
-    lost = journaled - in_journal - delivered
-    duplicated = len(points) - delivered
-    ok = lost == 0 and duplicated == 0 and journaled == len(points) + in_journal
+    lost, duplicated, ok = tally(journaled, in_journal, expected, points)
     resent = len(records) - len(by_seq)
     first = live_first(records, facts)
     lines = [

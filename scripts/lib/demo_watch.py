@@ -3,6 +3,7 @@
 readings as the database holds them). Keeps the history the panel's
 sparklines and the phase lines are drawn from."""
 import json
+import time
 import urllib.parse
 import urllib.request
 
@@ -99,7 +100,6 @@ class Watch:
         return int(float(result[0]["value"][1])) if result else 0
 
     def sample(self, elapsed):
-        import time
         now = time.time()
         state = self.svc.agent_status()
         try:
@@ -151,13 +151,16 @@ class Watch:
 
     def restored_line(self, elapsed):
         restore_t, _ = self.at("restore")
-        self.mark("link_up", elapsed)
         return (f"link restored: the broker started again at +{restore_t:.0f} s; "
                 f"the agent's Kafka link was up {elapsed - restore_t:.0f} s later")
 
     def drained_line(self, elapsed):
         up_t, up = self.at("link_up")
+        forwarded_t, _ = self.at("forwarded")
         waiting = up.journaled - self.at("cut")[1].forwarded
-        return (f"backlog drained: the {waiting} readings journaled since the cut were all forwarded "
-                f"within {elapsed - up_t:.0f} s of the link coming back, while sampling went on; "
-                f"VictoriaMetrics holds {self.last().points} so far, the uplink catching up")
+        s = self.last()
+        landed = (f"in VictoriaMetrics within {elapsed - up_t:.0f} s ({s.points} readings there)"
+                  if s.points >= up.journaled else f"VictoriaMetrics holds {s.points} so far")
+        return (f"backlog drained: the {waiting} readings journaled since the cut were forwarded "
+                f"within {forwarded_t - up_t:.0f} s of the link coming back, while sampling went on, "
+                f"and {landed}")

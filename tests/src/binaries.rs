@@ -34,6 +34,8 @@ fn bin_dir() -> &'static Path {
             "uplink",
             "-p",
             "buoy-fleet",
+            "-p",
+            "buoy-demo",
             "--bins",
         ]);
         if dir.file_name().is_some_and(|n| n == "release") {

@@ -35,6 +35,9 @@
 //! - [`fleet`]: `buoy-fleet` against twelve agents: status, a canary
 //!   rollout stopped by a rejection and by bad health, then completed, and
 //!   a rollback.
+//! - [`demo`]: `scripts/demo` tells its story (outage, drain, every reading
+//!   counted) and exits with the check; on a terminal (tmux) its panel is
+//!   redrawn in place.
 //! - [`dashboards`]: every Grafana dashboard query run against a real
 //!   pipeline (readings and both binaries' scraped metrics) returns data.
 //! - [`acl`]: the shipped mosquitto ACL: a device cannot publish another
@@ -64,6 +67,7 @@ mod clock;
 mod common;
 mod dashboards;
 mod dead_letters;
+mod demo;
 mod deployment;
 mod dialects;
 mod fleet;
