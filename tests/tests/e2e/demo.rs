@@ -258,3 +258,41 @@ print(c.tally(3, 1, keys - {("b", 1)}, keys - {("b", 1)}))
         "(lost, duplicated, ok) for: all there; one missing; one extra; one still in the journal"
     );
 }
+
+/// `scripts/demo --help` explains the settings and the exit status; a
+/// setting it cannot use is refused at once, with what it takes.
+#[test]
+fn the_demo_explains_itself_and_refuses_bad_settings() {
+    let script = workspace().join("scripts/demo");
+    let help = Command::new(&script)
+        .arg("--help")
+        .output()
+        .expect("run scripts/demo");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{text}");
+    for words in [
+        "BUOY_DEMO_SECONDS",
+        "BUOY_DEMO_BROKER",
+        "librdkafka",
+        "Exit status",
+    ] {
+        assert!(
+            text.contains(words),
+            "--help does not mention {words}:\n{text}"
+        );
+    }
+    for (seconds, broker, says) in [
+        ("20", "mock", "at least 40 seconds"),
+        ("soon", "mock", "a whole number of seconds"),
+        ("60", "kafka", "tansu or mock"),
+    ] {
+        let out = Command::new(&script)
+            .env("BUOY_DEMO_SECONDS", seconds)
+            .env("BUOY_DEMO_BROKER", broker)
+            .output()
+            .expect("run scripts/demo");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{seconds} {broker}: {err}");
+        assert!(err.contains(says), "{seconds} {broker}: {err}");
+    }
+}
