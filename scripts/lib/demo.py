@@ -151,7 +151,7 @@ def tell(a, svc, watch, story, say):
         if seen.points and "first" not in story.facts:
             story.facts["first"] = elapsed
             say.phase(1, f"the first reading reached VictoriaMetrics {elapsed:.0f} s after the agent started")
-        if phase == 1 and elapsed >= story.cut_at:
+        if phase == 1 and elapsed >= story.cut_at and seen.points:
             say.phase(1, watch.flowing_line(elapsed))
             svc.stop_broker()
             story.facts["cut"] = time.time()

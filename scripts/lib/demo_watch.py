@@ -146,8 +146,8 @@ class Watch:
         oldest = f"{s.oldest:.1f} s" if s.oldest is not None else "?"
         return (f"readings piling up: {elapsed - cut_t:.0f} s without a broker; Kafka link {s.link}; "
                 f"sampling went on ({s.sampled - cut.sampled} readings, {self.rate('sampled'):.1f}/s); "
-                f"{s.backlog} wait in the journal, the oldest {oldest}; VictoriaMetrics got "
-                f"{s.points - cut.points} new readings meanwhile")
+                f"{s.backlog} wait in the journal, the oldest {oldest}; VictoriaMetrics holds {s.points}, "
+                f"what was forwarded before the cut ({cut.forwarded})")
 
     def restored_line(self, elapsed):
         restore_t, _ = self.at("restore")
