@@ -13,7 +13,13 @@
 
 On a terminal one status panel is redrawn in place; otherwise (CI, a log)
 one line per phase is printed. scripts/demo installs and builds what this
-needs, then runs it; tests run it directly.
+needs, then runs it.
+
+  demo_services.py  the processes: started, stopped, restarted
+  demo_watch.py     what is read once a second: the agent's status, the
+                    uplink's metrics, VictoriaMetrics; the phase lines
+  demo_panel.py     the panel on a terminal, the lines otherwise
+  demo_check.py     the final count
 
 usage: demo.py --bin DIR [--seconds N] [--broker tansu|mock] [--keep]
 """
@@ -166,6 +172,7 @@ def tell(a, svc, watch, story, say):
             phase = 4
         elif phase == 4 and seen.link_up:
             watch.mark("link_up", elapsed)
+            story.facts["link_up"] = time.time()
             say.phase(4, watch.restored_line(elapsed))
             phase = 5
         elif phase == 5 and drained(watch, seen, elapsed) and (seen.points >= watch.at("link_up")[1].journaled

@@ -101,17 +101,19 @@ def wait_for_points(vm_port, device, wanted, seconds=60):
 
 
 def live_first(records, facts):
-    """How many live readings (sampled after the restore) reached Kafka before
-    the first reading of the backlog (sampled during the outage, older than the
-    live horizon when the link came back)."""
-    restore_ms = facts["restore"] * 1000
-    backlog_from, backlog_to = facts["cut"] * 1000, restore_ms - LIVE_HORIZON_S * 1000
+    """How many live readings reached Kafka before the first reading of the
+    backlog: live, sampled within the live horizon of the moment the demo
+    saw the link back up (so surely live when the agent saw it); backlog,
+    sampled during the outage, older than the horizon when the broker came
+    back (so surely backlog). None when there was no such backlog."""
+    live_from = (facts["link_up"] - LIVE_HORIZON_S) * 1000
+    backlog_from, backlog_to = facts["cut"] * 1000, (facts["restore"] - LIVE_HORIZON_S) * 1000
     live_before = 0
     for _, _, line in records:
         t = reading_key(line)[1]
         if backlog_from <= t < backlog_to:
             return live_before
-        if t >= restore_ms:
+        if t >= live_from:
             live_before += 1
     return None
 
@@ -144,7 +146,7 @@ def check(final, broker, bootstrap, topic, facts, vm_port, device):
         f"Kafka topic {topic}: {len(records)} records, {len(by_seq)} distinct readings (buoy-seq)"
         + (f", {resent} sent twice after the outage (the same reading, the same point)" if resent else ""),
         f"VictoriaMetrics: {len(points)} readings (distinct series and millisecond)",
-        ("live readings first: " + (f"{first} readings sampled after the restore reached Kafka before the backlog"
+        ("live readings first: " + (f"{first} live readings reached Kafka before the first of the backlog"
                                     if first else "no: the backlog went first" if first == 0 else
                                     "not seen (no backlog older than the live horizon)")),
         (f"check: journaled {journaled} = {len(points)} in VictoriaMetrics"

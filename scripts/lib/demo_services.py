@@ -1,5 +1,7 @@
-"""The processes of scripts/demo (broker, VictoriaMetrics, uplink, agent) and
-what is read from them once a second (demo.py tells the story)."""
+"""The processes of scripts/demo: the Kafka broker (Tansu or librdkafka's mock
+cluster), VictoriaMetrics, the uplink and the agent, each logging into the
+demo's directory; started, stopped and restarted for the story (demo.py), and
+every one of them stopped at the end, whatever happens."""
 import json
 import os
 import shutil
@@ -67,7 +69,6 @@ class Services:
         self.work, self.bin = work, os.path.abspath(bin_dir)
         self.procs = {}
         self.broker_kind = None
-        self.broker_name = None
         self.kafka_port = None
         self.broker_stopped = False
 
@@ -84,7 +85,6 @@ class Services:
     def start_broker(self, kind, topics):
         self.broker_kind = kind
         if kind == "mock":
-            self.broker_name = "librdkafka's mock cluster, a Kafka-protocol broker on a TCP port"
             p = self._spawn("kafka", [os.path.join(self.bin, "buoy-demo-kafka"), *topics],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = p.stdout.readline().strip()
@@ -95,7 +95,6 @@ class Services:
         if not shutil.which("tansu"):
             raise DemoError("tansu not found: install it with "
                             "`cargo install tansu --locked --version 0.6.0 --features dynostore,libsql`")
-        self.broker_name = "Tansu"
         self.kafka_port = free_port()
         self._start_tansu()
         create_topics(self.kafka_port, topics)

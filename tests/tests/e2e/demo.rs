@@ -96,6 +96,15 @@ fn the_demo_shows_an_outage_a_drain_and_a_count_that_adds_up() {
     assert!(since_cut >= piled_up, "{drained} / {piled}");
     phase(6, "end");
 
+    let live = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("live readings first: "))
+        .unwrap_or_else(|| panic!("no word on live readings first:\n{all}"));
+    assert!(
+        live.split(' ').next().and_then(|n| n.parse::<u64>().ok()) >= Some(1),
+        "live readings did not go before the backlog: {live}"
+    );
+
     let check = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("check: journaled "))
