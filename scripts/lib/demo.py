@@ -216,5 +216,7 @@ def interrupted(*_):
 
 
 if __name__ == "__main__":
+    # SIGTERM, and SIGHUP (the terminal closed): stop every process, as on Ctrl-C.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
     sys.exit(main())

@@ -2,9 +2,11 @@
 cluster), VictoriaMetrics, the uplink and the agent, each logging into the
 demo's directory; started, stopped and restarted for the story (demo.py), and
 every one of them stopped at the end, whatever happens."""
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -16,6 +18,15 @@ _STARTED = []  # every process started, stopped by stop_everything()
 
 class DemoError(Exception):
     pass
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent():
+    """In the child, before exec: SIGTERM when the demo's process ends."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port():
@@ -37,13 +48,16 @@ def wait_for_port(port, seconds, name):
     raise DemoError(f"{name} did not start listening on 127.0.0.1:{port} within {seconds} s")
 
 
-def stop_everything():
+def stop_everything(seconds=20):
+    """Stops every process started, newest first (the agent and the uplink
+    while the broker and the database still answer them), each with SIGTERM,
+    then SIGKILL once `seconds` in all have passed."""
+    deadline = time.monotonic() + seconds
     for p in reversed(_STARTED):
         if p.poll() is None:
             p.terminate()
-    for p in reversed(_STARTED):
         try:
-            p.wait(timeout=10)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
@@ -74,8 +88,11 @@ class Services:
 
     def _spawn(self, name, args, **kw):
         log = open(os.path.join(self.work, f"{name}.log"), "ab")
+        # A session of its own: Ctrl-C reaches the demo only, which stops the
+        # processes in order. The kernel stops each one should the demo die
+        # without that (SIGKILL, a crash).
         p = subprocess.Popen(args, stdout=kw.pop("stdout", log), stderr=log, cwd=self.work,
-                             start_new_session=True, **kw)
+                             start_new_session=True, preexec_fn=stop_with_parent, **kw)
         _STARTED.append(p)
         self.procs[name] = p
         return p

@@ -68,7 +68,7 @@ pub enum PipelineError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("the final offset commit did not run: {0}")]
-    Commit(#[from] tokio::task::JoinError),
+    Commit(#[from] std::io::Error),
 }
 
 /// The consumer, and everything else the loop owns.
@@ -316,19 +316,7 @@ impl State {
                 }
             }
         }
-        let commit = tokio::task::spawn_blocking(move || {
-            let result = consumer.commit_consumer_state(CommitMode::Sync);
-            drop(consumer);
-            result
-        })
-        .await?;
-        match commit {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "final offset commit failed; the last records will be read again")
-            }
-        }
+        final_commit(consumer).await?;
         self.log_status();
         Ok(self.counters)
     }
@@ -501,6 +489,42 @@ impl State {
             }
         }
     }
+}
+
+/// How long a stopping uplink waits for Kafka to answer its last offset
+/// commit. With the broker unreachable a synchronous commit (and closing the
+/// consumer) waits for a coordinator that may never come back, and the
+/// uplink could not be stopped; what was not committed is read again.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Commits what every sink accepted and closes the consumer, on a thread of
+/// its own, waiting at most [`FINAL_COMMIT_WAIT`]. A thread that is still
+/// waiting then is left behind: the process ends without it.
+async fn final_commit(consumer: Consumer) -> Result<(), PipelineError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("final-commit".into())
+        .spawn(move || {
+            let outcome = consumer.commit_consumer_state(CommitMode::Sync);
+            drop(consumer);
+            let _ = done.send(outcome);
+        })?;
+    match tokio::time::timeout(FINAL_COMMIT_WAIT, result).await {
+        Ok(Ok(
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)),
+        )) => {}
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "final offset commit failed; the last records will be read again")
+        }
+        Ok(Err(_)) => tracing::warn!(
+            "the final offset commit ended without an answer; the last records will be read again"
+        ),
+        Err(_) => tracing::warn!(
+            waited = ?FINAL_COMMIT_WAIT,
+            "Kafka did not answer the final offset commit; stopping without it, the last records will be read again"
+        ),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -274,6 +274,53 @@ async fn killed_mid_batch_again_and_again_the_database_ends_with_every_point_onc
     stop_uplink(uplink, 0);
 }
 
+/// With the broker gone, SIGTERM still stops the uplink within seconds: its
+/// last offset commit waits a few seconds for Kafka, not for ever (it used
+/// to wait until systemd's SIGKILL, 60 s later; found by `scripts/demo`).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_uplink_promptly_while_the_broker_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::start(&dir.path().join("kafka"), Storage::Memory);
+    kafka.create_topics(&["gone", "gone.dlq"]).await;
+    let vm_dir = dir.path().join("vm");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let vm = Victoria::start(&vm_dir);
+    let sink = format!(
+        "[[sink]]\nkind = \"victoriametrics\"\nurl = \"{}\"\n",
+        vm.url()
+    );
+    let load = Load::start(&kafka.bootstrap(), "gone", 200, 1, load::recent_t0_ms());
+    let mut uplink = start(dir.path(), &kafka, "gone", &sink, "");
+    let m = metrics_url(&uplink);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&m, "uplink_lines_written_total").await < 100.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        metric(&m, "uplink_lines_written_total").await >= 100.0,
+        "{}",
+        uplink.log()
+    );
+    load.finish();
+    kafka.service.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let asked = Instant::now();
+    let status = uplink.stop(Duration::from_secs(45));
+    let took = asked.elapsed();
+    eprintln!("the uplink stopped {took:?} after SIGTERM, the broker gone");
+    assert!(
+        status.success(),
+        "uplink exited with {status}:\n{}",
+        uplink.log()
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM took {took:?} to stop the uplink with the broker gone:\n{}",
+        uplink.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_stopped_for_a_minute_loses_nothing_and_memory_stays_bounded() {
     let _one_at_a_time = buoy_tests::exclusive().await;
