@@ -2,6 +2,7 @@
 `edge-agent status --json`), the uplink's metrics, and VictoriaMetrics (the
 readings as the database holds them). Keeps the history the panel's
 sparklines and the phase lines are drawn from."""
+import collections
 import json
 import time
 import urllib.parse
@@ -10,6 +11,7 @@ import urllib.request
 SPARK = "▁▂▃▄▅▆▇█"
 WINDOW_S = 60
 STEP_S = 2
+HISTORY = 120  # samples kept, one a second
 
 # The fields shown per sensor: (sensor, VictoriaMetrics metric, label, unit, format).
 FIELDS = [
@@ -73,7 +75,8 @@ class Watch:
         self.svc, self.device = svc, device
         self.vm = f"http://127.0.0.1:{vm_port}"
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.history = []
+        # Enough for the rates and sparklines; a long demo does not grow.
+        self.history = collections.deque(maxlen=HISTORY)
         self.marks = {}
 
     def _vm(self, path, **params):

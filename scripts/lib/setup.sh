@@ -124,24 +124,6 @@ need_tansu() {
     step_done
 }
 
-# A TCP port nothing listens on.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_for_port PORT SECONDS NAME
-wait_for_port() {
-    local port=$1 seconds=$2 name=$3 i
-    for ((i = 0; i < seconds * 10; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "$name did not start listening on port $port within ${seconds}s" >&2
-    return 1
-}
-
 # What scripts/powercut needs: qemu (TCG is enough), a static busybox for the
 # guest, mkfs.ext4 for its disk, objcopy to strip the agent, and the package
 # lists, so that Debian's kernel package can be downloaded (not installed).
